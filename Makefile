@@ -1,0 +1,48 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv when it is missing.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SG := $(VENV)/bin/speechguide
+# FSDD: a local copy (tests and CI read ../shared/data/fsdd); override with SPEECHGUIDE_FSDD_DIR.
+SHARED_FSDD := $(abspath ../shared/data/fsdd)
+export SPEECHGUIDE_FSDD_DIR ?= $(if $(wildcard $(SHARED_FSDD)/recordings),$(SHARED_FSDD),)
+export SPEECHGUIDE_CACHE ?= $(CURDIR)/.cache
+DOWNLOAD := $(if $(SPEECHGUIDE_FSDD_DIR),,--download)
+MODELS := models
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test test-all bench models venv clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+## demo: generate all ten digits with the committed models and write an evaluation summary.
+demo: venv
+	$(SG) generate --target digit=0 --target digit=1 --target digit=2 --target digit=3 --target digit=4 \
+	  --target digit=5 --target digit=6 --target digit=7 --target digit=8 --target digit=9 \
+	  --num 2 --seed 0 --out $(DEMO_OUT)/wavs
+	$(SG) evaluate --per-class 8 --scales 1,3 --out $(DEMO_OUT)/eval $(DOWNLOAD)
+	@echo "demo written to $(DEMO_OUT)/ (WAVs in $(DEMO_OUT)/wavs, summary in $(DEMO_OUT)/eval/report.md)"
+
+## test: the test suite (slow end-to-end tests included).
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) bench/run.py
+
+## models: retrain every committed demo model from scratch (about an hour on 2 CPU cores).
+models: venv
+	$(SG) train denoiser --out $(MODELS)/denoiser-unet.safetensors $(DOWNLOAD)
+	$(SG) train classifier --out $(MODELS)/classifier-clean.safetensors
+	$(SG) train noisy-classifier --out $(MODELS)/classifier-noisy.safetensors
+	$(SG) train judge --task digit --out $(MODELS)/judge-digit.safetensors
+	$(SG) train judge --task speaker --seed 4321 --out $(MODELS)/judge-speaker.safetensors
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

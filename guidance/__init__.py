@@ -1,0 +1,1 @@
+"""speechguide: classifier-guided speech diffusion. Pure PyTorch; never imports Ray."""

@@ -1,0 +1,3 @@
+from speechguide.cli import run
+
+run()
