@@ -278,7 +278,7 @@ class _ClassifierTrainer:
             sigma = log_uniform_sigma(len(x), self.cfg.sigma_min, self.cfg.sigma_max, self.gen)
             x = x + sigma.view(-1, 1, 1, 1) * torch.randn(x.shape, generator=self.gen)
             sigma = sigma.to(self.device)
-        logits = self.model(x.to(self.device), sigma)
+        logits = self.model(x.to(self.device), sigma) if self.noisy else self.model(x.to(self.device))
         loss = torch.nn.functional.cross_entropy(logits, self.y[idx].to(self.device), label_smoothing=0.05)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

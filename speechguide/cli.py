@@ -82,6 +82,200 @@ def train(
     typer.echo(f"wrote {result.path}  " + " ".join(f"{k}={v}" for k, v in result.card.items() if k.startswith("val_")))
 
 
+def _parse_scales(text: str, option: str) -> list[float]:
+    import math
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"{option} must be comma-separated numbers, got {text!r}")
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        fail(f"{option} needs finite non-negative numbers, got {text!r}")
+    return values
+
+
+def _load_models(models_dir: Optional[Path], device: Optional[str]):
+    from guidance.pipeline import ModelPaths, ModelSet
+
+    paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
+    try:
+        return ModelSet.load(paths, device)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _file_version(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+@app.command()
+def generate(
+    target: list[str] = typer.Option(..., "--target", help="guide=label, e.g. digit=7; repeat for several digits."),
+    num: int = typer.Option(1, "--num", help="Samples per target."),
+    seed: int = typer.Option(0, help="Seed of the starting noise (same seed, same audio)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for WAVs and manifest.json."),
+    guide: str = typer.Option("noisy", help="noisy (noise-conditioned classifier) | clean (repurposed clean classifier) | none"),
+    scale: Optional[float] = typer.Option(None, help="Guidance scale (default from the profile)."),
+    steps: Optional[int] = typer.Option(None, help="Sampler steps (default from the profile)."),
+    sampler: Optional[str] = typer.Option(None, help="euler | heun (default from the profile)."),
+    profile: Optional[Path] = typer.Option(None, help="Guidance profile JSON (default: the guide kind's built-in profile)."),
+    models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
+) -> None:
+    """Generate speech of the requested class(es), in-process, and write WAVs plus a manifest."""
+    import json
+    import math
+
+    import torch
+
+    from guidance.data import write_wav
+    from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
+    from guidance.pipeline import GUIDE_KINDS, Target, make_noise, sample_mels, vocode
+
+    if guide not in GUIDE_KINDS:
+        fail(f"--guide must be one of {', '.join(GUIDE_KINDS)}, got {guide!r}")
+    if not 1 <= num <= 1000:
+        fail(f"--num must be between 1 and 1000, got {num}")
+    if steps is not None and not 1 <= steps <= 1000:
+        fail(f"--steps must be between 1 and 1000, got {steps}")
+    if scale is not None and (not math.isfinite(scale) or scale < 0):
+        fail(f"--scale must be a finite non-negative number, got {scale}")
+    if sampler is not None and sampler not in ("euler", "heun"):
+        fail(f"--sampler must be 'euler' or 'heun', got {sampler!r}")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} exists and is not a directory")
+    try:
+        targets = [Target.parse(t) for t in target]
+    except ValueError as exc:
+        fail(str(exc))
+    unknown = sorted({t.guide for t in targets} - {"digit"})
+    if unknown:
+        fail(f"unknown guide {unknown[0]!r} in --target; this build guides with: digit")
+    if profile is not None:
+        try:
+            prof = GuidanceProfile.load(profile)
+        except FileNotFoundError:
+            fail(f"--profile {profile} does not exist")
+        except ValueError as exc:
+            fail(f"--profile {profile} is not a valid guidance profile: {str(exc).splitlines()[0]}")
+    else:
+        prof = DEFAULT_PROFILES["unconditional" if guide == "none" else guide]
+    if scale is not None:
+        prof = prof.with_guide(scale=scale)
+    if steps is not None or sampler is not None:
+        prof = prof.with_sampler(**{k: v for k, v in dict(steps=steps, kind=sampler).items() if v is not None})
+
+    models = _load_models(models_dir, device)
+    digit_guide = models.guides["clean" if guide == "clean" else "noisy"]
+    try:
+        classes = [digit_guide.label_index(t.label) for t in targets]
+    except KeyError as exc:
+        fail(exc.args[0])
+    labels = torch.tensor(classes).repeat_interleave(num)
+    noise = make_noise(len(labels), models.spec, seed)
+    mels = sample_mels(models, guide, labels, prof, noise, seed=seed)
+    waves = vocode(mels, models.spec)
+    probs = digit_guide.probabilities(mels.to(models.device)).cpu()
+    out.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i, (wave, cls) in enumerate(zip(waves, labels.tolist())):
+        k = i % num
+        name = f"{digit_guide.labels[cls]}_{k:03d}.wav"
+        write_wav(out / name, wave, models.spec.sample_rate)
+        samples.append(
+            {
+                "file": name,
+                "target": {"guide": "digit", "label": digit_guide.labels[cls]},
+                "scores": {
+                    "guide_target_probability": round(float(probs[i, cls]), 4),
+                    "guide_prediction": digit_guide.labels[int(probs[i].argmax())],
+                },
+            }
+        )
+    model_info = {
+        "denoiser": {"name": models.denoiser.name, "version": _file_version(models.denoiser.path), "alias": None},
+        "guide": None
+        if guide == "none"
+        else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
+    }
+    manifest = {
+        "request": {"targets": target, "num": num, "seed": seed, "guide": guide, "device": str(models.device)},
+        "models": model_info,
+        "profile": json.loads(prof.model_dump_json()),
+        "sample_rate": models.spec.sample_rate,
+        "samples": samples,
+    }
+    tmp = out / "manifest.json.partial"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / "manifest.json")
+    typer.echo(f"wrote {len(samples)} WAVs and manifest.json to {out}")
+
+
+@app.command()
+def evaluate(
+    out: Path = typer.Option(Path("reports/eval"), "--out", help="Report directory."),
+    per_class: int = typer.Option(50, help="Generated samples per digit for every system."),
+    seed: int = typer.Option(0, help="Noise seed (the same noise for every system)."),
+    noisy_scales: str = typer.Option("1,3,10", help="Guidance scales (gamma) for noise-conditioned guidance."),
+    clean_scales: str = typer.Option("0.1,0.3,1", help="Norm-scaled fractions for clean-classifier guidance."),
+    steps: Optional[int] = typer.Option(None, help="Sampler steps (default from the profiles)."),
+    models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
+    data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
+    download: bool = typer.Option(False, help="Download FSDD into the user cache when no local copy is found."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the report to MLflow."),
+) -> None:
+    """Unconditional vs noise-conditioned vs clean-classifier guidance on the FSDD test split."""
+    from guidance.data import resolve_fsdd_root
+    from guidance.evaluation import EvalConfig, evaluate as run_eval
+    from guidance.models import load_model
+    from guidance.pipeline import ModelPaths
+    from guidance.tracking import tracked_run
+    from guidance.training import progress_bar
+
+    if not 1 <= per_class <= 1000:
+        fail(f"--per-class must be between 1 and 1000, got {per_class}")
+    if steps is not None and not 1 <= steps <= 1000:
+        fail(f"--steps must be between 1 and 1000, got {steps}")
+    cfg = EvalConfig(
+        per_class=per_class,
+        seed=seed,
+        noisy_scales=_parse_scales(noisy_scales, "--noisy-scales"),
+        clean_scales=_parse_scales(clean_scales, "--clean-scales"),
+        steps=steps,
+    )
+    try:
+        root = resolve_fsdd_root(data_dir, download=download)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    models = _load_models(models_dir, device)
+    paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
+    try:
+        judge_digit = load_model(paths.path("judge_digit"), models.spec, "judge", models.device)
+        judge_speaker = (
+            load_model(paths.path("judge_speaker"), models.spec, "judge", models.device)
+            if paths.path("judge_speaker").exists()
+            else None
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    with progress_bar() as bar, tracked_run("speechguide-evaluate", "evaluate", {"per_class": per_class, "seed": seed}, mlflow) as run:
+        task = bar.add_task("evaluate", total=None, status="")
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            bar.update(task, total=total, completed=done, status=name)
+
+        report = run_eval(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress)
+        for s in report["systems"]:
+            run.log_metrics({f"{s['name']}.judge_accuracy": s["judge_accuracy"], f"{s['name']}.fd": s["fd"]})
+        for name in ("report.json", "report.md", "spectrograms.png"):
+            run.log_artifact(out / name)
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"report written to {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn every usage problem into one line and exit code 2."""
     from guidance.features import FeatureSpecMismatch
@@ -97,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FeatureSpecMismatch, FileNotFoundError) as exc:
         print(f"speechguide: error: {exc}", file=sys.stderr)
         return 2
-    except click_exc.Abort:
+    except typer.Abort:
         print("speechguide: aborted", file=sys.stderr)
         return 130
-    except click_exc.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
     return 0
 

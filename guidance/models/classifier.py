@@ -18,7 +18,7 @@ from guidance.models.layers import FiLMResBlock, NoiseEmbedding
 @dataclass(frozen=True)
 class ClassifierConfig:
     num_classes: int = 10
-    channels: tuple[int, ...] = (32, 64, 128, 128)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
     noise_conditioned: bool = False
     emb_dim: int = 128
     sigma_data: float = 1.0

@@ -12,7 +12,7 @@ from guidance.models.layers import FiLMResBlock, NoiseEmbedding
 
 @dataclass(frozen=True)
 class UNetConfig:
-    channels: tuple[int, ...] = (16, 48, 96)
+    channels: tuple[int, ...] = (16, 32, 64, 96)
     blocks_per_level: int = 1
     emb_dim: int = 128
     dropout: float = 0.0

@@ -1,0 +1,17 @@
+"""Guides: one interface, many guides, combined by a guided denoiser with per-step strength."""
+
+from guidance.guides.base import Guide, GuidedDenoiser, GuideTerm, guide_gradient
+from guidance.guides.classifier import ClassifierGuide
+from guidance.guides.profile import DEFAULT_PROFILES, GuidanceProfile, GuideSettings, SamplerSettings
+
+__all__ = [
+    "DEFAULT_PROFILES",
+    "ClassifierGuide",
+    "Guide",
+    "GuideSettings",
+    "GuideTerm",
+    "GuidanceProfile",
+    "GuidedDenoiser",
+    "SamplerSettings",
+    "guide_gradient",
+]

@@ -1,0 +1,137 @@
+"""From a request (targets, guide kind, profile, seed) to log-Mels, audio and guide scores.
+
+This is the in-process generator the CLI uses; the Serve app drives the same pieces step by step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from guidance.device import pick_device
+from guidance.diffusion import init_state, sampler_step
+from guidance.diffusion.precond import Denoiser
+from guidance.features import FeatureSpec, GriffinLimVocoder
+from guidance.guides import ClassifierGuide, GuidanceProfile, GuidedDenoiser, GuideTerm
+from guidance.models import ModelFile, load_model
+
+GuideKind = Literal["noisy", "clean", "none"]
+GUIDE_KINDS: tuple[str, ...] = ("noisy", "clean", "none")
+MODELS_ENV = "SPEECHGUIDE_MODELS"
+
+
+def default_models_dir() -> Path:
+    """$SPEECHGUIDE_MODELS, else the committed `models/` next to the package."""
+    return Path(os.environ.get(MODELS_ENV) or Path(__file__).resolve().parents[1] / "models")
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Where each committed demo model lives (file names inside the models directory)."""
+
+    root: Path = field(default_factory=default_models_dir)
+    denoiser: str = "denoiser-unet.safetensors"
+    noisy_classifier: str = "classifier-noisy.safetensors"
+    clean_classifier: str = "classifier-clean.safetensors"
+    judge_digit: str = "judge-digit.safetensors"
+    judge_speaker: str = "judge-speaker.safetensors"
+
+    def path(self, name: str) -> Path:
+        return self.root / getattr(self, name)
+
+
+@dataclass
+class ModelSet:
+    """The denoiser and the guides that can steer it, all checked against one feature spec."""
+
+    denoiser: ModelFile
+    guides: dict[str, ClassifierGuide]  # guide kind ("noisy", "clean") -> digit guide
+    spec: FeatureSpec
+    device: torch.device
+
+    @classmethod
+    def load(cls, paths: ModelPaths | None = None, device: str | torch.device | None = None) -> "ModelSet":
+        paths = paths or ModelPaths()
+        dev = pick_device(str(device) if device else None)
+        denoiser = load_model(paths.path("denoiser"), kind="denoiser-unet", device=dev)
+        spec = denoiser.spec
+        guides = {
+            "noisy": ClassifierGuide.from_file(load_model(paths.path("noisy_classifier"), spec, "classifier", dev)),
+            "clean": ClassifierGuide.from_file(load_model(paths.path("clean_classifier"), spec, "classifier", dev)),
+        }
+        return cls(denoiser, guides, spec, dev)
+
+    def describe(self) -> dict:
+        return {
+            "denoiser": {"name": self.denoiser.name, "kind": self.denoiser.kind, "card": self.denoiser.card},
+            **{
+                f"guide_{k}": {"name": g.name, "labels": g.labels, "noise_conditioned": g.needs_sigma}
+                for k, g in self.guides.items()
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """One requested class: `guide=label`, e.g. digit=7."""
+
+    guide: str
+    label: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Target":
+        guide, sep, label = text.partition("=")
+        if not sep or not guide.strip() or not label.strip():
+            raise ValueError(f"target must look like guide=label (e.g. digit=7), got {text!r}")
+        return cls(guide.strip(), label.strip())
+
+
+def make_noise(n: int, spec: FeatureSpec, seed: int) -> torch.Tensor:
+    """Unit Gaussian starting noise, drawn on the CPU so every device sees the same numbers."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(n, 1, spec.n_mels, spec.frames, generator=gen)
+
+
+def guided_denoiser(models: ModelSet, kind: GuideKind, targets: torch.Tensor, profile: GuidanceProfile) -> Denoiser:
+    """The denoiser to sample with: plain D, or D wrapped with the chosen digit guide."""
+    if kind == "none" or profile.settings_for("digit").scale == 0:
+        return models.denoiser.model
+    guide = models.guides[kind]
+    term = GuideTerm(guide, targets.to(models.device), profile.settings_for("digit"))
+    return GuidedDenoiser(models.denoiser.model, [term])
+
+
+def sample_mels(
+    models: ModelSet,
+    kind: GuideKind,
+    targets: torch.Tensor,
+    profile: GuidanceProfile,
+    noise: torch.Tensor,
+    seed: int = 0,
+    batch_size: int = 50,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Sample one log-Mel per row of `noise`, row i steered towards class `targets[i]`."""
+    if kind not in GUIDE_KINDS:
+        raise ValueError(f"guide kind must be one of {GUIDE_KINDS}, got {kind!r}")
+    config = profile.sampler.to_config()
+    out = []
+    for start in range(0, len(noise), batch_size):
+        rows = slice(start, start + batch_size)
+        denoiser = guided_denoiser(models, kind, targets[rows], profile)
+        state = init_state(noise[rows].to(models.device), config, seed=seed + start)
+        while not state.done:
+            state = sampler_step(denoiser, state, config)
+        out.append(state.x.detach().cpu())
+        if on_batch:
+            on_batch(len(out[-1]))
+    return torch.cat(out) if out else torch.empty(0, 1, models.spec.n_mels, models.spec.frames)
+
+
+def vocode(mels: torch.Tensor, spec: FeatureSpec, batch_size: int = 64) -> torch.Tensor:
+    vocoder = GriffinLimVocoder(spec)
+    return torch.cat([vocoder(mels[i : i + batch_size]) for i in range(0, len(mels), batch_size)])

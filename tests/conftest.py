@@ -1,0 +1,63 @@
+"""Shared fixtures: the real FSDD copy beside the project, and tiny randomly initialised models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_FSDD = ROOT.parent / "shared" / "data" / "fsdd"
+
+
+def fsdd_dir() -> Path:
+    env = os.environ.get("SPEECHGUIDE_FSDD_DIR")
+    return Path(env) if env else SHARED_FSDD
+
+
+@pytest.fixture(scope="session")
+def fsdd_root() -> Path:
+    root = fsdd_dir()
+    if not (root / "recordings").is_dir():
+        pytest.fail(f"FSDD not found at {root}; set SPEECHGUIDE_FSDD_DIR")
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Feature caches and MLflow stores go to temp dirs unless the caller chose a cache."""
+    os.environ.setdefault("SPEECHGUIDE_CACHE", str(ROOT / ".cache"))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def spec(fsdd_root: Path):
+    from guidance.spec import project_spec
+
+    return project_spec(str(fsdd_root))
+
+
+def tiny_models(directory: Path, spec) -> Path:
+    """Randomly initialised, tiny versions of every model kind, saved as a models directory."""
+    from guidance.data import DIGITS, FSDD_SPEAKERS
+    from guidance.diffusion import EDMPrecond
+    from guidance.models import ClassifierConfig, JudgeConfig, LogMelClassifier, TDNNJudge, UNet, UNetConfig, save_model
+    from guidance.models.checkpoint import config_dict
+
+    torch.manual_seed(0)
+    unet_cfg = UNetConfig(channels=(8, 16), emb_dim=16)
+    save_model(directory / "denoiser-unet.safetensors", EDMPrecond(UNet(unet_cfg)), "denoiser-unet", {**config_dict(unet_cfg), "sigma_data": 1.0}, spec)
+    for name, noisy in (("classifier-noisy", True), ("classifier-clean", False)):
+        cfg = ClassifierConfig(channels=(8, 16), emb_dim=16, noise_conditioned=noisy)
+        save_model(directory / f"{name}.safetensors", LogMelClassifier(cfg), "classifier", config_dict(cfg), spec, DIGITS, "digit")
+    for task, labels in (("digit", DIGITS), ("speaker", FSDD_SPEAKERS)):
+        cfg = JudgeConfig(num_classes=len(labels), n_mels=spec.n_mels, channels=16, embed_dim=16)
+        save_model(directory / f"judge-{task}.safetensors", TDNNJudge(cfg).eval(), "judge", config_dict(cfg), spec, labels, task)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory, spec) -> Path:
+    return tiny_models(tmp_path_factory.mktemp("tiny-models"), spec)
