@@ -91,7 +91,7 @@ class GuideSettings(_Strict):
             "constant": torch.ones_like(t),
             "ramp-up": t,  # stronger as the noise goes down
             "ramp-down": 1 - t,  # stronger at high noise
-            "hump": torch.sin(math.pi * t),
+            "hump": torch.sin(math.pi * t).clamp_min(0),
         }[self.schedule]
         return self.scale * weight * active.to(weight.dtype)
 
