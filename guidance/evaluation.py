@@ -41,6 +41,8 @@ class EvalConfig:
     clean_scales: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0])
     steps: int | None = None
     batch_size: int = 50
+    split: str = "test"  # "val" for exploration and tuning; the test split is for final reports
+    base_profiles: dict[str, GuidanceProfile] = field(default_factory=dict)  # guide kind -> profile to scale
 
 
 @dataclass
@@ -59,9 +61,12 @@ class SystemResult:
     profile: dict
 
 
+_TAKES = {"test": "takes 0-4", "val": "takes 5-9", "train": "takes 10-49"}
+
+
 def _systems(cfg: EvalConfig) -> list[tuple[str, str, GuidanceProfile]]:
     def prof(kind: str, scale: float | None = None) -> GuidanceProfile:
-        p = DEFAULT_PROFILES[kind]
+        p = cfg.base_profiles.get(kind, DEFAULT_PROFILES[kind])
         if scale is not None:
             p = p.with_guide(scale=scale)
         return p.with_sampler(steps=cfg.steps) if cfg.steps else p
@@ -86,16 +91,16 @@ def evaluate(
     for j in (judge_digit, judge_speaker):
         if j is not None:
             spec.check_compatible(j.spec, what=f"judge {j.name}")
-    test = fsdd_features("test", spec, root=data_root)
+    test = fsdd_features(cfg.split, spec, root=data_root)
     train = fsdd_features("train", spec, root=data_root)
-    test_vocoded = fsdd_vocoded_features("test", spec, root=data_root)
+    test_vocoded = fsdd_vocoded_features(cfg.split, spec, root=data_root)
     judge = judge_digit.model
     test_emb, test_logits = judge_outputs(judge, test.mels)
     train_emb, train_logits = judge_outputs(judge, train.mels)
     voc_emb, voc_logits = judge_outputs(judge, test_vocoded.mels)
     report: dict = {
-        "protocol": "FSDD test split (takes 0-4), judge-scored; generated audio is vocoded (Griffin-Lim) before judging",
-        "config": asdict(cfg),
+        "protocol": f"FSDD {cfg.split} split ({_TAKES[cfg.split]}), judge-scored; generated audio is vocoded (Griffin-Lim) before judging",
+        "config": {**asdict(cfg), "base_profiles": {k: json.loads(v.model_dump_json()) for k, v in cfg.base_profiles.items()}},
         "judges": {
             "digit": {
                 "model": judge_digit.name,

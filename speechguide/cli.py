@@ -94,6 +94,17 @@ def _parse_scales(text: str, option: str) -> list[float]:
     return values
 
 
+def _read_profile(path: Path, option: str):
+    from guidance.guides import GuidanceProfile
+
+    try:
+        return GuidanceProfile.load(path)
+    except FileNotFoundError:
+        fail(f"{option} {path} does not exist")
+    except ValueError as exc:
+        fail(f"{option} {path} is not a valid guidance profile: {' '.join(str(exc).split())[:300]}")
+
+
 def _load_models(models_dir: Optional[Path], device: Optional[str]):
     from guidance.pipeline import ModelPaths, ModelSet
 
@@ -154,12 +165,7 @@ def generate(
     if unknown:
         fail(f"unknown guide {unknown[0]!r} in --target; this build guides with: digit")
     if profile is not None:
-        try:
-            prof = GuidanceProfile.load(profile)
-        except FileNotFoundError:
-            fail(f"--profile {profile} does not exist")
-        except ValueError as exc:
-            fail(f"--profile {profile} is not a valid guidance profile: {str(exc).splitlines()[0]}")
+        prof = _read_profile(profile, "--profile")
     else:
         prof = DEFAULT_PROFILES["unconditional" if guide == "none" else guide]
     if scale is not None:
@@ -221,6 +227,9 @@ def evaluate(
     noisy_scales: str = typer.Option("1,3,10", help="Guidance scales (gamma) for noise-conditioned guidance."),
     clean_scales: str = typer.Option("0.1,0.3,1", help="Norm-scaled fractions for clean-classifier guidance."),
     steps: Optional[int] = typer.Option(None, help="Sampler steps (default from the profiles)."),
+    split: str = typer.Option("test", help="test (final reports) | val (exploration, tuning)."),
+    noisy_profile: Optional[Path] = typer.Option(None, help="Profile JSON to scale for noise-conditioned guidance."),
+    clean_profile: Optional[Path] = typer.Option(None, help="Profile JSON to scale for clean-classifier guidance."),
     models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
     data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
     download: bool = typer.Option(False, help="Download FSDD into the user cache when no local copy is found."),
@@ -239,12 +248,17 @@ def evaluate(
         fail(f"--per-class must be between 1 and 1000, got {per_class}")
     if steps is not None and not 1 <= steps <= 1000:
         fail(f"--steps must be between 1 and 1000, got {steps}")
+    if split not in ("test", "val"):
+        fail(f"--split must be 'test' or 'val', got {split!r}")
+    bases = {kind: _read_profile(path, f"--{kind}-profile") for kind, path in (("noisy", noisy_profile), ("clean", clean_profile)) if path}
     cfg = EvalConfig(
         per_class=per_class,
         seed=seed,
         noisy_scales=_parse_scales(noisy_scales, "--noisy-scales"),
         clean_scales=_parse_scales(clean_scales, "--clean-scales"),
         steps=steps,
+        split=split,
+        base_profiles=bases,
     )
     try:
         root = resolve_fsdd_root(data_dir, download=download)

@@ -54,6 +54,7 @@ def _inputs():
         (False, GuideSettings(input="x_t")),
         (False, GuideSettings(input="x0_hat", temperature_sigma_edges=[0.0, 1.0, 100.0], temperatures=[0.5, 3.0])),
         (False, GuideSettings(input="x0_hat", through_denoiser=True)),
+        (False, GuideSettings(input="x0_hat", smoothing=0.3, smoothing_samples=3)),
     ],
 )
 def test_guide_gradient_matches_finite_differences(noisy, settings):
@@ -63,7 +64,18 @@ def test_guide_gradient_matches_finite_differences(noisy, settings):
     term = GuideTerm(guide, target, settings)
     temperature = settings.temperature_at(sigma)
 
-    if guide.reads_x_t(settings):
+    if settings.smoothing:
+        noise = torch.randn((settings.smoothing_samples, *SHAPE), generator=torch.Generator().manual_seed(0)).double()
+
+        def objective(z):
+            batch = (z.unsqueeze(0) + settings.smoothing * noise).flatten(0, 1)
+            k = settings.smoothing_samples
+            return guide.log_prob(batch, sigma.repeat(k), target.repeat(k), temperature.repeat(k)).sum() / k
+
+        x0 = denoiser(x, sigma).detach()
+        grad, _ = guide_gradient(term, x, sigma, x0)
+        point = x0
+    elif guide.reads_x_t(settings):
         objective = lambda z: guide.log_prob(z, sigma, target, temperature).sum()  # noqa: E731
         grad, _ = guide_gradient(term, x, sigma, denoiser(x, sigma).detach())
         point = x

@@ -74,9 +74,27 @@ def guide_gradient(
             inp, wrt = graph.denoised, graph.x
         else:
             inp = wrt = denoised.detach().requires_grad_(True)
-        logp = term.guide.log_prob(inp, sigma, term.target, temperature)
+        logp = _log_prob(term, inp, sigma, temperature)
         (grad,) = torch.autograd.grad(logp.sum(), wrt, retain_graph=graph is not None)
     return grad, logp.detach()
+
+
+def _log_prob(term: GuideTerm, inp: torch.Tensor, sigma: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """log p(y | inp), or its average over Gaussian perturbations of inp (randomized smoothing).
+
+    Smoothing makes a classifier's gradient follow what is robustly class-like rather than
+    adversarial detail the classifier alone reacts to. Draws are seeded: the same input gives the
+    same gradient.
+    """
+    s = term.settings
+    if s.smoothing <= 0:
+        return term.guide.log_prob(inp, sigma, term.target, temperature)
+    k = s.smoothing_samples
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    noise = torch.randn((k, *inp.shape), generator=gen, dtype=torch.float32).to(inp.device, inp.dtype)
+    batch = (inp.unsqueeze(0) + s.smoothing * noise).flatten(0, 1)
+    logp = term.guide.log_prob(batch, sigma.repeat(k), term.target.repeat(k), temperature.repeat(k))
+    return logp.view(k, -1).mean(0)
 
 
 class GuidedDenoiser:

@@ -65,6 +65,8 @@ class GuideSettings(_Strict):
     norm_scaling: bool = False
     input: Literal["x0_hat", "x_t"] = Field("x0_hat", description="what a clean classifier reads")
     through_denoiser: bool = Field(False, description="backpropagate through D to get the gradient wrt x_t")
+    smoothing: float = Field(0.0, ge=0, le=10, description="std of Gaussian noise averaged over (randomized smoothing)")
+    smoothing_samples: int = Field(4, ge=1, le=64, description="noise draws averaged when smoothing > 0")
 
     @model_validator(mode="after")
     def _check(self) -> "GuideSettings":
