@@ -184,23 +184,31 @@ def train(
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 metrics = trainer.evaluate()
                 run.log_metrics(metrics, step=step)
+                if step < cfg.steps:  # a checkpoint at every evaluation: an interrupted run leaves a usable model
+                    partial = {**_card(role, cfg, device, started, trainer, metrics), "train_steps": step, "partial": True}
+                    save_model(out, trainer.final_model(), trainer.kind, trainer.network_config, spec, trainer.labels, trainer.task, partial)
             bar.update(task, advance=1, status=f"loss {loss:.4f} " + " ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         model = trainer.final_model()
-        card = {
-            "role": role,
-            "train_steps": cfg.steps,
-            "batch_size": cfg.batch_size,
-            "seed": cfg.seed,
-            "train_seconds": round(time.time() - started, 1),
-            "device": str(device),
-            "parameters": count_parameters(model),
-            "data": "FSDD training takes 10-49 (validation takes 5-9 held out, test takes 0-4 never used)",
-            **{f"val_{k}": round(v, 4) for k, v in metrics.items()},
-        }
+        card = _card(role, cfg, device, started, trainer, metrics)
         path = save_model(out, model, trainer.kind, trainer.network_config, spec, trainer.labels, trainer.task, card)
         run.log_metrics({"parameters": card["parameters"], "train_seconds": card["train_seconds"]})
         run.log_artifact(path)
         return TrainResult(path, card, run.run_id)
+
+
+def _card(role: str, cfg: TrainConfig, device: torch.device, started: float, trainer, metrics: dict) -> dict:
+    """The model card stored in the model file: how it was trained and what it measured."""
+    return {
+        "role": role,
+        "train_steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "train_seconds": round(time.time() - started, 1),
+        "device": str(device),
+        "parameters": count_parameters(trainer.final_model()),
+        "data": "FSDD training takes 10-49 (validation takes 5-9 held out, test takes 0-4 never used)",
+        **{f"val_{k}": round(v, 4) for k, v in metrics.items()},
+    }
 
 
 class _DenoiserTrainer:
