@@ -110,8 +110,7 @@ class GuidedDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
-        strengths = [t.settings.strength(sigma).to(x.dtype) for t in self.terms]
-        active = [(t, s) for t, s in zip(self.terms, strengths) if bool((s > 0).any())]
+        active = active_terms(self.terms, sigma, x.dtype)
         graph_needed = any(t.settings.through_denoiser and not t.guide.reads_x_t(t.settings) for t, _ in active)
         graph = None
         if graph_needed:
@@ -125,14 +124,32 @@ class GuidedDenoiser:
         if not active:
             return denoised
         total = torch.zeros_like(denoised)
-        step_norm = (denoised - x).flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         for term, strength in active:
             grad, _ = guide_gradient(term, x, sigma, denoised, graph)
-            k = strength.view(-1, 1, 1, 1)
-            if term.settings.norm_scaling:
-                unit = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                delta = k * step_norm * unit
-            else:
-                delta = k * sigma.view(-1, 1, 1, 1) ** 2 * grad
-            total = total + term.weight * delta
+            total = total + term.weight * guidance_delta(term.settings, strength, grad, x, sigma, denoised)
         return denoised + total.detach()
+
+
+def active_terms(terms: list[GuideTerm], sigma: torch.Tensor, dtype: torch.dtype) -> list[tuple[GuideTerm, torch.Tensor]]:
+    """The terms whose strength is non-zero for some sample at this sigma, with their (B,) strengths.
+
+    Shared by every guided denoiser so that a guide outside its sigma window costs no gradient pass.
+    """
+    strengths = [t.settings.strength(sigma).to(dtype) for t in terms]
+    return [(t, s) for t, s in zip(terms, strengths) if bool((s > 0).any())]
+
+
+def guidance_delta(
+    settings: GuideSettings, strength: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor
+) -> torch.Tensor:
+    """What one guide adds to D(x, sigma), given its gradient wrt x_t (one formula for every guided denoiser).
+
+    plain: strength * sigma^2 * grad (classifier guidance in EDM form);
+    norm scaling: strength * ||D - x|| * grad / ||grad|| (Guided-TTS).
+    """
+    k = strength.view(-1, 1, 1, 1)
+    if settings.norm_scaling:
+        step_norm = (denoised - x).flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        unit = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return k * step_norm * unit
+    return k * sigma.view(-1, 1, 1, 1) ** 2 * grad

@@ -37,10 +37,17 @@ def _from_dict(cls: type, data: dict) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+def _build_score_subnet(cfg: dict) -> torch.nn.Module:
+    from guidance.models.score_subnet import build_single_backbone  # lazy: it imports the guides package
+
+    return build_single_backbone(cfg)
+
+
 MODEL_BUILDERS: dict[str, Callable[[dict], torch.nn.Module]] = {
     "denoiser-unet": _build_unet_denoiser,
     "classifier": lambda cfg: LogMelClassifier(_from_dict(ClassifierConfig, cfg)),
     "judge": lambda cfg: TDNNJudge(_from_dict(JudgeConfig, cfg)),
+    "score-subnet": _build_score_subnet,
 }
 
 
@@ -88,7 +95,9 @@ def save_model(
         "task": task,
         "card": card or {},
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # A model that references frozen weights elsewhere (ScoreSubnet's backbone) saves only its own part.
+    state = model.checkpoint_state() if hasattr(model, "checkpoint_state") else model.state_dict()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
@@ -128,7 +137,10 @@ def load_model(
     if expected_spec is not None:
         expected_spec.check_compatible(spec, what=f"model file {path}")
     model = MODEL_BUILDERS[meta["kind"]](meta["config"])
-    model.load_state_dict(load_file(str(path)))
+    if hasattr(model, "load_checkpoint_state"):  # loads (and verifies) what the file only references
+        model.load_checkpoint_state(load_file(str(path)), Path(path), spec)
+    else:
+        model.load_state_dict(load_file(str(path)))
     model.to(device).eval()
     return ModelFile(
         model=model,

@@ -1,0 +1,171 @@
+"""The single-backbone generator: the backbone stays frozen while the subnet trains, its shared-pass guide
+gradient is the true gradient, model files carry only the subnet and refuse any other backbone."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from guidance.data import DIGITS
+from guidance.diffusion import EDMLoss
+from guidance.features import FeatureSpec
+from guidance.guides import ClassifierGuide, GuidedDenoiser, GuideSettings, GuideTerm
+from guidance.models import ClassifierConfig, LogMelClassifier, load_model, save_model
+from guidance.models.checkpoint import MODEL_BUILDERS, config_dict
+from guidance.models.score_subnet import (
+    GuidedSingleBackbone,
+    ScoreSubnet,
+    ScoreSubnetConfig,
+    SingleBackboneModel,
+    load_score_subnet,
+)
+
+TINY_CLS = ClassifierConfig(channels=(4, 8), emb_dim=8, noise_conditioned=True, dropout=0.0)
+TINY_SUB = ScoreSubnetConfig(feature_channels=(4, 8), channels=(4, 8), emb_dim=8)
+SPEC = FeatureSpec(mean=-7.2, std=5.8)
+
+
+def _backbone_file(path: Path, seed: int = 1) -> Path:
+    torch.manual_seed(seed)
+    return save_model(path, LogMelClassifier(TINY_CLS), "classifier", config_dict(TINY_CLS), SPEC, DIGITS, "digit")
+
+
+def _model(tmp_path: Path, dtype: torch.dtype = torch.float32) -> SingleBackboneModel:
+    model = SingleBackboneModel.from_backbone_file(_backbone_file(tmp_path / "backbone.safetensors"), TINY_SUB)
+    with torch.no_grad():  # the zero-initialised output layer would make D trivially linear in x
+        for p in model.subnet.out.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.to(dtype)
+
+
+def test_registered_kind_and_small_subnet():
+    assert "score-subnet" in MODEL_BUILDERS
+    unet_trainable = 1_239_793  # the committed U-Net denoiser's parameter count
+    subnet = ScoreSubnet(ScoreSubnetConfig())
+    assert sum(p.numel() for p in subnet.parameters()) <= 0.4 * unet_trainable
+
+
+def test_training_steps_leave_the_backbone_bit_identical(tmp_path):
+    torch.manual_seed(0)
+    model = _model(tmp_path)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    opt = torch.optim.Adam(model.subnet.parameters(), lr=1e-2)
+    loss_fn = EDMLoss()
+    y = torch.randn(4, 1, 16, 16)
+    model.train()
+    assert not model.backbone.training  # dropout etc. off: the taps are a fixed function of (x, sigma)
+    for step in range(3):
+        loss = loss_fn(model, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if step == 0:
+            assert all(p.grad is None for p in model.backbone.parameters())
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.subnet.parameters())
+        opt.step()
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_subnet_trainer_freezes_backbone_and_trains_only_the_subnet(tmp_path):
+    """The training role's own step, on a few fake clips: backbone unchanged, subnet changed."""
+    from guidance.data import FeatureSet
+    from guidance.training import TRAIN_DEFAULTS, _ScoreSubnetTrainer
+
+    path = _backbone_file(tmp_path / "backbone.safetensors")
+    cfg = dataclasses.replace(TRAIN_DEFAULTS["score-subnet"], steps=2, batch_size=4, backbone=str(path), digits=(0, 1))
+    g = torch.Generator().manual_seed(0)
+    data = FeatureSet(torch.randn(12, 1, 16, 16, generator=g), torch.arange(12) % 3, torch.zeros(12, dtype=torch.long), torch.zeros(12, dtype=torch.long))
+    trainer = _ScoreSubnetTrainer("score-subnet", cfg, SPEC, data, data, torch.device("cpu"), g, -2.0, TINY_SUB, None)
+    assert len(trainer.x) == 8 and trainer.card_extra["digits"] == [0, 1]
+    backbone = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    subnet = {k: v.clone() for k, v in trainer.model.subnet.state_dict().items()}
+    trainer.step_count = 300  # past the warm-up, so the step has a non-zero learning rate
+    for _ in range(2):
+        trainer.step()
+    assert all(torch.equal(backbone[k], v) for k, v in trainer.model.backbone.state_dict().items())
+    assert any(not torch.equal(subnet[k], v) for k, v in trainer.model.subnet.state_dict().items())
+    assert {id(p) for g in trainer.opt.param_groups for p in g["params"]} == {id(p) for p in trainer.model.subnet.parameters()}
+    assert "mse_unseen_sigma1" in trainer.evaluate()
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 16, 16, generator=g, dtype=torch.float64) * 2
+    sigma = torch.tensor([0.7, 2.0], dtype=torch.float64)
+    return x, sigma, torch.tensor([3, 8]), torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("settings", [GuideSettings(scale=1.0), GuideSettings(scale=2.0, temperature=2.5)])
+def test_shared_pass_guide_gradient_matches_finite_differences(tmp_path, settings):
+    model = _model(tmp_path, torch.float64).eval()
+    x, sigma, target, direction = _inputs()
+    guide = ClassifierGuide(model.backbone, DIGITS)
+    guided = GuidedSingleBackbone(model, [GuideTerm(guide, target, settings)])
+    assert guided.shares_backbone(guided.terms[0])
+    delta = guided(x, sigma) - model(x, sigma).detach()
+    grad = delta / (settings.scale * sigma.view(-1, 1, 1, 1) ** 2)  # delta = scale * sigma^2 * grad log p(y|x)
+
+    temperature = settings.temperature_at(sigma)
+
+    def objective(z: torch.Tensor) -> float:
+        return float(guide.log_prob(z, sigma, target, temperature).sum())
+
+    eps = 1e-6
+    numeric = (objective(x + eps * direction) - objective(x - eps * direction)) / (2 * eps)
+    analytic = float((grad * direction).sum())
+    assert math.isclose(analytic, numeric, rel_tol=1e-5, abs_tol=1e-8), (analytic, numeric)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [GuideSettings(scale=3.0), GuideSettings(scale=0.4, norm_scaling=True), GuideSettings(scale=2.0, sigma_lo=1.0, sigma_hi=5.0)],
+)
+def test_single_backbone_equals_two_pass_guided_denoiser(tmp_path, settings):
+    """Sharing the backbone pass changes the cost, never the result."""
+    model = _model(tmp_path, torch.float64).eval()
+    x, sigma, target, _ = _inputs()
+    term = GuideTerm(ClassifierGuide(model.backbone, DIGITS), target, settings)
+    torch.testing.assert_close(GuidedSingleBackbone(model, [term])(x, sigma), GuidedDenoiser(model, [term])(x, sigma))
+
+
+def test_one_backbone_forward_per_guided_call(tmp_path):
+    model = _model(tmp_path).eval()
+    calls = []
+    model.backbone.stem.register_forward_hook(lambda *a: calls.append(1))  # the first layer of every backbone pass
+    x, sigma, target, _ = _inputs()
+    term = GuideTerm(ClassifierGuide(model.backbone, DIGITS), target, GuideSettings(scale=3.0))
+    GuidedSingleBackbone(model, [term])(x.float(), sigma.float())
+    assert len(calls) == 1
+    calls.clear()
+    GuidedDenoiser(model, [term])(x.float(), sigma.float())
+    assert len(calls) == 2
+
+
+def test_model_file_holds_only_the_subnet_and_round_trips(tmp_path):
+    model = _model(tmp_path).eval()
+    path = save_model(tmp_path / "subnet.safetensors", model, "score-subnet", model.network_config(), SPEC, DIGITS, "digit")
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(path))) == set(model.subnet.state_dict())
+    loaded = load_model(path, expected_spec=SPEC, kind="score-subnet").model
+    x, sigma, _, _ = _inputs()
+    torch.testing.assert_close(loaded(x.float(), sigma.float()), model(x.float(), sigma.float()))
+
+
+def test_wrong_backbone_is_refused(tmp_path):
+    model = _model(tmp_path)
+    path = save_model(tmp_path / "subnet.safetensors", model, "score-subnet", model.network_config(), SPEC, DIGITS, "digit")
+    other = _backbone_file(tmp_path / "other.safetensors", seed=7)
+    with pytest.raises(ValueError, match="backbone mismatch"):
+        load_score_subnet(path, backbone=other)
+    other.replace(tmp_path / "backbone.safetensors")  # same name as the reference, different weights
+    with pytest.raises(ValueError, match="backbone mismatch"):
+        load_model(path)
+    (tmp_path / "backbone.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="backbone"):
+        load_model(path)
