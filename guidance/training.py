@@ -28,12 +28,13 @@ from guidance.models import (
     UNet,
     UNetConfig,
     count_parameters,
+    load_model,
     save_model,
 )
 from guidance.models.checkpoint import config_dict
 from guidance.tracking import tracked_run
 
-ModelRole = Literal["denoiser", "classifier", "noisy-classifier", "judge"]
+ModelRole = Literal["denoiser", "classifier", "noisy-classifier", "judge", "score-subnet"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class TrainConfig:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     task: Literal["digit", "speaker"] = "digit"
+    backbone: str | None = None  # score-subnet: the frozen noise-conditioned classifier file
+    digits: tuple[int, ...] | None = None  # score-subnet: the digits its training data is limited to (None: all)
 
 
 TRAIN_DEFAULTS: dict[str, TrainConfig] = {
@@ -61,6 +64,8 @@ TRAIN_DEFAULTS: dict[str, TrainConfig] = {
     "classifier": TrainConfig(steps=1500, lr=2e-3, weight_decay=1e-4, feature_noise=0.1, seed=1),
     "noisy-classifier": TrainConfig(steps=3000, lr=2e-3, weight_decay=1e-4, seed=2, eval_every=500),
     "judge": TrainConfig(steps=2000, lr=2e-3, weight_decay=1e-4, feature_noise=0.1, spec_mask=True, seed=1234),
+    # Short on purpose (~25 CPU-minutes): only the small subnet trains, on the frozen backbone's taps.
+    "score-subnet": TrainConfig(steps=2000, lr=2e-3, ema_decay=0.998, max_shift=4, gain_db=3.0, eval_every=250, seed=5),
 }
 
 
@@ -170,6 +175,7 @@ def train(
         "classifier": _classifier_trainer,
         "noisy-classifier": _classifier_trainer,
         "judge": _judge_trainer,
+        "score-subnet": _score_subnet_trainer,
     }
     trainer = builders[role](role, cfg, spec, train_set, val_set, device, gen, floor, network_config, data_root)
     params = {"role": role, **dataclasses.asdict(cfg), "network": trainer.network_config, "device": str(device)}
@@ -208,6 +214,7 @@ def _card(role: str, cfg: TrainConfig, device: torch.device, started: float, tra
         "parameters": count_parameters(trainer.final_model()),
         "data": "FSDD training takes 10-49 (validation takes 5-9 held out, test takes 0-4 never used)",
         **{f"val_{k}": round(v, 4) for k, v in metrics.items()},
+        **getattr(trainer, "card_extra", {}),
     }
 
 
@@ -334,6 +341,56 @@ class _JudgeTrainer(_ClassifierTrainer):
         self.batches = _Batches(len(self.x), cfg.batch_size, gen)
 
 
+class _ScoreSubnetTrainer(_DenoiserTrainer):
+    """Denoising score matching of a ScoreSubnet on a frozen backbone: the denoiser's loop (EDM loss,
+    warm-up, clipping, EMA) with only the subnet's parameters in the optimizer, and the training data
+    optionally limited to a few digits (the regimes of Makarov & Gerkmann 2026)."""
+
+    kind, task = "score-subnet", "digit"
+
+    def __init__(self, role, cfg, spec, train_set, val_set, device, gen, floor, network_config, data_root) -> None:
+        from guidance.models.score_subnet import ScoreSubnetConfig, SingleBackboneModel
+
+        if not cfg.backbone:
+            raise ValueError("training a score-subnet needs a backbone classifier file")
+        backbone = load_model(Path(cfg.backbone), expected_spec=spec, kind="classifier", device=device)
+        self.labels = backbone.labels
+        subnet_cfg = network_config or ScoreSubnetConfig(
+            feature_channels=tuple(backbone.model.config.channels), sigma_data=backbone.model.config.sigma_data
+        )
+        self.model = SingleBackboneModel.from_backbone_file(Path(cfg.backbone), subnet_cfg, device)
+        self.network_config = self.model.network_config()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.opt = torch.optim.Adam(self.model.subnet.parameters(), lr=cfg.lr)
+        self.loss = EDMLoss(sigma_data=self.model.sigma_data)
+        self.cfg, self.gen, self.floor, self.device = cfg, gen, floor, device
+        digits = sorted(set(cfg.digits)) if cfg.digits else list(range(len(DIGITS)))
+        seen = torch.isin(train_set.digits, torch.tensor(digits))
+        val_seen = torch.isin(val_set.digits, torch.tensor(digits))
+        self.x, self.val, self.val_unseen = train_set.mels[seen], val_set.mels[val_seen], val_set.mels[~val_seen]
+        self.batches = _Batches(len(self.x), cfg.batch_size, gen)
+        self.step_count = 0
+        self.card_extra = {
+            "digits": digits,
+            "train_clips": int(len(self.x)),
+            "backbone": {k: v for k, v in self.model.backbone_ref.items() if k != "config"},
+            "trainable_parameters": count_parameters(self.model.subnet),
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """The denoiser's validation MSE on the digits it trains on, plus sigma 1 on the digits it never sees."""
+        out = super().evaluate()
+        if len(self.val_unseen):
+            gen = torch.Generator().manual_seed(0)
+            val = self.val_unseen[:256].to(self.device)
+            noise = torch.randn(val.shape, generator=gen).to(self.device)
+            d = self.ema(val + noise, torch.ones(len(val), device=self.device))
+            out["mse_unseen_sigma1"] = ((d - val) ** 2).mean().item()
+        return out
+
+
 _denoiser_trainer = _DenoiserTrainer
+_score_subnet_trainer = _ScoreSubnetTrainer
 _classifier_trainer = _ClassifierTrainer
 _judge_trainer = _JudgeTrainer

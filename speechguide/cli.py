@@ -39,7 +39,7 @@ def _root() -> None:
 
 @app.command()
 def train(
-    role: str = typer.Argument(..., help="denoiser | classifier | noisy-classifier | judge"),
+    role: str = typer.Argument(..., help="denoiser | classifier | noisy-classifier | judge | score-subnet"),
     out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors)."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (default per role)."),
     batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
@@ -50,6 +50,8 @@ def train(
     download: bool = typer.Option(False, help="Download FSDD into the user cache when no local copy is found."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the run to MLflow."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    backbone: Optional[Path] = typer.Option(None, help="score-subnet: frozen noise-conditioned classifier file (the backbone)."),
+    digits: Optional[str] = typer.Option(None, help="score-subnet: digits its training data is limited to, e.g. 0,1,2 (default: all)."),
 ) -> None:
     """Train a model on the FSDD training split and save it with its feature config."""
     import dataclasses
@@ -76,10 +78,41 @@ def train(
     except FileNotFoundError as exc:
         fail(str(exc))
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
+    overrides.update(_score_subnet_options(role, task, backbone, digits))
     cfg = dataclasses.replace(TRAIN_DEFAULTS[role], task=task, **overrides)
     spec = project_spec(root)
     result = run_training(role, spec, out, cfg, data_root=str(root), track=mlflow, show_progress=progress)
     typer.echo(f"wrote {result.path}  " + " ".join(f"{k}={v}" for k, v in result.card.items() if k.startswith("val_")))
+
+
+def _score_subnet_options(role: str, task: str, backbone: Optional[Path], digits: Optional[str]) -> dict:
+    """Check --backbone and --digits (score-subnet only) and turn them into TrainConfig fields."""
+    if role != "score-subnet":
+        for name, value in (("--backbone", backbone), ("--digits", digits)):
+            if value is not None:
+                fail(f"{name} applies to the score-subnet role only")
+        return {}
+    if task != "digit":
+        fail("--task applies to classifiers and judges, not the score-subnet")
+    if backbone is None:
+        fail("score-subnet needs --backbone (a noise-conditioned classifier file, e.g. models/classifier-noisy.safetensors)")
+    from guidance.models import read_metadata
+
+    try:
+        meta = read_metadata(backbone)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(f"--backbone: {exc}")
+    if meta.get("kind") != "classifier" or not meta.get("config", {}).get("noise_conditioned"):
+        fail(f"--backbone {backbone} is not a noise-conditioned classifier (kind {meta.get('kind')!r})")
+    chosen = None
+    if digits is not None and digits.strip() != "all":
+        try:
+            chosen = tuple(int(d) for d in digits.split(","))
+        except ValueError:
+            fail(f"--digits must be comma-separated digits 0-9 or 'all', got {digits!r}")
+        if not chosen or any(not 0 <= d <= 9 for d in chosen) or len(set(chosen)) != len(chosen):
+            fail(f"--digits must be distinct digits 0-9, got {digits!r}")
+    return {"backbone": str(backbone), "digits": chosen}
 
 
 def _parse_scales(text: str, option: str) -> list[float]:
