@@ -18,6 +18,7 @@ from guidance.diffusion.precond import Denoiser
 from guidance.features import FeatureSpec, GriffinLimVocoder
 from guidance.guides import ClassifierGuide, GuidanceProfile, GuidedDenoiser, GuideTerm
 from guidance.models import ModelFile, load_model
+from guidance.models.score_subnet import GuidedSingleBackbone, SingleBackboneModel, load_score_subnet
 
 GuideKind = Literal["noisy", "clean", "none"]
 GUIDE_KINDS: tuple[str, ...] = ("noisy", "clean", "none")
@@ -39,6 +40,7 @@ class ModelPaths:
     clean_classifier: str = "classifier-clean.safetensors"
     judge_digit: str = "judge-digit.safetensors"
     judge_speaker: str = "judge-speaker.safetensors"
+    score_subnet: str = "score-subnet-all.safetensors"
 
     def path(self, name: str) -> Path:
         return self.root / getattr(self, name)
@@ -64,6 +66,18 @@ class ModelSet:
             "clean": ClassifierGuide.from_file(load_model(paths.path("clean_classifier"), spec, "classifier", dev)),
         }
         return cls(denoiser, guides, spec, dev)
+
+    @classmethod
+    def from_score_subnet(
+        cls, path: Path, device: str | torch.device | None = None, backbone: Path | None = None
+    ) -> "ModelSet":
+        """The single-backbone generator: the ScoreSubnet is the denoiser and its own frozen backbone the
+        "noisy" digit guide (so guided sampling shares one backbone pass per step)."""
+        dev = pick_device(str(device) if device else None)
+        subnet = load_score_subnet(Path(path), backbone=backbone, device=dev)
+        subnet.model.requires_grad_(False)
+        guide = ClassifierGuide(subnet.model.backbone, subnet.labels, subnet.task or "digit")
+        return cls(subnet, {"noisy": guide}, subnet.spec, dev)
 
     def describe(self) -> dict:
         return {
@@ -102,6 +116,8 @@ def guided_denoiser(models: ModelSet, kind: GuideKind, targets: torch.Tensor, pr
         return models.denoiser.model
     guide = models.guides[kind]
     term = GuideTerm(guide, targets.to(models.device), profile.settings_for("digit"))
+    if isinstance(models.denoiser.model, SingleBackboneModel):  # score and guide from one backbone pass
+        return GuidedSingleBackbone(models.denoiser.model, [term])
     return GuidedDenoiser(models.denoiser.model, [term])
 
 
@@ -124,8 +140,9 @@ def sample_mels(
         rows = slice(start, start + batch_size)
         denoiser = guided_denoiser(models, kind, targets[rows], profile)
         state = init_state(noise[rows].to(models.device), config, seed=seed + start)
-        while not state.done:
-            state = sampler_step(denoiser, state, config)
+        with torch.no_grad():  # guides enable autograd where they need it; otherwise every step's graph is kept
+            while not state.done:
+                state = sampler_step(denoiser, state, config)
         out.append(state.x.detach().cpu())
         if on_batch:
             on_batch(len(out[-1]))
