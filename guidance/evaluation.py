@@ -29,7 +29,9 @@ from guidance.metrics import (
     per_class_accuracy,
 )
 from guidance.models import ModelFile
-from guidance.pipeline import ModelSet, make_noise, sample_mels, vocode
+from guidance.cost import PeakMemory, count_macs, parameter_counts
+from guidance.models.score_subnet import SingleBackboneModel
+from guidance.pipeline import ModelSet, guided_denoiser, make_noise, sample_mels, vocode
 from guidance.plots import spectrogram_grid
 
 
@@ -43,6 +45,7 @@ class EvalConfig:
     batch_size: int = 50
     split: str = "test"  # "val" for exploration and tuning; the test split is for final reports
     base_profiles: dict[str, GuidanceProfile] = field(default_factory=dict)  # guide kind -> profile to scale
+    subnet_scales: list[float] = field(default_factory=lambda: [3.0])  # gamma for ScoreSubnet systems (when given subnets)
 
 
 @dataclass
@@ -59,6 +62,13 @@ class SystemResult:
     per_class_accuracy: list[float]
     seconds_per_sample: float
     profile: dict
+    generator: str = "unet"  # "unet" (U-Net denoiser, separate classifier) or "score-subnet" (single backbone)
+    params_total: int = 0
+    params_trainable: int = 0
+    macs_per_eval: int = 0  # one denoiser call D(x, sigma=1) for one sample, backward passes included
+    macs_per_step: int = 0  # sampling one sample, averaged over the sampler's steps
+    peak_memory_mb: float = float("nan")
+    memory_method: str = ""
 
 
 _TAKES = {"test": "takes 0-4", "val": "takes 5-9", "train": "takes 10-49"}
@@ -77,6 +87,44 @@ def _systems(cfg: EvalConfig) -> list[tuple[str, str, GuidanceProfile]]:
     return out
 
 
+def _subnet_systems(cfg: EvalConfig, subnets: dict[str, ModelSet]) -> list[tuple[str, str, GuidanceProfile, ModelSet]]:
+    """ScoreSubnet systems: unconditional and guided by their own backbone at each of cfg.subnet_scales.
+    Named subnet-uncond / subnet-guided@gamma, with the regime label inserted when there are several."""
+    out = []
+    for label, ms in subnets.items():
+        prefix = "subnet" if len(subnets) == 1 else f"subnet-{label}"
+        base = cfg.base_profiles.get("noisy", DEFAULT_PROFILES["noisy"])
+        uncond = DEFAULT_PROFILES["unconditional"]
+        profiles = [(f"{prefix}-uncond", "none", uncond)] + [
+            (f"{prefix}-guided@{s:g}", "noisy", base.with_guide(scale=s)) for s in cfg.subnet_scales
+        ]
+        for name, kind, p in profiles:
+            out.append((name, kind, p.with_sampler(steps=cfg.steps) if cfg.steps else p, ms))
+    return out
+
+
+def system_costs(models: ModelSet, kind: str, profile: GuidanceProfile) -> dict:
+    """Parameters (total, trainable), MACs of one denoiser evaluation at sigma 1 and per sampler step
+    (one sample through the whole trajectory, divided by the steps: Heun's two evaluations per step and
+    guidance windows included)."""
+    modules = [models.denoiser.model] + ([models.guides[kind].model] if kind != "none" else [])
+    total, trainable = parameter_counts(modules)
+    target = torch.zeros(1, dtype=torch.long)
+    x = make_noise(1, models.spec, seed=12345)
+    denoiser = guided_denoiser(models, kind, target.to(models.device), profile)
+    with torch.no_grad():
+        per_eval = count_macs(lambda: denoiser(x.to(models.device), torch.ones(1, device=models.device)))
+    per_sample = count_macs(lambda: sample_mels(models, kind, target, profile, x, batch_size=1))
+    generator = "score-subnet" if isinstance(models.denoiser.model, SingleBackboneModel) else "unet"
+    return {
+        "generator": generator,
+        "params_total": total,
+        "params_trainable": trainable,
+        "macs_per_eval": per_eval,
+        "macs_per_step": per_sample // profile.sampler.steps,
+    }
+
+
 def evaluate(
     models: ModelSet,
     judge_digit: ModelFile,
@@ -85,12 +133,15 @@ def evaluate(
     out: Path,
     data_root: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    subnets: dict[str, ModelSet] | None = None,
 ) -> dict:
     """Run the protocol, write report.json, report.md, WAVs and a spectrogram grid under `out`."""
     spec = models.spec
     for j in (judge_digit, judge_speaker):
         if j is not None:
             spec.check_compatible(j.spec, what=f"judge {j.name}")
+    for label, ms in (subnets or {}).items():
+        spec.check_compatible(ms.spec, what=f"score subnet {label}")
     test = fsdd_features(cfg.split, spec, root=data_root)
     train = fsdd_features("train", spec, root=data_root)
     test_vocoded = fsdd_vocoded_features(cfg.split, spec, root=data_root)
@@ -124,20 +175,22 @@ def evaluate(
     n = cfg.per_class * len(DIGITS)
     targets = torch.arange(len(DIGITS)).repeat_interleave(cfg.per_class)
     noise = make_noise(n, spec, cfg.seed)  # the same noise for every system
-    systems = _systems(cfg)
+    systems = [(*s, models) for s in _systems(cfg)] + _subnet_systems(cfg, subnets or {})
     results: list[SystemResult] = []
     generated: dict[str, torch.Tensor] = {}
-    for idx, (name, kind, profile) in enumerate(systems):
+    for idx, (name, kind, profile, system_models) in enumerate(systems):
         if progress:
             progress(name, idx, len(systems))
+        costs = system_costs(system_models, kind, profile)
         started = time.time()
-        mels = sample_mels(models, kind, targets, profile, noise, seed=cfg.seed, batch_size=cfg.batch_size)
+        with PeakMemory(system_models.device) as memory:
+            mels = sample_mels(system_models, kind, targets, profile, noise, seed=cfg.seed, batch_size=cfg.batch_size)
         elapsed = time.time() - started
         heard = hear(vocode(mels, spec), spec)
         emb, logits = judge_outputs(judge, heard)
         guide_acc = None
         if kind != "none":
-            guide_acc = accuracy(models.guides[kind].probabilities(mels.to(models.device)).cpu(), targets)
+            guide_acc = accuracy(system_models.guides[kind].probabilities(mels.to(system_models.device)).cpu(), targets)
         probs = logits.softmax(1)
         results.append(
             SystemResult(
@@ -153,6 +206,9 @@ def evaluate(
                 per_class_accuracy=per_class_accuracy(logits, targets, len(DIGITS)),
                 seconds_per_sample=elapsed / n,
                 profile=json.loads(profile.model_dump_json()),
+                **costs,
+                peak_memory_mb=memory.peak_bytes / 2**20,
+                memory_method=memory.method,
             )
         )
         generated[name] = mels
@@ -161,11 +217,13 @@ def evaluate(
     report["systems"] = [asdict(r) for r in results]
     best = {}
     for kind in ("noisy", "clean"):
-        candidates = [r for r in results if r.kind == kind]
+        candidates = [r for r in results if r.kind == kind and r.generator == "unet"]
         if candidates:
             top = max(candidates, key=lambda r: (r.judge_accuracy, -r.fd))
             best[kind] = top.name
     report["best"] = best
+    if subnets:
+        report["subnets"] = {label: ms.describe() for label, ms in subnets.items()}
     _write_outputs(report, results, generated, targets, spec, out, cfg)
     return report
 
@@ -173,6 +231,7 @@ def evaluate(
 def _write_outputs(report, results, generated, targets, spec, out: Path, cfg: EvalConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shown = ["unconditional"] + [report["best"][k] for k in ("noisy", "clean") if k in report["best"]]
+    shown += [r.name for r in results if r.generator == "score-subnet" and r.kind != "none"][:3]
     first = [int((targets == d).nonzero()[0]) for d in range(len(DIGITS))]
     rows = {name: generated[name][first] for name in shown}
     for name, mels in rows.items():
@@ -228,4 +287,30 @@ def markdown_report(report: dict) -> str:
             f"{_fmt(s['am_score'])} | {s['seconds_per_sample']:.3f} |"
         )
     lines += ["", "Noisy guidance scale is gamma (plain classifier guidance); clean guidance scale is the norm-scaled fraction of the denoiser step (active for sigma <= 5).", ""]
+    lines += cost_table(report)
     return "\n".join(lines)
+
+
+def cost_table(report: dict) -> list[str]:
+    """Markdown lines: what each system costs (parameters, MACs, time, memory)."""
+    systems = [s for s in report["systems"] if s.get("macs_per_eval")]
+    if not systems:
+        return []
+    lines = [
+        "## Cost",
+        "",
+        "Trainable: parameters trained for the generator (a ScoreSubnet's backbone is a frozen, reused classifier). "
+        "MACs = FLOPs / 2 from torch.utils.flop_counter, backward passes included; per evaluation: one denoiser call "
+        "D(x, sigma = 1) for one sample; per step: one sample's whole trajectory divided by the sampler steps. "
+        f"Peak memory: {systems[0].get('memory_method', '')} while sampling a batch of {report['config']['batch_size']}.",
+        "",
+        "| system | generator | params (total) | params (trainable) | MMACs/eval | MMACs/step | s/sample | peak memory (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in systems:
+        lines.append(
+            f"| {s['name']} | {s['generator']} | {s['params_total'] / 1e6:.3f} M | {s['params_trainable'] / 1e6:.3f} M | "
+            f"{s['macs_per_eval'] / 1e6:.1f} | {s['macs_per_step'] / 1e6:.1f} | {s['seconds_per_sample']:.3f} | {s['peak_memory_mb']:.0f} |"
+        )
+    lines.append("")
+    return lines

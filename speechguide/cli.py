@@ -148,6 +148,35 @@ def _load_models(models_dir: Optional[Path], device: Optional[str]):
         fail(str(exc))
 
 
+GENERATORS = ("unet", "score-subnet")
+
+
+def _check_generator(generator: str, subnet: Optional[Path], guide: str) -> None:
+    if generator not in GENERATORS:
+        fail(f"--generator must be one of {', '.join(GENERATORS)}, got {generator!r}")
+    if subnet is not None and generator != "score-subnet":
+        fail("--subnet applies to --generator score-subnet only")
+    if generator == "score-subnet" and guide == "clean":
+        fail("--generator score-subnet guides with its own noise-conditioned backbone: use --guide noisy or none")
+
+
+def _load_subnet(subnet: Optional[Path], models_dir: Optional[Path], device: Optional[str]):
+    """The single-backbone generator as a model set (its backbone is found next to the subnet file)."""
+    from guidance.pipeline import ModelPaths, ModelSet
+
+    paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
+    path = subnet or paths.path("score_subnet")
+    try:
+        return ModelSet.from_score_subnet(path, device)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _subnet_label(path: Path) -> str:
+    """score-subnet-3.safetensors -> "3": the regime's name in system names."""
+    return path.stem.removeprefix("score-subnet-") or path.stem
+
+
 def _file_version(path: Path) -> str:
     import hashlib
 
@@ -167,6 +196,8 @@ def generate(
     profile: Optional[Path] = typer.Option(None, help="Guidance profile JSON (default: the guide kind's built-in profile)."),
     models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
+    generator: str = typer.Option("unet", help="unet (U-Net denoiser + classifier guide) | score-subnet (single backbone: the noisy classifier with a ScoreSubnet)."),
+    subnet: Optional[Path] = typer.Option(None, help="ScoreSubnet file for --generator score-subnet (default: score-subnet-all.safetensors in the models directory)."),
 ) -> None:
     """Generate speech of the requested class(es), in-process, and write WAVs plus a manifest."""
     import json
@@ -180,6 +211,7 @@ def generate(
 
     if guide not in GUIDE_KINDS:
         fail(f"--guide must be one of {', '.join(GUIDE_KINDS)}, got {guide!r}")
+    _check_generator(generator, subnet, guide)
     if not 1 <= num <= 1000:
         fail(f"--num must be between 1 and 1000, got {num}")
     if steps is not None and not 1 <= steps <= 1000:
@@ -206,7 +238,7 @@ def generate(
     if steps is not None or sampler is not None:
         prof = prof.with_sampler(**{k: v for k, v in dict(steps=steps, kind=sampler).items() if v is not None})
 
-    models = _load_models(models_dir, device)
+    models = _load_models(models_dir, device) if generator == "unet" else _load_subnet(subnet, models_dir, device)
     digit_guide = models.guides["clean" if guide == "clean" else "noisy"]
     try:
         classes = [digit_guide.label_index(t.label) for t in targets]
@@ -240,7 +272,7 @@ def generate(
         else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
     }
     manifest = {
-        "request": {"targets": target, "num": num, "seed": seed, "guide": guide, "device": str(models.device)},
+        "request": {"targets": target, "num": num, "seed": seed, "guide": guide, "generator": generator, "device": str(models.device)},
         "models": model_info,
         "profile": json.loads(prof.model_dump_json()),
         "sample_rate": models.spec.sample_rate,
@@ -268,6 +300,8 @@ def evaluate(
     download: bool = typer.Option(False, help="Download FSDD into the user cache when no local copy is found."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the report to MLflow."),
+    subnet: Optional[list[Path]] = typer.Option(None, "--subnet", help="ScoreSubnet file to add as subnet-uncond / subnet-guided@gamma systems (repeatable)."),
+    subnet_scales: str = typer.Option("3", help="Guidance scales (gamma) for the ScoreSubnet systems."),
 ) -> None:
     """Unconditional vs noise-conditioned vs clean-classifier guidance on the FSDD test split."""
     from guidance.data import resolve_fsdd_root
@@ -292,12 +326,16 @@ def evaluate(
         steps=steps,
         split=split,
         base_profiles=bases,
+        subnet_scales=_parse_scales(subnet_scales, "--subnet-scales"),
     )
     try:
         root = resolve_fsdd_root(data_dir, download=download)
     except FileNotFoundError as exc:
         fail(str(exc))
     models = _load_models(models_dir, device)
+    subnets = {_subnet_label(p): _load_subnet(p, models_dir, device) for p in subnet or []}
+    if len(subnets) != len(subnet or []):
+        fail("--subnet files must have distinct names")
     paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
     try:
         judge_digit = load_model(paths.path("judge_digit"), models.spec, "judge", models.device)
@@ -314,7 +352,7 @@ def evaluate(
         def on_progress(name: str, done: int, total: int) -> None:
             bar.update(task, total=total, completed=done, status=name)
 
-        report = run_eval(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress)
+        report = run_eval(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress, subnets=subnets)
         for s in report["systems"]:
             run.log_metrics({f"{s['name']}.judge_accuracy": s["judge_accuracy"], f"{s['name']}.fd": s["fd"]})
         for name in ("report.json", "report.md", "spectrograms.png"):

@@ -169,3 +169,72 @@ def test_wrong_backbone_is_refused(tmp_path):
     (tmp_path / "backbone.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="backbone"):
         load_model(path)
+
+
+def _subnet_models_dir(tiny_models_dir: Path, tmp_path: Path) -> Path:
+    """The tiny models directory plus a tiny ScoreSubnet on its noise-conditioned classifier."""
+    import shutil
+
+    from guidance.models import read_metadata
+
+    directory = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, directory)
+    backbone = directory / "classifier-noisy.safetensors"
+    meta = read_metadata(backbone)
+    cfg = ScoreSubnetConfig(feature_channels=tuple(meta["config"]["channels"]), channels=(8, 16), emb_dim=8)
+    torch.manual_seed(0)
+    model = SingleBackboneModel.from_backbone_file(backbone, cfg)
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    save_model(directory / "score-subnet-all.safetensors", model, "score-subnet", model.network_config(), spec, DIGITS, "digit")
+    return directory
+
+
+def test_generate_with_score_subnet_and_refusals(tiny_models_dir, tmp_path):
+    import json
+
+    from test_cli import run_cli
+
+    models = _subnet_models_dir(tiny_models_dir, tmp_path)
+    out = tmp_path / "out"
+    r = run_cli("generate", "--generator", "score-subnet", "--target", "digit=3", "--num", "1", "--steps", "3",
+                "--out", str(out), "--models-dir", str(models))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request"]["generator"] == "score-subnet" and manifest["models"]["denoiser"]["name"] == "score-subnet-all"
+    assert (out / "3_000.wav").stat().st_size > 1000
+    _backbone_file(models / "classifier-noisy.safetensors")  # another classifier under the referenced name
+    bad = [
+        ["--generator", "magic"],
+        ["--generator", "score-subnet", "--guide", "clean"],
+        ["--subnet", str(models / "score-subnet-all.safetensors")],
+        ["--generator", "score-subnet"],  # the backbone beside it no longer matches the recorded hash
+    ]
+    for extra in bad:
+        r = run_cli("generate", "--target", "digit=3", "--steps", "2", "--out", str(tmp_path / "bad"), "--models-dir", str(models), *extra)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("speechguide: error:"), (extra, r.stderr)
+    assert "backbone mismatch" in lines[0]
+
+
+@pytest.mark.slow
+def test_evaluation_adds_subnet_systems_with_costs(tiny_models_dir, tmp_path, fsdd_root):
+    from guidance.evaluation import EvalConfig, evaluate
+    from guidance.models import load_model
+    from guidance.pipeline import ModelPaths, ModelSet
+
+    models_dir = _subnet_models_dir(tiny_models_dir, tmp_path)
+    models = ModelSet.load(ModelPaths(root=models_dir), "cpu")
+    subnet = ModelSet.from_score_subnet(models_dir / "score-subnet-all.safetensors", "cpu")
+    judge = load_model(models_dir / "judge-digit.safetensors", kind="judge")
+    cfg = EvalConfig(per_class=1, noisy_scales=[3.0], clean_scales=[0.3], subnet_scales=[3.0], steps=2, split="val")
+    report = evaluate(models, judge, None, cfg, tmp_path / "eval", data_root=str(fsdd_root), subnets={"all": subnet})
+    systems = {s["name"]: s for s in report["systems"]}
+    assert list(systems) == ["unconditional", "noisy@3", "clean@0.3", "subnet-uncond", "subnet-guided@3"]
+    sub, guided = systems["subnet-uncond"], systems["subnet-guided@3"]
+    assert sub["generator"] == "score-subnet" and sub["params_trainable"] < sub["params_total"]
+    assert guided["params_total"] == sub["params_total"]  # the guide is the backbone: counted once
+    assert guided["macs_per_eval"] > sub["macs_per_eval"] > 0  # the guide's backward pass is counted
+    unet, noisy = systems["unconditional"], systems["noisy@3"]
+    assert noisy["params_trainable"] == noisy["params_total"] > unet["params_total"]
+    assert all(s["peak_memory_mb"] >= 0 and s["seconds_per_sample"] > 0 for s in systems.values())
+    assert "## Cost" in (tmp_path / "eval" / "report.md").read_text()
