@@ -1,0 +1,173 @@
+"""Typed app arguments, per-deployment tuning (`user_config`) and Serve config file checks.
+
+Ray's own `ServeDeploySchema` validates a config file's structure but ignores keys it does not
+know, so a misspelled `max_queued_request` would silently leave the queue unbounded. The checks
+here refuse every unknown key, in Ray's part of the file (walking Ray's own pydantic models, so
+they follow the installed Ray version) and in ours (`args`, `user_config`).
+"""
+
+from __future__ import annotations
+
+import copy
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
+APP_BUILDER = "serve.app:build_app"
+TUNED_DEPLOYMENTS = ("Denoiser", "Classifier")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class DeploymentTuning(_Strict):
+    """`user_config` of the denoiser and classifier deployments; changed live via `reconfigure`."""
+
+    max_batch_size: int = Field(16, ge=1, le=256, description="requests merged into one forward")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1, description="how long a batch waits to fill")
+    torch_threads: Optional[int] = Field(None, ge=1, le=256, description="intra-op threads (default: torch's)")
+
+
+class AppArgs(_Strict):
+    """Arguments of `build_app` (the `args:` of an application in the Serve config file)."""
+
+    models_dir: Optional[str] = Field(None, description="default: guidance.pipeline.default_models_dir()")
+    device: Optional[str] = Field(None, description="cpu | cuda; default: CUDA when the replica has a GPU")
+    profiles_dir: Optional[str] = Field(None, description="extra guidance profiles, one NAME.json each")
+    max_body_bytes: int = Field(2 * 2**20, ge=1024, le=64 * 2**20)
+    request_timeout_s: float = Field(120.0, gt=0, le=3600)
+    retry_s: float = Field(30.0, ge=0, le=600, description="how long a step call is retried while a replica restarts")
+    tuning: Optional[DeploymentTuning] = Field(None, description="default user_config of both model deployments")
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a Serve config YAML as a plain mapping (refusing anything else)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Serve config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())[:300]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every pydantic model class an annotation can hold (through Optional, Union, List...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _list_item(annotation: Any) -> Any:
+    for arg in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(arg) in (list, typing.List) and typing.get_args(arg):
+            return typing.get_args(arg)[0]
+    return None
+
+
+def unknown_keys(data: Any, model: type[BaseModel], where: str = "") -> list[str]:
+    """Dotted paths of keys in `data` that `model` (recursively) does not define."""
+    if not isinstance(data, dict):
+        return []
+    known: dict[str, Any] = {}
+    for name, f in model.model_fields.items():
+        known[name] = f.annotation
+        if f.alias:
+            known[f.alias] = f.annotation
+    found = []
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            found.append(path)
+            continue
+        annotation = known[key]
+        if isinstance(value, list):
+            item = _list_item(annotation)
+            inner = _models_in(item) if item is not None else []
+            if len(inner) == 1:
+                for i, v in enumerate(value):
+                    found += unknown_keys(v, inner[0], f"{path}[{i}]")
+        else:
+            models = _models_in(annotation)
+            if len(models) == 1:
+                found += unknown_keys(value, models[0], path)
+    return found
+
+
+def _deployment_label(app: dict, dep: dict) -> str:
+    return f"applications[{app.get('name', '?')}].deployments[{dep.get('name', '?')}]"
+
+
+def check_config(data: dict):
+    """Validate a Serve config mapping: Ray's schema, no unknown keys anywhere, our args and user_configs.
+
+    Returns Ray's `ServeDeploySchema`; raises `ValueError` naming the first problem found.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    unknown = unknown_keys(data, ServeDeploySchema)
+    if unknown:
+        raise ValueError(f"unknown keys in Serve config: {', '.join(unknown)}")
+    try:
+        schema = ServeDeploySchema.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"invalid Serve config: {' '.join(str(exc).split())[:500]}") from None
+    for app in data.get("applications") or []:
+        if app.get("import_path") == APP_BUILDER:
+            try:
+                AppArgs.model_validate(app.get("args") or {})
+            except ValidationError as exc:
+                raise ValueError(f"applications[{app.get('name', '?')}].args: {_first_error(exc)}") from None
+        for dep in app.get("deployments") or []:
+            if dep.get("name") in TUNED_DEPLOYMENTS and dep.get("user_config") is not None:
+                try:
+                    DeploymentTuning.model_validate(dep["user_config"])
+                except ValidationError as exc:
+                    raise ValueError(f"{_deployment_label(app, dep)}.user_config: {_first_error(exc)}") from None
+    return schema
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else err["msg"]
+
+
+def with_overrides(
+    data: dict,
+    models_dir: Optional[str | Path] = None,
+    host: Optional[str] = None,
+    port: Optional[int] = None,
+    user_config: Optional[dict] = None,
+    deployments: Optional[dict[str, dict]] = None,
+) -> dict:
+    """A copy of a config mapping with the caller's choices applied to every app of ours.
+
+    `user_config` is merged into both model deployments' user_config; `deployments` maps a
+    deployment name to options that replace the file's (e.g. smaller queues in a test).
+    """
+    out = copy.deepcopy(data)
+    if host is not None or port is not None:
+        http = out.setdefault("http_options", {})
+        if host is not None:
+            http["host"] = host
+        if port is not None:
+            http["port"] = int(port)
+    for app in out.get("applications") or []:
+        if app.get("import_path") != APP_BUILDER:
+            continue
+        if models_dir is not None:
+            app.setdefault("args", {})["models_dir"] = str(Path(models_dir).resolve())
+        for dep in app.get("deployments") or []:
+            if user_config is not None and dep.get("name") in TUNED_DEPLOYMENTS:
+                dep["user_config"] = {**(dep.get("user_config") or {}), **user_config}
+            dep.update(copy.deepcopy((deployments or {}).get(dep.get("name"), {})))
+    return out

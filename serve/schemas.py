@@ -1,0 +1,118 @@
+"""The HTTP API's request shapes and limits, as strict pydantic models (no Ray, no torch).
+
+Strict so that nothing a client sends is silently reinterpreted: unknown fields are refused (a
+misspelled `guidance_scale` must not quietly fall back to the default), NaN and infinities are
+refused, numbers do not arrive as strings, and every size a request controls has a ceiling.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from guidance.guides import GuidanceProfile
+
+MAX_NUM_SAMPLES = 16  # samples per target
+MAX_TARGETS = 10
+MAX_TOTAL_SAMPLES = 32  # targets x num_samples: one request is at most one sampler batch
+MAX_STEPS = 200
+MAX_SEED = 2**31 - 1
+MAX_REFERENCE_WAV_BYTES = 1_000_000  # decoded reference clip (about 30 s of 16 kHz 16-bit audio)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+
+class TargetSpec(_Strict):
+    """One requested target: a class label of a guide (digit=7), or a speaker's reference clip."""
+
+    guide: str = Field(min_length=1, max_length=64)
+    label: Optional[str] = Field(None, min_length=1, max_length=64)
+    reference_wav_base64: Optional[str] = Field(None, min_length=1, max_length=4 * MAX_REFERENCE_WAV_BYTES // 3 + 8)
+
+    @model_validator(mode="after")
+    def _shape(self) -> "TargetSpec":
+        if self.guide == "speaker":
+            if self.reference_wav_base64 is None:
+                raise ValueError("a speaker target needs reference_wav_base64")
+            if self.label is not None:
+                raise ValueError("a speaker target takes reference_wav_base64, not label")
+            reference_wav(self.reference_wav_base64)
+        else:
+            if self.label is None:
+                raise ValueError(f"a {self.guide!r} target needs a label")
+            if self.reference_wav_base64 is not None:
+                raise ValueError("reference_wav_base64 belongs to speaker targets only")
+        return self
+
+
+def reference_wav(text: str) -> bytes:
+    """Decode and sanity-check a reference clip: valid base64 of a readable WAV file."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("reference_wav_base64 is not valid base64") from None
+    if len(raw) > MAX_REFERENCE_WAV_BYTES:
+        raise ValueError(f"reference clip is larger than {MAX_REFERENCE_WAV_BYTES} bytes")
+    if len(raw) < 44 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        raise ValueError("reference_wav_base64 does not hold a WAV file (no RIFF/WAVE header)")
+    import soundfile  # imported here: only speaker targets need it
+
+    try:
+        info = soundfile.info(io.BytesIO(raw))
+    except Exception:  # soundfile raises its own error types for corrupt input
+        raise ValueError("reference_wav_base64 holds a WAV file that cannot be read") from None
+    if info.frames < 1:
+        raise ValueError("reference clip is empty")
+    return raw
+
+
+class GenerateRequest(_Strict):
+    """POST /v1/generate. Every field but `targets` is optional; the profile supplies defaults."""
+
+    targets: list[TargetSpec] = Field(min_length=1, max_length=MAX_TARGETS)
+    num_samples: int = Field(1, ge=1, le=MAX_NUM_SAMPLES, description="samples per target")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    guidance_scale: Optional[float] = Field(None, ge=0, le=1000)
+    steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS)
+    sampler: Optional[Literal["euler", "heun"]] = None
+    guide_kind: Literal["noisy", "clean"] = "noisy"
+    profile: Union[str, GuidanceProfile, None] = Field(None, description="profile name, or an inline profile")
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _profile(cls, v: object) -> object:
+        if isinstance(v, dict):  # inline profiles are validated by the profile's own (strict) model
+            return GuidanceProfile.model_validate(v)
+        if isinstance(v, str) and not 1 <= len(v) <= 64:
+            raise ValueError("profile name must be 1 to 64 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _total(self) -> "GenerateRequest":
+        total = len(self.targets) * self.num_samples
+        if total > MAX_TOTAL_SAMPLES:
+            raise ValueError(
+                f"num_samples x targets = {total} exceeds {MAX_TOTAL_SAMPLES} samples per request"
+            )
+        return self
+
+    @property
+    def total_samples(self) -> int:
+        return len(self.targets) * self.num_samples
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
+    """One line naming each bad field (`targets.0.label: ...`), for the response's `detail`."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after[_shape()]",))
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
