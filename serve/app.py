@@ -1,0 +1,38 @@
+"""The Serve application: ingress + denoiser + classifier, built from typed arguments.
+
+`serve run serve.app:app` runs it with defaults (the models directory from
+`guidance.pipeline.default_models_dir()`); `serve run serve/config.yaml` and `serve deploy`
+call `build_app(args)` with the config file's `args:` and apply its per-deployment settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ray.serve import Application
+
+from guidance.pipeline import default_models_dir
+from serve.config import AppArgs
+from serve.deployments import Classifier, Denoiser
+from serve.ingress import SpeechIngress
+
+
+def build_app(args: Optional[dict] = None) -> Application:
+    """Bind the three deployments; `args` follows `serve.config.AppArgs` (unknown keys refused)."""
+    parsed = AppArgs.model_validate(args or {})
+    models_dir = str(Path(parsed.models_dir).resolve() if parsed.models_dir else default_models_dir().resolve())
+    parsed = parsed.model_copy(update={"models_dir": models_dir})
+    tuning = parsed.tuning.model_dump() if parsed.tuning else None
+    denoiser, classifier = Denoiser, Classifier
+    if tuning is not None:  # a config file's per-deployment user_config still wins over this default
+        denoiser = Denoiser.options(user_config=tuning)
+        classifier = Classifier.options(user_config=tuning)
+    return SpeechIngress.bind(
+        denoiser.bind(models_dir, parsed.device, tuning),
+        classifier.bind(models_dir, parsed.device, tuning),
+        parsed.model_dump(mode="json"),
+    )
+
+
+app = build_app({})

@@ -1,0 +1,202 @@
+"""The model deployments: the denoiser D(x, sigma) and the classifier guides, each step-batched.
+
+Each replica loads its weights once (safetensors through `guidance.models.load_model`, never
+pickles) and answers per-step calls from the sampler ingress. `@serve.batch` merges the calls
+that concurrent requests make at about the same time, each with its own sigma, class and guide
+settings, into one forward pass. The forward itself runs in a worker thread so the replica's
+event loop keeps accepting (and batching) calls while torch computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from ray import serve
+
+from guidance.device import pick_device
+from guidance.features import FeatureSpec
+from guidance.guides import ClassifierGuide
+from guidance.models import ModelFile, load_model, read_metadata
+from guidance.pipeline import ModelPaths
+from serve.config import DeploymentTuning
+from serve.steps import GuideCall, GuideResult, denoise_batch, from_wire, guide_batch, to_wire
+
+log = logging.getLogger("ray.serve")
+
+# Shared by both model deployments: the defaults below and `DeploymentTuning`'s must agree.
+_TUNING = DeploymentTuning()
+_MODEL_DEPLOYMENT = dict(
+    max_ongoing_requests=64,  # above max_batch_size, or batches could never fill
+    max_queued_requests=256,
+    health_check_period_s=10.0,
+    health_check_timeout_s=30.0,
+    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
+)
+
+
+def file_version(path: Path) -> str:
+    """Content hash of a model file: what a response reports as the model's version."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+class _Batcher:
+    """What both model deployments share: tuning via `reconfigure`, batch statistics, health state."""
+
+    batched_methods: tuple[str, ...] = ()
+
+    def _init_batching(self, tuning: Optional[dict]) -> None:
+        self.batches = 0
+        self.rows = 0
+        self.items = 0
+        self.busy_s = 0.0
+        self.tuning = DeploymentTuning.model_validate(tuning or {})
+        self._apply(self.tuning)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Live change of batch size, wait and threads (Serve calls this on `user_config` updates)."""
+        self.tuning = DeploymentTuning.model_validate(user_config or {})
+        self._apply(self.tuning)
+        log.info("%s reconfigured: %s", type(self).__name__, self.tuning.model_dump())
+
+    def _apply(self, tuning: DeploymentTuning) -> None:
+        for name in self.batched_methods:
+            method = getattr(self, name)
+            method.set_max_batch_size(tuning.max_batch_size)
+            method.set_batch_wait_timeout_s(tuning.batch_wait_timeout_s)
+        if tuning.torch_threads:
+            torch.set_num_threads(tuning.torch_threads)
+
+    def _count(self, items: int, rows: int, seconds: float) -> None:
+        self.batches += 1
+        self.items += items
+        self.rows += rows
+        self.busy_s += seconds
+
+    def stats(self) -> dict:
+        """Batching counters since start (the benchmark reads mean requests per forward here)."""
+        return {
+            "batches": self.batches,
+            "items": self.items,
+            "rows": self.rows,
+            "mean_items_per_batch": self.items / self.batches if self.batches else 0.0,
+            "busy_s": round(self.busy_s, 4),
+            "tuning": self.tuning.model_dump(),
+        }
+
+    def reset_stats(self) -> None:
+        self.batches = self.items = self.rows = 0
+        self.busy_s = 0.0
+
+
+@serve.deployment(name="Denoiser", **_MODEL_DEPLOYMENT)
+class Denoiser(_Batcher):
+    """D(x, sigma) -> x0_hat for batches of rows, each row with its own sigma."""
+
+    batched_methods = ("denoise",)
+
+    def __init__(self, models_dir: str, device: Optional[str] = None, tuning: Optional[dict] = None) -> None:
+        self.device = pick_device(device)
+        path = ModelPaths(root=Path(models_dir)).path("denoiser")
+        self.model_file: ModelFile = load_model(path, kind="denoiser-unet", device=self.device)
+        self.model = self.model_file.model.requires_grad_(False)
+        self.version = file_version(path)
+        self._init_batching(tuning)
+
+    @serve.batch(max_batch_size=_TUNING.max_batch_size, batch_wait_timeout_s=_TUNING.batch_wait_timeout_s)
+    async def denoise(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """One forward for every request that asked within the batch window."""
+        t0 = time.perf_counter()
+        out = await asyncio.to_thread(denoise_batch, self.model, items, self.device)
+        self._count(len(items), sum(len(x) for x, _ in items), time.perf_counter() - t0)
+        return out
+
+    def describe(self) -> dict:
+        spec = self.model_file.spec
+        return {
+            "name": self.model_file.name,
+            "kind": self.model_file.kind,
+            "version": self.version,
+            "alias": None,
+            "card": self.model_file.card,
+            "feature_spec": spec.to_dict(),
+            "device": str(self.device),
+        }
+
+    async def check_health(self) -> None:
+        """Unhealthy (and replaced by Serve) when the model no longer gives finite output."""
+        spec = self.model_file.spec
+        x = to_wire(torch.zeros(1, 1, spec.n_mels, spec.frames))
+        out = await asyncio.to_thread(denoise_batch, self.model, [(x, np.ones(1, dtype=np.float32))], self.device)
+        if not np.isfinite(out[0]).all():
+            raise RuntimeError("denoiser produced non-finite output on its health probe")
+
+
+@serve.deployment(name="Classifier", **_MODEL_DEPLOYMENT)
+class Classifier(_Batcher):
+    """Guides: grad of log p(y | input, sigma) and the target probability, per row.
+
+    Holds both digit classifiers: the noise-conditioned one (reads x_t and sigma) and the clean
+    one (reads x0_hat); each call names the kind and carries its own guide settings.
+    """
+
+    batched_methods = ("guide",)
+
+    def __init__(self, models_dir: str, device: Optional[str] = None, tuning: Optional[dict] = None) -> None:
+        self.device = pick_device(device)
+        paths = ModelPaths(root=Path(models_dir))
+        # The denoiser's front end is the contract: read it from the file's metadata (no weights).
+        self.spec = FeatureSpec.from_dict(read_metadata(paths.path("denoiser"))["feature_spec"])
+        self.files: dict[str, Path] = {"noisy": paths.path("noisy_classifier"), "clean": paths.path("clean_classifier")}
+        self.guides: dict[str, ClassifierGuide] = {
+            kind: ClassifierGuide.from_file(load_model(path, self.spec, "classifier", self.device))
+            for kind, path in self.files.items()
+        }
+        self.versions = {kind: file_version(path) for kind, path in self.files.items()}
+        self._init_batching(tuning)
+
+    @serve.batch(max_batch_size=_TUNING.max_batch_size, batch_wait_timeout_s=_TUNING.batch_wait_timeout_s)
+    async def guide(self, calls: list[GuideCall]) -> list[GuideResult]:
+        """Guide gradients for every request that asked within the batch window, merged by classifier."""
+        t0 = time.perf_counter()
+        out = await asyncio.to_thread(guide_batch, self.guides, calls, self.device)
+        self._count(len(calls), sum(len(c.inp) for c in calls), time.perf_counter() - t0)
+        return out
+
+    async def probabilities(self, kind: str, mels: np.ndarray) -> np.ndarray:
+        """Class probabilities of finished samples (for the response's scores)."""
+        guide = self.guides[kind]
+
+        def run() -> np.ndarray:
+            return to_wire(guide.probabilities(from_wire(mels).to(self.device)).float().cpu())
+
+        return await asyncio.to_thread(run)
+
+    def describe(self) -> dict:
+        return {
+            kind: {
+                "name": f"{kind}-{g.name}-classifier",
+                "file": self.files[kind].stem,
+                "guide": g.name,
+                "version": self.versions[kind],
+                "alias": None,
+                "labels": g.labels,
+                "noise_conditioned": g.needs_sigma,
+            }
+            for kind, g in self.guides.items()
+        }
+
+    async def check_health(self) -> None:
+        """Unhealthy when a classifier stops giving finite probabilities."""
+        for kind in self.guides:
+            probs = await self.probabilities(kind, to_wire(torch.zeros(1, 1, self.spec.n_mels, self.spec.frames)))
+            if not np.isfinite(probs).all() or not math.isclose(float(probs.sum()), 1.0, rel_tol=1e-3):
+                raise RuntimeError(f"{kind} classifier failed its health probe")
+

@@ -1,0 +1,332 @@
+"""The HTTP ingress: validates requests, owns each request's sampler state, drives it step by step.
+
+Every denoiser call of every step goes to the Denoiser deployment and every guide evaluation to
+the Classifier deployment, through handles; the deployments merge the calls of concurrent
+requests into one forward (`@serve.batch`). Step calls are pure functions of their inputs, so a
+call that fails because a replica died is simply sent again (to the replacement replica) for as
+long as `retry_s` allows; the request's state never leaves this replica.
+
+Nothing a client sends reaches a model before it has been validated here: the body's size and
+type, its JSON, every field (strict pydantic), the guide, label and profile names. Profiles are
+looked up by name in a table built at start-up; a request never names a file.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures (Request) at runtime.
+import asyncio
+import base64
+import io
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import soundfile
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from guidance.features import FeatureSpec, GriffinLimVocoder
+from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
+from guidance.pipeline import make_noise
+from serve.config import AppArgs
+from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
+from serve.steps import GuideCall, GuidePlan, GuideResult, drive_sampler, from_wire, to_wire
+
+log = logging.getLogger("ray.serve")
+WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
+RETRYABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+SUPPORTED_GUIDES = ("digit",)
+MAX_SIGMA = 1000.0  # EDM's default is 80; far larger only overflows
+
+api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
+
+
+class ApiError(Exception):
+    """A request that cannot be served, with the status and the one-line detail the client sees."""
+
+    def __init__(self, status: int, detail: str, retry_after: Optional[int] = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+def _error_response(status: int, detail: str, retry_after: Optional[int] = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return _error_response(exc.status, exc.detail, exc.retry_after)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error_response(exc.status_code, str(exc.detail))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errs = exc.errors()
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errs[:3]) or "invalid request"
+    return _error_response(422, detail)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What the model deployments hold, asked once from the deployments themselves."""
+
+    spec: FeatureSpec
+    denoiser: dict
+    guides: dict  # kind -> description (labels, version, noise_conditioned)
+
+
+def load_profiles(profiles_dir: Optional[str]) -> dict[str, GuidanceProfile]:
+    """Every profile a request may name: the built-in ones (by key and by name) and NAME.json files."""
+    table: dict[str, GuidanceProfile] = {}
+    for key, prof in DEFAULT_PROFILES.items():
+        table[key] = prof
+        table.setdefault(prof.name, prof)
+    if profiles_dir:
+        for path in sorted(Path(profiles_dir).glob("*.json")):
+            table[path.stem] = GuidanceProfile.load(path)  # a bad file fails the deployment, loudly
+    return table
+
+
+def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit PCM mono WAV, byte for byte what `guidance.data.write_wav` writes to a file."""
+    buf = io.BytesIO()
+    soundfile.write(buf, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
+@serve.deployment(
+    name="SpeechIngress",
+    max_ongoing_requests=32,
+    max_queued_requests=64,
+    backpressure_config={"status_code": 503, "retry_after_s": 2},
+    ray_actor_options={"num_cpus": 0.25, "num_gpus": 0},
+)
+@serve.ingress(api)
+class SpeechIngress:
+    """POST /v1/generate, GET /v1/models, GET /healthz (see docs/interfaces.md)."""
+
+    def __init__(self, denoiser: DeploymentHandle, classifier: DeploymentHandle, args: Optional[dict] = None) -> None:
+        self.args = AppArgs.model_validate(args or {})
+        self.denoiser = denoiser
+        self.classifier = classifier
+        self.profiles = load_profiles(self.args.profiles_dir)
+        self._catalog: Optional[Catalog] = None
+        self._vocoder: Optional[GriffinLimVocoder] = None
+        # Griffin-Lim seeds torch's global RNG for its phase; one vocoding at a time keeps audio reproducible.
+        self._vocoder_lock = threading.Lock()
+
+    # ---- calls to the model deployments -------------------------------------------------------
+
+    async def _remote(self, what: str, method: Any, *args: Any) -> Any:
+        """Call a deployment method; resend while its replica is being replaced, up to `retry_s`."""
+        deadline = time.monotonic() + self.args.retry_s
+        delay = 0.2
+        while True:
+            try:
+                return await method.remote(*args)
+            except BackPressureError:
+                raise ApiError(503, f"the {what} deployment is at capacity; retry later", retry_after=2) from None
+            except RETRYABLE as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ApiError(503, f"the {what} deployment is unavailable; retry later", retry_after=5) from exc
+                log.warning("%s call failed (%s); retrying in %.1fs", what, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)
+
+    async def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = await self._remote("denoiser", self.denoiser.denoise, (to_wire(x), to_wire(sigma)))
+        return from_wire(out).to(x.dtype)
+
+    async def _guide(self, call: GuideCall) -> GuideResult:
+        return await self._remote("classifier", self.classifier.guide, call)
+
+    async def catalog(self) -> Catalog:
+        if self._catalog is None:
+            den, guides = await asyncio.gather(
+                self._remote("denoiser", self.denoiser.describe), self._remote("classifier", self.classifier.describe)
+            )
+            self._catalog = Catalog(FeatureSpec.from_dict(den["feature_spec"]), den, guides)
+            self._vocoder = GriffinLimVocoder(self._catalog.spec)
+        return self._catalog
+
+    # ---- request checks -----------------------------------------------------------------------
+
+    async def _read_request(self, request: Request) -> GenerateRequest:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, f"content-type must be application/json, got {ctype or 'none'!r}")
+        limit = self.args.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise ApiError(413, f"request body is larger than {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"request body is larger than {limit} bytes")
+        try:
+            data = json.loads(bytes(body))
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, f"body is not valid JSON: {str(exc)[:200]}") from None
+        if not isinstance(data, dict):
+            raise ApiError(422, "body must be a JSON object with a 'targets' field")
+        try:
+            return GenerateRequest.model_validate(data)
+        except ValidationError as exc:
+            raise ApiError(422, describe_validation_error(exc)) from None
+
+    def _profile(self, req: GenerateRequest) -> GuidanceProfile:
+        if isinstance(req.profile, GuidanceProfile):
+            prof = req.profile
+        elif req.profile in (None, "default") or (req.profile == "production" and "production" not in self.profiles):
+            prof = DEFAULT_PROFILES[req.guide_kind]  # until the registry serves an alias, production = the kind's default
+        elif req.profile in self.profiles:
+            prof = self.profiles[req.profile]
+        else:
+            raise ApiError(404, f"profile: unknown profile {req.profile!r}; known: {', '.join(self.profile_names())}")
+        if req.guidance_scale is not None:
+            prof = prof.with_guide(scale=req.guidance_scale)
+        if req.steps is not None or req.sampler is not None:
+            prof = prof.with_sampler(**{k: v for k, v in dict(steps=req.steps, kind=req.sampler).items() if v is not None})
+        if prof.sampler.sigma_max > MAX_SIGMA:
+            raise ApiError(422, f"profile.sampler.sigma_max: at most {MAX_SIGMA:g}, got {prof.sampler.sigma_max:g}")
+        if prof.sampler.steps > MAX_STEPS:
+            raise ApiError(422, f"profile.sampler.steps: at most {MAX_STEPS} steps per request, got {prof.sampler.steps}")
+        return prof
+
+    def profile_names(self) -> list[str]:
+        """Names a request may use: "default" and "production" (the guide kind's profile) and the table's."""
+        return sorted({"default", "production", *self.profiles})
+
+    def _classes(self, req: GenerateRequest, guide: dict) -> list[int]:
+        classes = []
+        for i, t in enumerate(req.targets):
+            if t.guide == "speaker":
+                raise ApiError(422, f"targets.{i}.guide: speaker guidance is not available in this build")
+            if t.guide not in SUPPORTED_GUIDES:
+                raise ApiError(404, f"targets.{i}.guide: unknown guide {t.guide!r}; this app guides with: digit")
+            if t.label not in guide["labels"]:
+                raise ApiError(
+                    404, f"targets.{i}.label: guide {t.guide!r} has no label {t.label!r}; known: {', '.join(guide['labels'])}"
+                )
+            classes.append(guide["labels"].index(t.label))
+        return classes
+
+    # ---- routes -------------------------------------------------------------------------------
+
+    @api.post("/v1/generate")
+    async def generate(self, request: Request) -> Response:
+        t_start = time.perf_counter()
+        req = await self._read_request(request)
+        cat = await self.catalog()
+        guide = cat.guides[req.guide_kind]
+        classes = self._classes(req, guide)
+        prof = self._profile(req)
+        settings = prof.settings_for("digit")
+        reads_x_t = guide["noise_conditioned"] or settings.input == "x_t"
+        if settings.through_denoiser and not reads_x_t and settings.scale > 0:
+            raise ApiError(422, "profile: through_denoiser (gradients through D) is not available in the split deployment")
+        labels = torch.tensor(classes).repeat_interleave(req.num_samples)
+        noise = make_noise(len(labels), cat.spec, req.seed)
+        plan = GuidePlan(req.guide_kind, labels, settings, reads_x_t) if settings.scale > 0 else None
+        t_valid = time.perf_counter()
+        try:
+            mels, stats = await asyncio.wait_for(
+                drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, self._denoise, self._guide),
+                timeout=self.args.request_timeout_s,
+            )
+        except asyncio.TimeoutError:
+            raise ApiError(503, f"sampling took longer than {self.args.request_timeout_s:g} s; retry later", retry_after=5) from None
+        t_sampled = time.perf_counter()
+        probs = from_wire(await self._remote("classifier", self.classifier.probabilities, req.guide_kind, to_wire(mels)))
+        t_scored = time.perf_counter()
+        waves = await asyncio.to_thread(self._vocode, mels)
+        t_vocoded = time.perf_counter()
+
+        rate = cat.spec.sample_rate
+        samples = []
+        for i, (wave, cls) in enumerate(zip(waves, labels.tolist())):
+            scores = {
+                "guide_target_probability": round(float(probs[i, cls]), 4),
+                "guide_prediction": guide["labels"][int(probs[i].argmax())],
+            }
+            if stats.last_guide_prob is not None:
+                scores["guide_last_step_probability"] = round(float(stats.last_guide_prob[i]), 4)
+            samples.append({"wav": wav_bytes(wave, rate), "scores": scores, "target": {"guide": "digit", "label": guide["labels"][cls]}})
+        timings = {
+            "validate": (t_valid - t_start) * 1e3,
+            "sampling": (t_sampled - t_valid) * 1e3,
+            "per_step": (t_sampled - t_valid) * 1e3 / max(stats.steps, 1),
+            "waiting_on_deployments": stats.wait_ms,
+            "scores": (t_scored - t_sampled) * 1e3,
+            "vocode": (t_vocoded - t_scored) * 1e3,
+            "total": (time.perf_counter() - t_start) * 1e3,
+        }
+        timings = {k: round(v, 2) for k, v in timings.items()}
+        accept = request.headers.get("accept", "").lower()
+        if len(samples) == 1 and any(t in accept for t in WAV_TYPES):
+            headers = {"X-Speechguide-Scores": json.dumps(samples[0]["scores"]), "X-Speechguide-Timings-Ms": json.dumps(timings)}
+            return Response(samples[0]["wav"], media_type="audio/wav", headers=headers)
+        return JSONResponse(
+            {
+                "samples": [
+                    {"wav_base64": base64.b64encode(s["wav"]).decode("ascii"), "sample_rate": rate, "scores": s["scores"], "target": s["target"]}
+                    for s in samples
+                ],
+                "models": {
+                    "denoiser": {k: cat.denoiser[k] for k in ("name", "version", "alias")},
+                    "guide": {k: guide[k] for k in ("name", "version", "alias", "noise_conditioned")},
+                },
+                "profile": json.loads(prof.model_dump_json()),
+                "timings_ms": timings,
+                "stats": {"steps": stats.steps, "denoiser_calls": stats.denoiser_calls, "guide_calls": stats.guide_calls},
+            }
+        )
+
+    def _vocode(self, mels: torch.Tensor) -> np.ndarray:
+        assert self._vocoder is not None
+        with self._vocoder_lock:
+            return self._vocoder(mels).cpu().numpy()
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        cat = await self.catalog()
+        return {
+            "denoisers": [{k: cat.denoiser[k] for k in ("name", "kind", "version", "alias", "card")}],
+            "guides": [
+                {"guide": g["guide"], "guide_kind": kind, **{k: g[k] for k in ("name", "version", "alias", "labels", "noise_conditioned")}}
+                for kind, g in cat.guides.items()
+            ],
+            "profiles": self.profile_names(),
+            "sample_rate": cat.spec.sample_rate,
+            "unsupported_guides": ["speaker"],
+        }
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        """200 when both model deployments answer within 5 s, else 503."""
+        names = ("Denoiser", "Classifier")
+        calls = [self.denoiser.describe.remote(), self.classifier.describe.remote()]
+        results = await asyncio.gather(*(asyncio.wait_for(c, 5.0) for c in calls), return_exceptions=True)
+        status = {n: "ok" if not isinstance(r, BaseException) else f"unavailable ({type(r).__name__})" for n, r in zip(names, results)}
+        if all(v == "ok" for v in status.values()):
+            return JSONResponse({"status": "ok", "deployments": status})
+        return JSONResponse({"detail": "not every deployment is ready", "deployments": status}, status_code=503, headers={"Retry-After": "5"})
