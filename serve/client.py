@@ -1,0 +1,34 @@
+"""Python client for the Serve app's HTTP API (what `speechguide generate --url` uses).
+
+Only httpx: calling a running app needs neither Ray nor torch on the client's machine.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+
+def generate_remote(url: str, payload: dict, timeout: float = 300) -> dict:
+    """POST `payload` to URL/v1/generate and return the JSON response.
+
+    The JSON form is always requested (Accept: application/json), so the answer carries every
+    sample with its scores, the models and the profile used. A 4xx raises `ValueError` with the
+    server's `detail` (the client's request is wrong, retrying will not help); 5xx and transport
+    errors raise `httpx.HTTPError` subclasses (the server may recover; 503s carry Retry-After).
+    """
+    endpoint = url.rstrip("/") + "/v1/generate"
+    response = httpx.post(endpoint, json=payload, headers={"Accept": "application/json"}, timeout=timeout)
+    if 400 <= response.status_code < 500:
+        raise ValueError(f"{endpoint} refused the request ({response.status_code}): {_detail(response)}")
+    response.raise_for_status()
+    return response.json()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])
+    return str(body)[:500]
