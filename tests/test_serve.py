@@ -1,0 +1,326 @@
+"""The Serve app as users meet it: a real local Ray cluster, the shipped config file, real HTTP.
+
+One module-scoped cluster runs the app from serve/config.yaml (tiny models, a free port, small
+ingress queues so that backpressure can be provoked); every test talks to it with httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+APP = "speechguide"
+VALID = {"targets": [{"guide": "digit", "label": "7"}], "num_samples": 1, "seed": 3, "steps": 3}
+INGRESS_ONGOING, INGRESS_QUEUED = 4, 4  # the proxy counts a burst as queued until it picks a replica
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_models_dir):
+    import ray
+    from ray import serve
+
+    from serve.config import DEFAULT_CONFIG_PATH
+    from serve.launch import deploy, prepare_config
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
+    try:
+        port = _free_port()
+        config = prepare_config(
+            DEFAULT_CONFIG_PATH,
+            models_dir=tiny_models_dir,
+            port=port,
+            deployments={"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}},
+        )
+        deploy(config, timeout_s=240)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    with httpx.Client(base_url=app_url, timeout=120) as c:
+        yield c
+
+
+def _wav(seconds: float = 0.1) -> bytes:
+    buf = io.BytesIO()
+    soundfile.write(buf, np.zeros(int(16000 * seconds), dtype=np.float32), 16000, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
+def _assert_valid_wav(data: bytes) -> np.ndarray:
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    wave, rate = soundfile.read(io.BytesIO(data), dtype="int16")
+    info = soundfile.info(io.BytesIO(data))
+    assert rate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+    assert len(wave) > 0.9 * 16000
+    return wave
+
+
+def test_generate_returns_wav_like_the_in_process_pipeline(client, tiny_models_dir):
+    r = client.post("/v1/generate", json=VALID, headers={"Accept": "audio/wav"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/wav"
+    served = _assert_valid_wav(r.content)
+    assert "guide_target_probability" in json.loads(r.headers["x-speechguide-scores"])
+
+    # The split app samples what `speechguide generate` samples in-process for the same request.
+    from guidance.guides import DEFAULT_PROFILES
+    from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels, vocode
+    from serve.ingress import wav_bytes
+
+    models = ModelSet.load(ModelPaths(root=tiny_models_dir), "cpu")
+    profile = DEFAULT_PROFILES["noisy"].with_sampler(steps=3)
+    labels = torch.tensor([7])
+    mels = sample_mels(models, "noisy", labels, profile, make_noise(1, models.spec, 3), seed=3)
+    local, _ = soundfile.read(io.BytesIO(wav_bytes(vocode(mels, models.spec).numpy()[0], 16000)), dtype="int16")
+    assert np.abs(local.astype(int) - served.astype(int)).max() <= 2
+
+
+def test_generate_json_for_several_samples(client):
+    payload = {"targets": [{"guide": "digit", "label": "1"}, {"guide": "digit", "label": "4"}], "num_samples": 2,
+               "seed": 1, "steps": 2, "guide_kind": "clean", "guidance_scale": 0.5}
+    r = client.post("/v1/generate", json=payload, headers={"Accept": "audio/wav"})  # 4 samples: JSON anyway
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["samples"]) == 4
+    assert [s["target"]["label"] for s in body["samples"]] == ["1", "1", "4", "4"]
+    for s in body["samples"]:
+        assert s["sample_rate"] == 16000
+        _assert_valid_wav(base64.b64decode(s["wav_base64"]))
+        assert 0 <= s["scores"]["guide_target_probability"] <= 1
+    assert body["models"]["guide"]["noise_conditioned"] is False and body["models"]["denoiser"]["version"]
+    assert body["profile"]["guide"]["scale"] == 0.5 and body["profile"]["sampler"]["steps"] == 2
+    assert body["timings_ms"]["total"] > 0 and body["stats"]["steps"] == 2
+
+
+def test_same_seed_same_audio(client):
+    a = client.post("/v1/generate", json=VALID).json()["samples"][0]["wav_base64"]
+    b = client.post("/v1/generate", json=VALID).json()["samples"][0]["wav_base64"]
+    c = client.post("/v1/generate", json={**VALID, "seed": 4}).json()["samples"][0]["wav_base64"]
+    assert a == b != c
+
+
+def test_models_and_health(client):
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["denoisers"][0]["version"] and body["sample_rate"] == 16000
+    kinds = {g["guide_kind"]: g for g in body["guides"]}
+    assert set(kinds) == {"noisy", "clean"} and kinds["noisy"]["labels"] == [str(d) for d in range(10)]
+    assert kinds["noisy"]["noise_conditioned"] and not kinds["clean"]["noise_conditioned"]
+    assert {"production", "noisy", "clean"} <= set(body["profiles"])
+    h = client.get("/healthz")
+    assert h.status_code == 200 and h.json()["status"] == "ok"
+
+
+def _bad_requests() -> list[tuple[str, dict, int]]:
+    """(name, request kwargs, expected status)."""
+    t = [{"guide": "digit", "label": "7"}]
+    js = lambda body: {"json": body}  # noqa: E731
+    raw = lambda data, ctype="application/json": {"content": data, "headers": {"content-type": ctype}}  # noqa: E731
+    return [
+        ("missing targets", js({"num_samples": 1}), 422),
+        ("empty targets", js({"targets": []}), 422),
+        ("unknown guide", js({"targets": [{"guide": "emotion", "label": "happy"}]}), 404),
+        ("unknown label", js({"targets": [{"guide": "digit", "label": "12"}]}), 404),
+        ("target without label", js({"targets": [{"guide": "digit"}]}), 422),
+        ("steps 0", js({"targets": t, "steps": 0}), 422),
+        ("steps huge", js({"targets": t, "steps": 100000}), 422),
+        ("NaN guidance scale", raw(b'{"targets": [{"guide": "digit", "label": "7"}], "guidance_scale": NaN}'), 422),
+        ("infinite guidance scale", raw(b'{"targets": [{"guide": "digit", "label": "7"}], "guidance_scale": Infinity}'), 422),
+        ("negative guidance scale", js({"targets": t, "guidance_scale": -1.0}), 422),
+        ("num_samples over the limit", js({"targets": t, "num_samples": 1000}), 422),
+        ("num_samples zero", js({"targets": t, "num_samples": 0}), 422),
+        ("too many samples in all", js({"targets": t * 10, "num_samples": 16}), 422),
+        ("negative seed", js({"targets": t, "seed": -1}), 422),
+        ("malformed base64 reference", js({"targets": [{"guide": "speaker", "reference_wav_base64": "not base64!"}]}), 422),
+        ("non-WAV reference", js({"targets": [{"guide": "speaker", "reference_wav_base64": base64.b64encode(b"%PDF-1.4 " * 20).decode()}]}), 422),
+        ("speaker target (not available)", js({"targets": [{"guide": "speaker", "reference_wav_base64": base64.b64encode(_wav()).decode()}]}), 422),
+        ("wrong content type", raw(json.dumps({"targets": t}).encode(), "text/plain"), 415),
+        ("form content type", raw(b"targets=digit", "application/x-www-form-urlencoded"), 415),
+        ("oversized body", raw(b'{"targets": "' + b"x" * (3 * 2**20) + b'"}'), 413),
+        ("invalid JSON", raw(b'{"targets": [}'), 400),
+        ("JSON not an object", js([{"guide": "digit", "label": "7"}]), 422),
+        ("extra unknown field", js({"targets": t, "guidance_scael": 3.0}), 422),
+        ("string for an integer", js({"targets": t, "num_samples": "2"}), 422),
+        ("boolean for an integer", js({"targets": t, "steps": True}), 422),
+        ("number for a label", js({"targets": [{"guide": "digit", "label": 7}]}), 422),
+        ("targets not a list", js({"targets": "digit=7"}), 422),
+        ("unknown guide kind", js({"targets": t, "guide_kind": "judge"}), 422),
+        ("unknown sampler", js({"targets": t, "sampler": "rk4"}), 422),
+        ("unknown profile", js({"targets": t, "profile": "nope"}), 404),
+        ("inline profile with too many steps", js({"targets": t, "profile": {"sampler": {"steps": 900}}}), 422),
+        ("inline profile with a typo", js({"targets": t, "profile": {"guide": {"scael": 1.0}}}), 422),
+        ("deeply nested JSON", raw(b"[" * 100000 + b"]" * 100000), 400),
+    ]
+
+
+BAD = _bad_requests()
+
+
+@pytest.mark.parametrize("kwargs, status", [(k, s) for _, k, s in BAD], ids=[n for n, _, _ in BAD])
+def test_bad_input_gets_a_4xx_with_detail(client, kwargs, status):
+    r = client.post("/v1/generate", **kwargs)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and detail
+
+
+def test_bad_input_details_name_the_field(client):
+    t = [{"guide": "digit", "label": "7"}]
+    cases = {
+        "steps": {"targets": t, "steps": 0},
+        "guidance_scale": {"targets": t, "guidance_scale": -1},
+        "targets.0.label": {"targets": [{"guide": "digit", "label": "12"}]},
+        "targets.0.guide": {"targets": [{"guide": "emotion", "label": "x"}]},
+        "guidance_scael": {"targets": t, "guidance_scael": 3.0},
+        "num_samples": {"targets": t, "num_samples": 1000},
+    }
+    for field, body in cases.items():
+        assert field in client.post("/v1/generate", json=body).json()["detail"]
+    speaker = {"targets": [{"guide": "speaker", "reference_wav_base64": base64.b64encode(_wav()).decode()}]}
+    assert "speaker guidance is not available" in client.post("/v1/generate", json=speaker).json()["detail"]
+
+
+def test_still_serves_after_bad_input(client):
+    r = client.post("/v1/generate", json=VALID, headers={"Accept": "audio/wav"})
+    assert r.status_code == 200 and r.content[:4] == b"RIFF"
+
+
+def test_python_client(app_url):
+    from serve.client import generate_remote
+
+    body = generate_remote(app_url, VALID, timeout=120)
+    assert len(body["samples"]) == 1
+    with pytest.raises(ValueError, match="targets.0.label"):
+        generate_remote(app_url, {"targets": [{"guide": "digit", "label": "12"}]}, timeout=60)
+
+
+def _deployment_stats(name: str) -> dict:
+    from ray import serve
+
+    return serve.get_deployment_handle(name, app_name=APP).stats.remote().result(timeout_s=30)
+
+
+async def _burst(app_url: str, n: int, payload: dict) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=app_url, timeout=120) as c:
+        return await asyncio.gather(*(c.post("/v1/generate", json={**payload, "seed": i}) for i in range(n)))
+
+
+def test_concurrent_requests_share_forward_passes(app_url):
+    from ray import serve
+
+    for name in ("Denoiser", "Classifier"):
+        serve.get_deployment_handle(name, app_name=APP).reset_stats.remote().result(timeout_s=30)
+    responses = asyncio.run(_burst(app_url, INGRESS_ONGOING, {**VALID, "steps": 8}))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    for name in ("Denoiser", "Classifier"):
+        stats = _deployment_stats(name)
+        # 4 requests x 15 calls each; merged calls make fewer forwards than calls.
+        assert stats["items"] == INGRESS_ONGOING * 15 and stats["batches"] < stats["items"], stats
+
+
+def test_reconfigure_changes_batching_without_restart(app_url, tiny_models_dir):
+    import ray
+
+    from serve.config import DEFAULT_CONFIG_PATH
+    from serve.launch import deploy, prepare_config
+
+    def denoiser_replicas() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#Denoiser#" in a["name"]}
+
+    before = denoiser_replicas()
+    port = int(app_url.rsplit(":", 1)[1])
+    overrides = {"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}}
+    try:
+        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, user_config={"max_batch_size": 1}, deployments=overrides))
+        deadline = time.monotonic() + 30
+        while _deployment_stats("Denoiser")["tuning"]["max_batch_size"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _deployment_stats("Denoiser")["tuning"]["max_batch_size"] == 1
+        assert _deployment_stats("Classifier")["tuning"]["max_batch_size"] == 1
+        assert denoiser_replicas() == before  # the same replicas: reconfigure(), not a restart
+    finally:
+        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides))
+    deadline = time.monotonic() + 30
+    while _deployment_stats("Denoiser")["tuning"]["max_batch_size"] != 16 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _deployment_stats("Denoiser")["tuning"]["max_batch_size"] == 16
+
+
+def test_full_queue_answers_503_with_retry_after(app_url):
+    responses = asyncio.run(_burst(app_url, 4 * (INGRESS_ONGOING + INGRESS_QUEUED), {**VALID, "steps": 12}))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    rejected = [r for r in responses if r.status_code == 503]
+    assert rejected and all(int(r.headers["retry-after"]) > 0 for r in rejected), codes
+    assert codes.count(200) >= INGRESS_ONGOING
+
+
+def test_killing_the_classifier_mid_request_ends_cleanly_and_the_app_recovers(app_url):
+    import threading
+
+    import ray
+    from ray import serve
+
+    result: dict = {}
+
+    def request() -> None:
+        try:
+            r = httpx.post(app_url + "/v1/generate", json={**VALID, "steps": 40}, timeout=90)
+            result["response"] = r
+        except httpx.HTTPError as exc:  # a hang would surface here as a timeout
+            result["error"] = exc
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    time.sleep(1.0)  # the request is now sampling: 79 guide calls at a few per second here
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#Classifier#" in a["name"]]
+    assert len(replicas) == 1, replicas
+    assert serve.status().applications[APP].deployments["Classifier"].replica_states.get("RUNNING") == 1
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    killed_at = time.monotonic()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert "error" not in result, result.get("error")
+    r = result["response"]
+    assert r.status_code in (200, 503), r.text
+    if r.status_code == 503:
+        assert r.json()["detail"] and "retry-after" in r.headers
+
+    recovered = None
+    while time.monotonic() - killed_at < 30:
+        try:
+            probe = httpx.post(app_url + "/v1/generate", json=VALID, timeout=20)
+            if probe.status_code == 200:
+                recovered = time.monotonic() - killed_at
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    assert recovered is not None, "the app did not serve again within 30 s of the kill"
+    new = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#Classifier#" in a["name"]]
+    assert new and new != [replicas[0]["name"]]

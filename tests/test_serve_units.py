@@ -1,0 +1,253 @@
+"""The Serve app's parts that need no cluster: config file checks, request schema, step math, CLI args.
+
+The split sampler (`serve.steps`) is checked against the in-process pipeline here, with local
+functions standing in for the deployments; tests/test_serve.py runs the real app over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import io
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import typer
+from typer.testing import CliRunner
+
+from guidance.guides import DEFAULT_PROFILES, GuideTerm, guide_gradient
+from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels
+from serve.config import DEFAULT_CONFIG_PATH, check_config, load_config_file, unknown_keys, with_overrides
+from serve.schemas import GenerateRequest
+from serve.steps import GuideCall, GuidePlan, denoise_batch, drive_sampler, from_wire, guide_batch, to_wire
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models_dir) -> ModelSet:
+    return ModelSet.load(ModelPaths(root=tiny_models_dir), "cpu")
+
+
+# ---- the config file ---------------------------------------------------------------------------
+
+
+def test_shipped_config_passes_rays_schema_and_has_no_unknown_keys():
+    from ray.serve.schema import ServeDeploySchema
+
+    data = load_config_file(DEFAULT_CONFIG_PATH)
+    schema = ServeDeploySchema.model_validate(data)  # Ray's own check, as `serve deploy` does it
+    assert unknown_keys(data, ServeDeploySchema) == []
+    assert check_config(data) == schema
+    app = schema.applications[0]
+    assert app.import_path == "serve.app:build_app"
+    deps = {d.name: d for d in app.deployments}
+    assert set(deps) == {"SpeechIngress", "Denoiser", "Classifier"}
+    assert data["http_options"]["host"] == "127.0.0.1"
+    for name in ("Denoiser", "Classifier"):
+        d = deps[name]
+        assert d.ray_actor_options.num_gpus == 0
+        assert d.max_ongoing_requests > d.user_config["max_batch_size"]  # or batches could never fill
+        assert d.max_queued_requests > 0
+    assert deps["SpeechIngress"].max_queued_requests > 0 and deps["SpeechIngress"].backpressure_config.retry_after_s
+    assert deps["Denoiser"].autoscaling_config["max_replicas"] >= deps["Denoiser"].autoscaling_config["min_replicas"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("http_options", "hots"),
+        ("applications", 0, "improt_path"),
+        ("applications", 0, "deployments", 0, "max_queued_request"),
+        ("applications", 0, "deployments", 0, "ray_actor_options", "num_gpu"),
+        ("applications", 0, "deployments", 1, "autoscaling_config", "max_replica"),
+        ("applications", 0, "deployments", 1, "user_config", "max_batch"),
+        ("applications", 0, "args", "model_dir"),
+    ],
+)
+def test_config_typos_are_refused(path):
+    data = load_config_file(DEFAULT_CONFIG_PATH)
+    bad = copy.deepcopy(data)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = 1
+    with pytest.raises(ValueError, match=path[-1]):
+        check_config(bad)
+
+
+def test_config_values_are_checked_too():
+    data = load_config_file(DEFAULT_CONFIG_PATH)
+    bad = copy.deepcopy(data)
+    bad["applications"][0]["deployments"][1]["user_config"]["max_batch_size"] = 0
+    with pytest.raises(ValueError, match="max_batch_size"):
+        check_config(bad)
+    bad = copy.deepcopy(data)
+    bad["applications"][0]["deployments"][0]["max_ongoing_requests"] = -3
+    with pytest.raises(ValueError):
+        check_config(bad)
+
+
+def test_overrides_reach_every_part(tmp_path):
+    data = with_overrides(
+        load_config_file(DEFAULT_CONFIG_PATH), models_dir=tmp_path, port=8123, user_config={"max_batch_size": 1},
+        deployments={"SpeechIngress": {"max_queued_requests": 3}},
+    )
+    app = data["applications"][0]
+    assert app["args"]["models_dir"] == str(tmp_path.resolve()) and data["http_options"]["port"] == 8123
+    deps = {d["name"]: d for d in app["deployments"]}
+    assert deps["Denoiser"]["user_config"]["max_batch_size"] == 1 == deps["Classifier"]["user_config"]["max_batch_size"]
+    assert deps["SpeechIngress"]["max_queued_requests"] == 3
+    check_config(data)
+
+
+def test_app_builds_from_defaults_and_from_args(tiny_models_dir):
+    from serve.app import app, build_app
+
+    assert app is not None
+    assert build_app({"models_dir": str(tiny_models_dir), "tuning": {"max_batch_size": 4}}) is not None
+    with pytest.raises(ValueError, match="model_dir"):
+        build_app({"model_dir": "x"})
+
+
+# ---- the request schema ------------------------------------------------------------------------
+
+
+def _wav_b64() -> str:
+    buf = io.BytesIO()
+    soundfile.write(buf, np.zeros(1600, dtype=np.float32), 16000, subtype="PCM_16", format="WAV")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_request_schema_accepts_the_documented_example_and_a_valid_speaker_clip():
+    req = GenerateRequest.model_validate(
+        {"targets": [{"guide": "digit", "label": "7"}], "num_samples": 1, "seed": 0, "guidance_scale": 3.0, "steps": 30, "profile": "production"}
+    )
+    assert req.total_samples == 1 and req.guide_kind == "noisy"
+    GenerateRequest.model_validate({"targets": [{"guide": "speaker", "reference_wav_base64": _wav_b64()}]})
+
+
+# ---- the split sampler vs the in-process one ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["noisy", "clean"])
+def test_split_sampler_matches_in_process_pipeline(models, kind):
+    profile = DEFAULT_PROFILES[kind].with_sampler(steps=5)
+    if kind == "clean":
+        profile = profile.with_guide(scale=0.5, sigma_hi=20.0)
+    labels = torch.tensor([7, 7, 2])
+    noise = make_noise(3, models.spec, 11)
+    expected = sample_mels(models, kind, labels, profile, noise, seed=11)
+    settings = profile.settings_for("digit")
+    plan = GuidePlan(kind, labels, settings, models.guides[kind].needs_sigma or settings.input == "x_t")
+    seen: list[GuideCall] = []
+
+    async def denoise(x, sigma):
+        return from_wire(denoise_batch(models.denoiser.model, [(to_wire(x), to_wire(sigma))], models.device)[0])
+
+    async def guide(call):
+        seen.append(call)
+        return guide_batch(models.guides, [call], models.device)[0]
+
+    out, stats = asyncio.run(drive_sampler(noise, profile.sampler.to_config(), 11, plan, denoise, guide))
+    assert torch.equal(out, expected)
+    assert stats.steps == 5 and stats.denoiser_calls == 9  # Heun: two calls per step but the last
+    if kind == "noisy":
+        assert stats.guide_calls == 9
+    else:  # the clean guide is switched off above sigma_hi: no calls there at all
+        assert 0 < stats.guide_calls < 9 and all(float(c.sigma.max()) <= 20.0 for c in seen)
+
+
+def test_merged_guide_batch_equals_one_call_at_a_time(models):
+    """Requests merged by @serve.batch (mixed kinds, sigmas, targets, temperatures, smoothing)."""
+    gen = torch.Generator().manual_seed(0)
+    base = DEFAULT_PROFILES["noisy"].guide
+    variants = [
+        ("noisy", base),
+        ("clean", DEFAULT_PROFILES["clean"].guide),
+        ("noisy", base.model_copy(update={"temperature_sigma_edges": [0.0, 1.0, 100.0], "temperatures": [0.5, 2.0]})),
+        ("clean", base.model_copy(update={"smoothing": 0.1, "smoothing_samples": 2})),
+        ("clean", base.model_copy(update={"temperature": 3.0})),
+    ]
+    calls = []
+    for i, (kind, settings) in enumerate(variants):
+        n = 1 + i % 3
+        x = torch.randn(n, 1, models.spec.n_mels, models.spec.frames, generator=gen)
+        sigma = torch.rand(n, generator=gen) * 10 + 0.01
+        target = torch.randint(0, 10, (n,), generator=gen)
+        calls.append(GuideCall(kind, to_wire(x), to_wire(sigma), to_wire(target), settings.model_dump_json()))
+    merged = guide_batch(models.guides, calls, models.device)
+    for call, got in zip(calls, merged):
+        settings = type(base).model_validate_json(call.settings_json)
+        x = from_wire(call.inp)
+        term = GuideTerm(models.guides[call.kind], from_wire(call.target), settings)
+        grad, logp = guide_gradient(term, x, from_wire(call.sigma), x)
+        torch.testing.assert_close(from_wire(got.grad), grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(from_wire(got.log_prob), logp, rtol=1e-4, atol=1e-6)
+        assert got.grad.flags.c_contiguous and got.grad.dtype == np.float32
+
+
+def test_merged_denoise_batch_splits_back_per_request(models):
+    xs = [torch.randn(n, 1, models.spec.n_mels, models.spec.frames) for n in (1, 3, 2)]
+    sigmas = [torch.full((len(x),), s) for x, s in zip(xs, (0.5, 3.0, 40.0))]
+    merged = denoise_batch(models.denoiser.model, [(to_wire(x), to_wire(s)) for x, s in zip(xs, sigmas)], models.device)
+    for x, s, got in zip(xs, sigmas, merged):
+        with torch.no_grad():
+            torch.testing.assert_close(from_wire(got), models.denoiser.model(x, s), rtol=1e-4, atol=1e-5)
+
+
+# ---- `speechguide serve` argument errors (nothing is started) -------------------------------------
+
+
+@pytest.fixture()
+def cli() -> typer.Typer:
+    from speechguide.serve_cli import register
+
+    app = typer.Typer(add_completion=False)
+
+    @app.callback()
+    def _root() -> None:
+        """test root"""
+
+    register(app)
+    return app
+
+
+def test_serve_command_help(cli):
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in ("--config", "--models-dir", "--host", "--port", "--blocking"):
+        assert option in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "0"], "--port"),
+        (["--port", "many"], "port"),
+        (["--config", "/nonexistent/serve.yaml"], "not found"),
+        (["--models-dir", "/nonexistent/models"], "does not exist"),
+        (["--no-blocking"], "RAY_ADDRESS"),
+    ],
+)
+def test_serve_command_bad_arguments_exit_2(cli, args, message, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    result = CliRunner().invoke(cli, ["serve", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_serve_command_refuses_incomplete_models_dir(cli, tmp_path):
+    result = CliRunner().invoke(cli, ["serve", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "denoiser-unet.safetensors" in result.output
+
+
+def test_serve_command_refuses_config_typos(cli, tmp_path, tiny_models_dir):
+    text = DEFAULT_CONFIG_PATH.read_text().replace("max_queued_requests: 64", "max_queued_request: 64")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    result = CliRunner().invoke(cli, ["serve", "--config", str(bad), "--models-dir", str(tiny_models_dir)])
+    assert result.exit_code == 2 and "max_queued_request" in result.output
