@@ -84,6 +84,13 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return _error_response(422, detail)
 
 
+@api.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    """A bug or a failed deployment call: logged here, a JSON 500 for the client, the replica lives on."""
+    log.error("request failed: %s: %s", type(exc).__name__, exc)
+    return _error_response(500, f"internal error ({type(exc).__name__}); the request can be retried")
+
+
 @dataclass(frozen=True)
 class Catalog:
     """What the model deployments hold, asked once from the deployments themselves."""
