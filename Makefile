@@ -11,7 +11,7 @@ DOWNLOAD := $(if $(SPEECHGUIDE_FSDD_DIR),,--download)
 MODELS := models
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test test-all bench models venv clean
+.PHONY: demo test test-all bench bench-serve models venv clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -32,8 +32,12 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q tests
 
-bench: venv
+bench: venv bench-serve
 	$(PY) bench/run.py
+
+## bench-serve: in-process vs Serve (step-batched) vs Serve (unbatched) at concurrency 1, 4, 16.
+bench-serve: venv
+	$(PY) bench/serve_bench.py
 
 ## models: retrain every committed demo model from scratch (about an hour on 2 CPU cores).
 models: venv

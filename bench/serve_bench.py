@@ -1,0 +1,250 @@
+"""Closed-loop load on three ways of serving the same requests, measured in one run.
+
+(a) in-process: `guidance.pipeline.sample_mels` on the batch of the c requests in flight (the
+    best a single process can do: one forward per step for all of them), then vocode and score;
+(b) Serve, split topology with step batching: the app from serve/config.yaml, c clients over HTTP;
+(c) Serve, per-request unbatched: the same app after `reconfigure` to max_batch_size=1.
+
+Same models, steps, seeds and targets everywhere (request i: digit i % 10, seed i, one sample).
+Printed per system and concurrency: throughput (samples/s), p50/p99 end-to-end latency, the
+sampling part alone (server-side timing for Serve), per-step time and the per-step overhead
+over in-process sampling at the same concurrency, plus the ratios between the systems.
+
+    .venv/bin/python bench/serve_bench.py [--models-dir DIR] [--steps 10] [--concurrency 1,4,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from guidance.guides import DEFAULT_PROFILES  # noqa: E402
+from guidance.pipeline import ModelPaths, ModelSet, default_models_dir, make_noise, sample_mels, vocode  # noqa: E402
+
+REQUIRED = ("denoiser", "noisy_classifier", "clean_classifier")
+
+
+@dataclass
+class Run:
+    system: str
+    concurrency: int
+    steps: int
+    wall_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    sampling_ms: list[float] = field(default_factory=list)
+    items_per_forward: float | None = None  # denoiser
+    guide_items_per_forward: float | None = None
+    denoiser_busy: float | None = None  # fraction of the wall time the denoiser replica computed
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_ms) / self.wall_s
+
+    def pct(self, values: list[float], q: float) -> float:
+        return float(np.percentile(values, q))
+
+
+def tiny_models(directory: Path) -> Path:
+    """Random tiny models in the models/ layout, for machines without trained ones."""
+    from guidance.data import DIGITS
+    from guidance.diffusion import EDMPrecond
+    from guidance.features import FeatureSpec
+    from guidance.models import ClassifierConfig, LogMelClassifier, UNet, UNetConfig, save_model
+    from guidance.models.checkpoint import config_dict
+
+    torch.manual_seed(0)
+    spec = FeatureSpec()
+    unet = UNetConfig(channels=(8, 16), emb_dim=16)
+    save_model(directory / "denoiser-unet.safetensors", EDMPrecond(UNet(unet)), "denoiser-unet", {**config_dict(unet), "sigma_data": 1.0}, spec)
+    for name, noisy in (("classifier-noisy", True), ("classifier-clean", False)):
+        cfg = ClassifierConfig(channels=(8, 16), emb_dim=16, noise_conditioned=noisy)
+        save_model(directory / f"{name}.safetensors", LogMelClassifier(cfg), "classifier", config_dict(cfg), spec, DIGITS, "digit")
+    return directory
+
+
+def request(i: int, steps: int, kind: str) -> dict:
+    return {"targets": [{"guide": "digit", "label": str(i % 10)}], "num_samples": 1, "seed": i, "steps": steps, "guide_kind": kind}
+
+
+def bench_in_process(models: ModelSet, n: int, c: int, steps: int, kind: str) -> Run:
+    """c clients in one process: the c requests in flight are sampled as one batch."""
+    profile = DEFAULT_PROFILES[kind].with_sampler(steps=steps)
+    digit = models.guides[kind]
+    run = Run("in-process batched", c, steps)
+    t_start = time.perf_counter()
+    for start in range(0, n, c):
+        ids = list(range(start, min(start + c, n)))
+        t0 = time.perf_counter()
+        labels = torch.tensor([i % 10 for i in ids])
+        noise = torch.cat([make_noise(1, models.spec, i) for i in ids])
+        mels = sample_mels(models, kind, labels, profile, noise, seed=ids[0])
+        t1 = time.perf_counter()
+        vocode(mels, models.spec)
+        digit.probabilities(mels.to(models.device))
+        t2 = time.perf_counter()
+        run.latencies_ms += [(t2 - t0) * 1e3] * len(ids)
+        run.sampling_ms += [(t1 - t0) * 1e3] * len(ids)
+    run.wall_s = time.perf_counter() - t_start
+    return run
+
+
+async def bench_serve(url: str, name: str, n: int, c: int, steps: int, kind: str) -> Run:
+    """c closed-loop HTTP clients: each sends its next request when the previous one is answered."""
+    import httpx
+
+    run = Run(name, c, steps)
+    queue = list(range(n))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while queue:
+            i = queue.pop(0)
+            t0 = time.perf_counter()
+            r = await http.post("/v1/generate", json=request(i, steps, kind))
+            if r.status_code != 200:
+                raise RuntimeError(f"request {i} failed: {r.status_code} {r.text[:300]}")
+            run.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+            run.sampling_ms.append(r.json()["timings_ms"]["sampling"])
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        t_start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(c)))
+        run.wall_s = time.perf_counter() - t_start
+    return run
+
+
+def _handle_stats(name: str, reset: bool = False) -> dict:
+    from ray import serve
+
+    handle = serve.get_deployment_handle(name, app_name="speechguide")
+    return (handle.reset_stats if reset else handle.stats).remote().result(timeout_s=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def report(runs: list[Run], steps: int) -> None:
+    base = {r.concurrency: r for r in runs if r.system == "in-process batched"}
+    header = (
+        f"{'system':<28}{'conc':>5}{'n':>4}{'samples/s':>11}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'samp p50':>10}{'ms/step':>9}{'ovh ms/step':>13}{'D req/fwd':>10}{'C req/fwd':>10}{'D busy':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in runs:
+        samp = r.pct(r.sampling_ms, 50)
+        overhead = (samp - base[r.concurrency].pct(base[r.concurrency].sampling_ms, 50)) / steps if r.concurrency in base else float("nan")
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        print(
+            f"{r.system:<28}{r.concurrency:>5}{len(r.latencies_ms):>4}{r.throughput:>11.3f}{r.pct(r.latencies_ms, 50):>10.0f}"
+            f"{r.pct(r.latencies_ms, 99):>10.0f}{samp:>10.0f}{samp / steps:>9.1f}{overhead:>13.1f}"
+            f"{fmt(r.items_per_forward, '.2f'):>10}{fmt(r.guide_items_per_forward, '.2f'):>10}{fmt(r.denoiser_busy, '.0%'):>8}"
+        )
+    print()
+    print("ratios (throughput):")
+    by = {(r.system, r.concurrency): r for r in runs}
+    for c in sorted({r.concurrency for r in runs}):
+        parts = []
+        b, u, a = by.get(("serve batched", c)), by.get(("serve unbatched", c)), by.get(("in-process batched", c))
+        if b and u:
+            parts.append(f"serve batched / unbatched = {b.throughput / u.throughput:.2f}x")
+        if b and a:
+            parts.append(f"serve batched / in-process = {b.throughput / a.throughput:.2f}x")
+        if u and a:
+            parts.append(f"serve unbatched / in-process = {u.throughput / a.throughput:.2f}x")
+        print(f"  concurrency {c:>2}: " + "; ".join(parts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=None, help="default: models/ when complete, else tiny random models")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(4, 2 x concurrency))")
+    parser.add_argument("--guide-kind", choices=("noisy", "clean"), default="noisy")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads in-process (default 1, like each Serve replica: with other jobs on the cores, "
+        "2 threads were measured 100x slower here from OpenMP contention)",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    levels = [int(v) for v in args.concurrency.split(",")]
+
+    root = args.models_dir or default_models_dir()
+    tmp = None
+    if not all(ModelPaths(root=root).path(f).is_file() for f in REQUIRED):
+        if args.models_dir:
+            parser.error(f"{root} lacks one of the models the app loads")
+        tmp = tempfile.TemporaryDirectory(prefix="serve-bench-")
+        root = tiny_models(Path(tmp.name))
+        print(f"models: tiny random models ({root}); {default_models_dir()} is incomplete")
+    else:
+        print(f"models: {root.resolve()}")
+    models = ModelSet.load(ModelPaths(root=root), "cpu")
+    count = lambda c: args.requests or max(4, 2 * c)  # noqa: E731
+    print(
+        f"steps={args.steps} (heun), guide={args.guide_kind}, concurrency={levels}, cpu cores={os.cpu_count()}, "
+        f"in-process torch threads={torch.get_num_threads()}"
+    )
+    runs: list[Run] = []
+
+    sample_mels(models, args.guide_kind, torch.tensor([0]), DEFAULT_PROFILES[args.guide_kind].with_sampler(steps=2), make_noise(1, models.spec, 0))
+    for c in levels:
+        runs.append(bench_in_process(models, count(c), c, args.steps, args.guide_kind))
+
+    from ray import serve
+
+    from serve.config import DEFAULT_CONFIG_PATH
+    from serve.launch import connect_ray, deploy, prepare_config
+
+    connect_ray(num_cpus=os.cpu_count())
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for name, tuning in (("serve batched", None), ("serve unbatched", {"max_batch_size": 1})):
+            deploy(prepare_config(DEFAULT_CONFIG_PATH, root, port=port, user_config=tuning), timeout_s=300)
+            asyncio.run(bench_serve(url, "warm-up", 2, 2, 2, args.guide_kind))
+            for c in levels:
+                for d in ("Denoiser", "Classifier"):
+                    _handle_stats(d, reset=True)
+                run = asyncio.run(bench_serve(url, name, count(c), c, args.steps, args.guide_kind))
+                den, cls = _handle_stats("Denoiser"), _handle_stats("Classifier")
+                run.items_per_forward = den["mean_items_per_batch"]
+                run.guide_items_per_forward = cls["mean_items_per_batch"]
+                run.denoiser_busy = den["busy_s"] / run.wall_s
+                runs.append(run)
+    finally:
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+        if tmp is not None:
+            tmp.cleanup()
+    print()
+    report(runs, args.steps)
+    print(
+        "\nmeasured end to end (sampling + scores + Griffin-Lim vocoding); 'samp p50' is the sampling part alone "
+        "(server-side for Serve), 'ovh ms/step' its excess over in-process sampling at the same concurrency, "
+        "'D/C req/fwd' the mean requests merged per denoiser/classifier forward, 'D busy' the denoiser replica's compute share of the wall time."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
