@@ -198,8 +198,9 @@ def generate(
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
     generator: str = typer.Option("unet", help="unet (U-Net denoiser + classifier guide) | score-subnet (single backbone: the noisy classifier with a ScoreSubnet)."),
     subnet: Optional[Path] = typer.Option(None, help="ScoreSubnet file for --generator score-subnet (default: score-subnet-all.safetensors in the models directory)."),
+    url: Optional[str] = typer.Option(None, help="Generate through a running Serve app (e.g. http://127.0.0.1:8000)."),
 ) -> None:
-    """Generate speech of the requested class(es), in-process, and write WAVs plus a manifest."""
+    """Generate speech of the requested class(es), in-process or through a Serve app; write WAVs plus a manifest."""
     import json
     import math
 
@@ -238,6 +239,9 @@ def generate(
     if steps is not None or sampler is not None:
         prof = prof.with_sampler(**{k: v for k, v in dict(steps=steps, kind=sampler).items() if v is not None})
 
+    if url is not None:
+        _generate_remote(url, targets, num, seed, guide, prof if profile is not None else None, scale, steps, sampler, out)
+        return
     models = _load_models(models_dir, device) if generator == "unet" else _load_subnet(subnet, models_dir, device)
     digit_guide = models.guides["clean" if guide == "clean" else "noisy"]
     try:
@@ -282,6 +286,58 @@ def generate(
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(out / "manifest.json")
     typer.echo(f"wrote {len(samples)} WAVs and manifest.json to {out}")
+
+
+def _generate_remote(url, targets, num, seed, guide, profile, scale, steps, sampler, out: Path) -> None:
+    """`generate --url`: the same request through the Serve app's HTTP API, the same files written."""
+    import base64
+    import json
+
+    import httpx
+
+    from serve.client import generate_remote
+
+    if not url.startswith(("http://", "https://")):
+        fail(f"--url must start with http:// or https://, got {url!r}")
+    payload: dict = {"targets": [{"guide": t.guide, "label": t.label} for t in targets], "num_samples": num, "seed": seed}
+    if guide == "none":
+        payload["guidance_scale"] = 0.0
+    else:
+        payload["guide_kind"] = guide
+    for key, value in (("guidance_scale", scale), ("steps", steps), ("sampler", sampler)):
+        if value is not None:
+            payload[key] = value
+    if profile is not None:
+        payload["profile"] = json.loads(profile.model_dump_json())
+    try:
+        response = generate_remote(url, payload)
+    except ValueError as exc:
+        fail(str(exc))
+    except httpx.HTTPError as exc:
+        fail(f"could not generate through {url}: {exc}")
+    out.mkdir(parents=True, exist_ok=True)
+    samples, counts = [], {}
+    for item in response["samples"]:
+        label = (item.get("target") or {}).get("label")
+        key = label if label is not None else "sample"
+        k = counts[key] = counts.get(key, -1) + 1
+        name = f"{key}_{k:03d}.wav"
+        tmp = out / (name + ".partial")
+        tmp.write_bytes(base64.b64decode(item["wav_base64"]))
+        tmp.replace(out / name)
+        samples.append({"file": name, "target": item.get("target"), "scores": item.get("scores", {})})
+    manifest = {
+        "request": {"url": url, **payload},
+        "models": response.get("models", {}),
+        "profile": response.get("profile", {}),
+        "timings_ms": response.get("timings_ms", {}),
+        "sample_rate": response["samples"][0]["sample_rate"] if response["samples"] else None,
+        "samples": samples,
+    }
+    tmp = out / "manifest.json.partial"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / "manifest.json")
+    typer.echo(f"wrote {len(samples)} WAVs and manifest.json to {out} (via {url})")
 
 
 @app.command()
@@ -359,6 +415,16 @@ def evaluate(
             run.log_artifact(out / name)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"report written to {out}")
+
+
+def _register_optional_commands() -> None:
+    """Commands whose heavy dependencies (Ray) load only when they run."""
+    from speechguide.serve_cli import register as register_serve
+
+    register_serve(app)
+
+
+_register_optional_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
