@@ -46,6 +46,7 @@ models: venv
 	$(SG) train noisy-classifier --out $(MODELS)/classifier-noisy.safetensors
 	$(SG) train judge --task digit --out $(MODELS)/judge-digit.safetensors
 	$(SG) train judge --task speaker --seed 4321 --out $(MODELS)/judge-speaker.safetensors
+	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --out $(MODELS)/score-subnet-all.safetensors
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

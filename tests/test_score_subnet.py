@@ -238,3 +238,27 @@ def test_evaluation_adds_subnet_systems_with_costs(tiny_models_dir, tmp_path, fs
     assert noisy["params_trainable"] == noisy["params_total"] > unet["params_total"]
     assert all(s["peak_memory_mb"] >= 0 and s["seconds_per_sample"] > 0 for s in systems.values())
     assert "## Cost" in (tmp_path / "eval" / "report.md").read_text()
+
+
+COMMITTED = {"score-subnet-all": None, "score-subnet-3": [0, 1, 2], "score-subnet-1": [0]}
+
+
+@pytest.mark.parametrize("name", list(COMMITTED))
+def test_committed_subnets_reference_the_committed_backbone(name):
+    from guidance.models import read_metadata
+    from guidance.models.score_subnet import file_sha256
+    from guidance.pipeline import ModelPaths
+
+    paths = ModelPaths()
+    path = paths.root / f"{name}.safetensors"
+    if name != "score-subnet-all" and not path.exists():
+        pytest.skip(f"{path.name} not trained")
+    meta = read_metadata(path)
+    ref = meta["config"]["backbone"]
+    assert ref["file"] == paths.noisy_classifier and ref["sha256"] == file_sha256(paths.path("noisy_classifier"))
+    assert path.stat().st_size < 4 * 2**20  # subnet weights only
+    assert meta["card"]["digits"] == (COMMITTED[name] or list(range(10)))
+    assert meta["card"]["trainable_parameters"] <= 0.4 * read_metadata(paths.path("denoiser"))["card"]["parameters"]
+    model = load_model(path, kind="score-subnet").model
+    x = torch.randn(2, 1, 64, 64)
+    assert torch.isfinite(model(x, torch.tensor([0.5, 5.0]))).all()
