@@ -3,8 +3,9 @@
 Each replica loads its weights once (safetensors through `guidance.models.load_model`, never
 pickles) and answers per-step calls from the sampler ingress. `@serve.batch` merges the calls
 that concurrent requests make at about the same time, each with its own sigma, class and guide
-settings, into one forward pass. The forward itself runs in a worker thread so the replica's
-event loop keeps accepting (and batching) calls while torch computes.
+settings; `_Coalescer` then merges every batch that waited while the previous forward ran, so
+under load one forward serves the whole backlog. The forward itself runs in a worker thread so
+the replica's event loop keeps accepting calls while torch computes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -47,17 +48,72 @@ def file_version(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
+# How many arrival batches `@serve.batch` may hand over at once; the coalescer merges them.
+# max_batch_size * this must stay within max_ongoing_requests (Serve warns otherwise).
+_CONCURRENT_BATCHES = 4
+
+
+class _Coalescer:
+    """Runs one forward at a time over everything that is waiting when the previous one ends.
+
+    `@serve.batch` forms a batch from the calls that arrive within its wait window and hands it
+    over right away, even when the previous forward is still running; under load that yields a
+    queue of one-call batches. Here the calls of every batch handed over meanwhile are merged
+    (up to `max_items`), so the batch size follows the backlog, not the arrival pattern.
+    """
+
+    def __init__(self, run: Callable[[list], list], rows: Callable[[Any], int], max_items: int) -> None:
+        self.run = run
+        self.rows = rows
+        self.max_items = max_items
+        self.pending: list[tuple[Any, asyncio.Future]] = []
+        self.worker: Optional[asyncio.Task] = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.forwards = self.items = self.rows_done = 0
+        self.busy_s = 0.0
+
+    async def submit(self, items: list) -> list:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self.pending.extend(zip(items, futures))
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self._drain())
+        return list(await asyncio.gather(*futures))
+
+    async def _drain(self) -> None:
+        while self.pending:
+            take, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
+            take = [(item, f) for item, f in take if not f.done()]  # callers that gave up
+            if not take:
+                continue
+            t0 = time.perf_counter()
+            try:
+                out = await asyncio.to_thread(self.run, [item for item, _ in take])
+            except Exception as exc:  # every caller of this forward gets the error; the replica lives on
+                for _, f in take:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            for (_, f), result in zip(take, out):
+                if not f.done():
+                    f.set_result(result)
+            self.forwards += 1
+            self.items += len(take)
+            self.rows_done += sum(self.rows(item) for item, _ in take)
+            self.busy_s += time.perf_counter() - t0
+
+
 class _Batcher:
-    """What both model deployments share: tuning via `reconfigure`, batch statistics, health state."""
+    """What both model deployments share: tuning via `reconfigure`, batch statistics."""
 
     batched_methods: tuple[str, ...] = ()
+    coalescer: _Coalescer
 
-    def _init_batching(self, tuning: Optional[dict]) -> None:
-        self.batches = 0
-        self.rows = 0
-        self.items = 0
-        self.busy_s = 0.0
+    def _init_batching(self, run: Callable[[list], list], rows: Callable[[Any], int], tuning: Optional[dict]) -> None:
         self.tuning = DeploymentTuning.model_validate(tuning or {})
+        self.coalescer = _Coalescer(run, rows, self.tuning.max_batch_size)
         self._apply(self.tuning)
 
     def reconfigure(self, user_config: dict) -> None:
@@ -71,29 +127,24 @@ class _Batcher:
             method = getattr(self, name)
             method.set_max_batch_size(tuning.max_batch_size)
             method.set_batch_wait_timeout_s(tuning.batch_wait_timeout_s)
+        self.coalescer.max_items = tuning.max_batch_size
         if tuning.torch_threads:
             torch.set_num_threads(tuning.torch_threads)
 
-    def _count(self, items: int, rows: int, seconds: float) -> None:
-        self.batches += 1
-        self.items += items
-        self.rows += rows
-        self.busy_s += seconds
-
     def stats(self) -> dict:
-        """Batching counters since start (the benchmark reads mean requests per forward here)."""
+        """Forward-pass counters since the last reset (the benchmark reads requests per forward here)."""
+        c = self.coalescer
         return {
-            "batches": self.batches,
-            "items": self.items,
-            "rows": self.rows,
-            "mean_items_per_batch": self.items / self.batches if self.batches else 0.0,
-            "busy_s": round(self.busy_s, 4),
+            "batches": c.forwards,
+            "items": c.items,
+            "rows": c.rows_done,
+            "mean_items_per_batch": c.items / c.forwards if c.forwards else 0.0,
+            "busy_s": round(c.busy_s, 4),
             "tuning": self.tuning.model_dump(),
         }
 
     def reset_stats(self) -> None:
-        self.batches = self.items = self.rows = 0
-        self.busy_s = 0.0
+        self.coalescer.reset()
 
 
 @serve.deployment(name="Denoiser", **_MODEL_DEPLOYMENT)
@@ -108,15 +159,16 @@ class Denoiser(_Batcher):
         self.model_file: ModelFile = load_model(path, kind="denoiser-unet", device=self.device)
         self.model = self.model_file.model.requires_grad_(False)
         self.version = file_version(path)
-        self._init_batching(tuning)
+        self._init_batching(lambda items: denoise_batch(self.model, items, self.device), lambda item: len(item[0]), tuning)
 
-    @serve.batch(max_batch_size=_TUNING.max_batch_size, batch_wait_timeout_s=_TUNING.batch_wait_timeout_s)
+    @serve.batch(
+        max_batch_size=_TUNING.max_batch_size,
+        batch_wait_timeout_s=_TUNING.batch_wait_timeout_s,
+        max_concurrent_batches=_CONCURRENT_BATCHES,
+    )
     async def denoise(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """One forward for every request that asked within the batch window."""
-        t0 = time.perf_counter()
-        out = await asyncio.to_thread(denoise_batch, self.model, items, self.device)
-        self._count(len(items), sum(len(x) for x, _ in items), time.perf_counter() - t0)
-        return out
+        """D(x, sigma) for each (x, sigma) item; concurrent requests' items share one forward."""
+        return await self.coalescer.submit(items)
 
     def describe(self) -> dict:
         spec = self.model_file.spec
@@ -160,15 +212,16 @@ class Classifier(_Batcher):
             for kind, path in self.files.items()
         }
         self.versions = {kind: file_version(path) for kind, path in self.files.items()}
-        self._init_batching(tuning)
+        self._init_batching(lambda calls: guide_batch(self.guides, calls, self.device), lambda call: len(call.inp), tuning)
 
-    @serve.batch(max_batch_size=_TUNING.max_batch_size, batch_wait_timeout_s=_TUNING.batch_wait_timeout_s)
+    @serve.batch(
+        max_batch_size=_TUNING.max_batch_size,
+        batch_wait_timeout_s=_TUNING.batch_wait_timeout_s,
+        max_concurrent_batches=_CONCURRENT_BATCHES,
+    )
     async def guide(self, calls: list[GuideCall]) -> list[GuideResult]:
-        """Guide gradients for every request that asked within the batch window, merged by classifier."""
-        t0 = time.perf_counter()
-        out = await asyncio.to_thread(guide_batch, self.guides, calls, self.device)
-        self._count(len(calls), sum(len(c.inp) for c in calls), time.perf_counter() - t0)
-        return out
+        """Guide gradients per call; concurrent requests' calls share passes (merged by classifier)."""
+        return await self.coalescer.submit(calls)
 
     async def probabilities(self, kind: str, mels: np.ndarray) -> np.ndarray:
         """Class probabilities of finished samples (for the response's scores)."""

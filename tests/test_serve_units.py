@@ -199,6 +199,46 @@ def test_merged_denoise_batch_splits_back_per_request(models):
             torch.testing.assert_close(from_wire(got), models.denoiser.model(x, s), rtol=1e-4, atol=1e-5)
 
 
+def test_coalescer_merges_the_backlog_into_the_next_forward():
+    import time as _time
+
+    from serve.deployments import _Coalescer
+
+    forwards: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        forwards.append(list(items))
+        _time.sleep(0.05)
+        return [i * 10 for i in items]
+
+    async def main() -> list:
+        c = _Coalescer(run, lambda item: 1, max_items=3)
+        first = asyncio.create_task(c.submit([1]))
+        await asyncio.sleep(0.01)  # the first forward is running; these three wait for it
+        rest = [asyncio.create_task(c.submit([i])) for i in (2, 3)] + [asyncio.create_task(c.submit([4, 5]))]
+        return [await first] + [await t for t in rest]
+
+    assert asyncio.run(main()) == [[10], [20], [30], [40, 50]]
+    assert forwards == [[1], [2, 3, 4], [5]]  # backlog merged, capped at max_items
+
+
+def test_coalescer_passes_errors_to_the_callers_and_keeps_working():
+    from serve.deployments import _Coalescer
+
+    def run(items: list[int]) -> list[int]:
+        if 0 in items:
+            raise ValueError("bad item")
+        return items
+
+    async def main() -> None:
+        c = _Coalescer(run, lambda item: 1, max_items=4)
+        with pytest.raises(ValueError, match="bad item"):
+            await c.submit([0])
+        assert await c.submit([7]) == [7]
+
+    asyncio.run(main())
+
+
 # ---- `speechguide serve` argument errors (nothing is started) -------------------------------------
 
 
