@@ -11,7 +11,7 @@ DOWNLOAD := $(if $(SPEECHGUIDE_FSDD_DIR),,--download)
 MODELS := models
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test test-all bench bench-serve models venv clean
+.PHONY: demo test bench bench-serve models venv clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -32,8 +32,8 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q tests
 
-bench: venv bench-serve
-	$(PY) bench/run.py
+## bench: every benchmark; each prints ratios measured side by side in one run.
+bench: bench-serve
 
 ## bench-serve: in-process vs Serve (step-batched) vs Serve (unbatched) at concurrency 1, 4, 16.
 bench-serve: venv

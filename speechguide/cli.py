@@ -301,7 +301,7 @@ def _generate_remote(url, targets, num, seed, guide, profile, scale, steps, samp
         fail(f"--url must start with http:// or https://, got {url!r}")
     payload: dict = {"targets": [{"guide": t.guide, "label": t.label} for t in targets], "num_samples": num, "seed": seed}
     if guide == "none":
-        payload["guidance_scale"] = 0.0
+        payload["profile"] = "unconditional"
     else:
         payload["guide_kind"] = guide
     for key, value in (("guidance_scale", scale), ("steps", steps), ("sampler", sampler)):
