@@ -219,6 +219,30 @@ def test_python_client(app_url):
         generate_remote(app_url, {"targets": [{"guide": "digit", "label": "12"}]}, timeout=60)
 
 
+def test_cli_generate_through_the_app(app_url, tmp_path):
+    """`speechguide generate --url` writes the same files as in-process generation, via HTTP."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "remote"
+    r = subprocess.run(
+        [sys.executable, "-m", "speechguide", "generate", "--target", "digit=4", "--target", "digit=9", "--num", "2",
+         "--steps", "3", "--seed", "1", "--url", app_url, "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.glob("*.wav")) == ["4_000.wav", "4_001.wav", "9_000.wav", "9_001.wav"]
+    _assert_valid_wav((out / "4_000.wav").read_bytes())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request"]["url"] == app_url and len(manifest["samples"]) == 4
+    bad = subprocess.run(
+        [sys.executable, "-m", "speechguide", "generate", "--target", "digit=x", "--url", app_url, "--out", str(tmp_path / "bad")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
 def _deployment_stats(name: str) -> dict:
     from ray import serve
 
