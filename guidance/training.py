@@ -274,15 +274,24 @@ class _ClassifierTrainer:
         self.noisy = role == "noisy-classifier"
         self.task = cfg.task
         self.labels = _labels_for(cfg.task)
-        net_cfg = network_config or ClassifierConfig(num_classes=len(self.labels), noise_conditioned=self.noisy)
+        net_cfg = network_config or self.default_network(spec)
         self.network_config = config_dict(net_cfg)
-        self.model = LogMelClassifier(net_cfg).to(device)
+        self.model = self.build(net_cfg).to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=cfg.steps)
         self.cfg, self.gen, self.floor, self.device = cfg, gen, floor, device
-        self.x, self.y = train_set.mels, _targets(train_set, cfg.task)
+        self.x, self.y = self.training_data(train_set, spec, data_root)
         self.val_x, self.val_y = val_set.mels, _targets(val_set, cfg.task)
         self.batches = _Batches(len(self.x), cfg.batch_size, gen)
+
+    def default_network(self, spec: FeatureSpec) -> ClassifierConfig:
+        return ClassifierConfig(num_classes=len(self.labels), noise_conditioned=self.noisy)
+
+    def build(self, net_cfg) -> torch.nn.Module:
+        return LogMelClassifier(net_cfg)
+
+    def training_data(self, train_set: FeatureSet, spec: FeatureSpec, data_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return train_set.mels, _targets(train_set, self.task)
 
     def step(self) -> float:
         self.model.train()
@@ -324,21 +333,15 @@ class _JudgeTrainer(_ClassifierTrainer):
 
     kind = "judge"
 
-    def __init__(self, role, cfg, spec, train_set, val_set, device, gen, floor, network_config, data_root) -> None:
-        self.noisy = False
-        self.task = cfg.task
-        self.labels = _labels_for(cfg.task)
-        net_cfg = network_config or JudgeConfig(num_classes=len(self.labels), n_mels=spec.n_mels)
-        self.network_config = config_dict(net_cfg)
-        self.model = TDNNJudge(net_cfg).to(device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=cfg.steps)
-        self.cfg, self.gen, self.floor, self.device = cfg, gen, floor, device
+    def default_network(self, spec: FeatureSpec) -> JudgeConfig:
+        return JudgeConfig(num_classes=len(self.labels), n_mels=spec.n_mels)
+
+    def build(self, net_cfg) -> torch.nn.Module:
+        return TDNNJudge(net_cfg)
+
+    def training_data(self, train_set: FeatureSet, spec: FeatureSpec, data_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         vocoded = fsdd_vocoded_features("train", spec, root=data_root)
-        self.x = torch.cat([train_set.mels, vocoded.mels])
-        self.y = torch.cat([_targets(train_set, cfg.task), _targets(vocoded, cfg.task)])
-        self.val_x, self.val_y = val_set.mels, _targets(val_set, cfg.task)
-        self.batches = _Batches(len(self.x), cfg.batch_size, gen)
+        return torch.cat([train_set.mels, vocoded.mels]), torch.cat([_targets(train_set, self.task), _targets(vocoded, self.task)])
 
 
 class _ScoreSubnetTrainer(_DenoiserTrainer):
