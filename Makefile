@@ -48,6 +48,7 @@ models: venv
 	$(SG) train judge --task speaker --seed 4321 --out $(MODELS)/judge-speaker.safetensors
 	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --out $(MODELS)/score-subnet-all.safetensors
 	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --digits 0,1,2 --steps 1000 --out $(MODELS)/score-subnet-3.safetensors
+	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --digits 0 --steps 1000 --out $(MODELS)/score-subnet-1.safetensors
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
