@@ -43,7 +43,7 @@ def test_generate_all_digits_with_committed_models(tmp_path):
     args = ["generate", "--num", "1", "--seed", "0", "--steps", "10", "--out", str(tmp_path)]
     for d in range(10):
         args += ["--target", f"digit={d}"]
-    r = run_cli(*args)
+    r = run_cli(*args, timeout=900)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.glob("*.wav")) == [f"{d}_000.wav" for d in range(10)]
 
@@ -51,7 +51,7 @@ def test_generate_all_digits_with_committed_models(tmp_path):
 def test_evaluate_writes_report_plot_and_wavs(tmp_path, fsdd_root):
     out = tmp_path / "eval"
     r = run_cli("evaluate", "--per-class", "2", "--noisy-scales", "3", "--clean-scales", "0.3", "--steps", "8",
-                "--out", str(out), "--no-mlflow", "--data-dir", str(fsdd_root))
+                "--out", str(out), "--no-mlflow", "--data-dir", str(fsdd_root), timeout=900)
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in report["systems"]] == ["unconditional", "noisy@3", "clean@0.3"]
