@@ -410,7 +410,8 @@ def evaluate(
 
         report = run_eval(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress, subnets=subnets)
         for s in report["systems"]:
-            run.log_metrics({f"{s['name']}.judge_accuracy": s["judge_accuracy"], f"{s['name']}.fd": s["fd"]})
+            key = s["name"].replace("@", "_at_")  # MLflow metric names allow no '@'
+            run.log_metrics({f"{key}.judge_accuracy": s["judge_accuracy"], f"{key}.fd": s["fd"]})
         for name in ("report.json", "report.md", "spectrograms.png"):
             run.log_artifact(out / name)
     typer.echo((out / "report.md").read_text())
