@@ -51,7 +51,8 @@ def test_generate_all_digits_with_committed_models(tmp_path):
 def test_evaluate_writes_report_plot_and_wavs(tmp_path, fsdd_root):
     out = tmp_path / "eval"
     r = run_cli("evaluate", "--per-class", "2", "--noisy-scales", "3", "--clean-scales", "0.3", "--steps", "8",
-                "--out", str(out), "--no-mlflow", "--data-dir", str(fsdd_root), timeout=900)
+                "--out", str(out), "--data-dir", str(fsdd_root), timeout=900,
+                env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in report["systems"]] == ["unconditional", "noisy@3", "clean@0.3"]
@@ -59,3 +60,8 @@ def test_evaluate_writes_report_plot_and_wavs(tmp_path, fsdd_root):
     assert (out / "spectrograms.png").stat().st_size > 1000 and (out / "report.md").exists()
     assert len(list((out / "wavs").rglob("*.wav"))) == 30
     assert default_models_dir().is_dir()
+    import mlflow  # the report went to MLflow too, metrics and artifacts
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["speechguide-evaluate"])
+    assert len(runs) == 1 and "metrics.noisy_at_3.judge_accuracy" in runs.columns
