@@ -153,7 +153,7 @@ class FeatureSet:
         return len(self.digits)
 
 
-def _feature_cache(split: str, spec: FeatureSpec, clips: Sequence[Clip], variant: str, cache_dir: Path | None) -> Path:
+def feature_cache_path(split: str, spec: FeatureSpec, clips: Sequence[Clip], variant: str, cache_dir: Path | None) -> Path:
     key = hashlib.sha256(
         (spec.to_json() + variant + "|" + "|".join(f"{c.path.name}:{c.path.stat().st_size}" for c in clips)).encode()
     ).hexdigest()[:16]
@@ -194,7 +194,7 @@ def fsdd_features(
     def compute() -> FeatureSet:
         return _labelled(clips, LogMel(spec)(load_waves(clips, spec)))
 
-    return _cached(_feature_cache(split, spec, clips, "", cache_dir), compute)
+    return _cached(feature_cache_path(split, spec, clips, "", cache_dir), compute)
 
 
 def fsdd_vocoded_features(
@@ -219,7 +219,7 @@ def fsdd_vocoded_features(
         mels = torch.cat([front(vocoder(clean[i : i + batch])) for i in range(0, len(clean), batch)])
         return _labelled(clips, mels)
 
-    return _cached(_feature_cache(split, spec, clips, "-vocoded", cache_dir), compute)
+    return _cached(feature_cache_path(split, spec, clips, "-vocoded", cache_dir), compute)
 
 
 SC09_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

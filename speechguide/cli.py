@@ -56,7 +56,7 @@ def train(
     """Train a model on the FSDD training split and save it with its feature config."""
     import dataclasses
 
-    from guidance.data import fsdd_split, list_fsdd, resolve_fsdd_root
+    from guidance.data import resolve_fsdd_root
     from guidance.training import TRAIN_DEFAULTS, train as run_training
     from guidance.spec import project_spec
 
@@ -207,7 +207,7 @@ def generate(
     import torch
 
     from guidance.data import write_wav
-    from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
+    from guidance.guides import DEFAULT_PROFILES
     from guidance.pipeline import GUIDE_KINDS, Target, make_noise, sample_mels, vocode
 
     if guide not in GUIDE_KINDS:
