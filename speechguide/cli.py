@@ -418,11 +418,29 @@ def evaluate(
     typer.echo(f"report written to {out}")
 
 
-def _register_optional_commands() -> None:
-    """Commands whose heavy dependencies (Ray) load only when they run."""
-    from speechguide.serve_cli import register as register_serve
+# Each module holds one command group and a `register(app)`; its heavy imports (Ray, MLflow,
+# transformers) happen only when its command runs, so `speechguide --help` stays quick.
+OPTIONAL_COMMAND_MODULES: tuple[str, ...] = (
+    "speechguide.serve_cli",
+    "speechguide.calibrate_cli",
+    "speechguide.tune_cli",
+    "speechguide.models_cli",
+    "speechguide.cluster_cli",
+)
 
-    register_serve(app)
+
+def _register_optional_commands() -> None:
+    """Register every command module that is installed (the list above)."""
+    import importlib
+
+    for module_name in OPTIONAL_COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        module.register(app)
 
 
 _register_optional_commands()
