@@ -159,4 +159,9 @@ DEFAULT_PROFILES: dict[str, GuidanceProfile] = {
         name="clean-default", guide=GuideSettings(scale=0.3, norm_scaling=True, sigma_hi=5.0, input="x0_hat")
     ),
     "unconditional": GuidanceProfile(name="unconditional", guide=GuideSettings(scale=0.0)),
+    # A Hugging Face classifier is a clean classifier too (it reads x0_hat through an adapter), so
+    # it starts from the clean guide's settings; see guidance.guides.hf.
+    "hf": GuidanceProfile(
+        name="hf-default", guide=GuideSettings(scale=0.3, norm_scaling=True, sigma_hi=5.0, input="x0_hat")
+    ),
 }
