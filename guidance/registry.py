@@ -16,6 +16,7 @@ inside a process that also tracks runs elsewhere. Never imports Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -156,7 +158,11 @@ def resolve(name: str, alias: Union[str, int] = PRODUCTION, uri: Optional[str] =
                 f"; aliases: {', '.join(sorted(known)) or 'none'}"
             ) from None
         raise
-    return _version_info(mv)
+    info = _version_info(mv)
+    if not info.aliases:  # some stores leave a version's aliases out: read them off the registered model
+        known = _known_aliases(c, name) or {}
+        info = dataclasses.replace(info, aliases=tuple(sorted(a for a, v in known.items() if int(v) == info.version)))
+    return info
 
 
 def _known_aliases(c: MlflowClient, name: str) -> Optional[dict[str, str]]:
@@ -173,7 +179,16 @@ def list_registered(uri: Optional[str] = None) -> list[RegisteredInfo]:
     c = client(uri)
     out = []
     for rm in c.search_registered_models(max_results=1000):
-        versions = sorted((_version_info(v) for v in c.search_model_versions(f"name = '{rm.name}'")), key=lambda v: v.version)
+        by_version: dict[int, list[str]] = {}
+        for a, v in (rm.aliases or {}).items():  # version searches do not carry aliases in every store
+            by_version.setdefault(int(v), []).append(a)
+        versions = sorted(
+            (
+                dataclasses.replace(info, aliases=tuple(sorted(set(info.aliases) | set(by_version.get(info.version, [])))))
+                for info in map(_version_info, c.search_model_versions(f"name = '{rm.name}'"))
+            ),
+            key=lambda v: v.version,
+        )
         out.append(
             RegisteredInfo(
                 name=rm.name,
@@ -207,12 +222,14 @@ class SafetensorsModel(mlflow.pyfunc.PythonModel):
     output: x0_hat for denoisers, logits for classifiers and judges.
     """
 
+    _skip_type_hint_validation = True  # the tensor signature validates inputs, not type hints
+
     def load_context(self, context: Any) -> None:
         from guidance.models import load_model
 
         self.file = load_model(Path(context.artifacts["weights"]))
 
-    def predict(self, context: Any, model_input: Any, params: Optional[dict] = None) -> Any:
+    def predict(self, context, model_input, params=None):
         import numpy as np
         import torch
 
@@ -231,12 +248,14 @@ class SafetensorsModel(mlflow.pyfunc.PythonModel):
 
 
 class ProfileModel(mlflow.pyfunc.PythonModel):
-    """A guidance profile as an MLflow pyfunc: `predict` returns the profile's JSON (per guide if asked)."""
+    """A guidance profile as an MLflow pyfunc: `predict` returns the profile's JSON."""
+
+    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         self.profile = GuidanceProfile.load(context.artifacts["profile"])
 
-    def predict(self, context: Any, model_input: Any, params: Optional[dict] = None) -> list[str]:
+    def predict(self, context, model_input, params=None):
         return [self.profile.to_json()]
 
 
@@ -399,14 +418,16 @@ def register_model_file(
                 backbone = resolve_backbone(meta["config"]["backbone"], path)
                 shutil.copy2(backbone, weights / backbone.name)
             model_dir = Path(tmp) / "model"
-            mlflow.pyfunc.save_model(
-                str(model_dir),
-                python_model=_model_code(Path(tmp), "SafetensorsModel"),
-                artifacts={"weights": str(weights / path.name), **_extra_artifacts(weights, path.name)},
-                signature=_signature(meta),
-                pip_requirements=PIP_REQUIREMENTS,
-                metadata={"speechguide": {"kind": meta["kind"], "feature_spec": meta["feature_spec"], "labels": meta.get("labels", [])}},
-            )
+            with warnings.catch_warnings():  # no input example, untyped predict: both deliberate
+                warnings.simplefilter("ignore")
+                mlflow.pyfunc.save_model(
+                    str(model_dir),
+                    python_model=_model_code(Path(tmp), "SafetensorsModel"),
+                    artifacts={"weights": str(weights / path.name), **_extra_artifacts(weights, path.name)},
+                    signature=_signature(meta),
+                    pip_requirements=PIP_REQUIREMENTS,
+                    metadata={"speechguide": {"kind": meta["kind"], "feature_spec": meta["feature_spec"], "labels": meta.get("labels", [])}},
+                )
             description = f"speechguide {meta['kind']} model ({path.name})"
             version = _register_saved(c, u, name, model_dir, tags, description)
     else:
@@ -456,14 +477,16 @@ def register_profile(
             pfile = Path(tmp) / PROFILE_FILE
             pfile.write_text(text)
             model_dir = Path(tmp) / "model"
-            mlflow.pyfunc.save_model(
-                str(model_dir),
-                python_model=_model_code(Path(tmp), "ProfileModel"),
-                artifacts={"profile": str(pfile)},
-                signature=_profile_signature(),
-                pip_requirements=PIP_REQUIREMENTS,
-                metadata={"speechguide": {"kind": "guidance-profile", "profile": json.loads(text)}},
-            )
+            with warnings.catch_warnings():  # no input example, untyped predict: both deliberate
+                warnings.simplefilter("ignore")
+                mlflow.pyfunc.save_model(
+                    str(model_dir),
+                    python_model=_model_code(Path(tmp), "ProfileModel"),
+                    artifacts={"profile": str(pfile)},
+                    signature=_profile_signature(),
+                    pip_requirements=PIP_REQUIREMENTS,
+                    metadata={"speechguide": {"kind": "guidance-profile", "profile": json.loads(text)}},
+                )
             version = _register_saved(c, u, name, model_dir, tags, f"speechguide guidance profile {profile.name!r}", metrics, run_id)
     c.set_registered_model_alias(name, alias, str(version))
     return version

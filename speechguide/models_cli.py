@@ -1,0 +1,135 @@
+"""`speechguide models list|register|promote`: the MLflow model registry from the command line.
+
+MLflow is imported inside the commands only, so the main command line stays quick; `register`
+adds the group to the CLI's typer app.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+TRACKING_HELP = "MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)."
+
+
+def _fail(message: str) -> None:
+    from speechguide.cli import fail  # lazy: speechguide.cli imports this module to register the group
+
+    fail(message)
+
+
+def _quiet_mlflow(uri: Optional[str]) -> None:
+    """Use `uri` for everything below (registry calls read it) and drop MLflow's progress bars."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if uri:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `models` command group to `app`."""
+    models_app = typer.Typer(no_args_is_help=True, help="The MLflow model registry: register, list and promote models and profiles.")
+    app.add_typer(models_app, name="models")
+
+    @models_app.command("list")
+    def list_command(
+        tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    ) -> None:
+        """Show every registered model: versions, aliases, kind and content hash."""
+        _quiet_mlflow(tracking_uri)
+        from rich.console import Console
+        from rich.table import Table
+
+        from guidance.registry import RegistryError, list_registered, tracking_uri as resolve_uri
+
+        try:
+            models = list_registered()
+        except RegistryError as exc:
+            _fail(str(exc))
+        table = Table(title=f"registered models ({resolve_uri()})")
+        for col in ("name", "version", "aliases", "kind", "sha256", "details"):
+            table.add_column(col)
+        for rm in models:
+            for v in rm.versions:
+                details = " ".join(f"{k.removeprefix('metric.')}={val}" for k, val in sorted(v.tags.items()) if k.startswith("metric."))
+                if not details:
+                    details = v.tags.get("file", "") or v.tags.get("profile_name", "")
+                table.add_row(rm.name, str(v.version), ",".join(v.aliases), v.tags.get("kind", ""), v.tags.get("sha256", "")[:12], details)
+        Console(width=160).print(table)
+        if not models:
+            typer.echo("no registered models yet: `speechguide models register` registers the models directory")
+
+    @models_app.command("register")
+    def register_command(
+        models_dir: Optional[Path] = typer.Option(
+            None, "--models-dir", envvar="SPEECHGUIDE_MODELS", help="Directory of *.safetensors model files (default: models/)."
+        ),
+        profile: Optional[Path] = typer.Option(None, "--profile", help="Also register this guidance profile (JSON)."),
+        profile_name: str = typer.Option("speechguide-profile", "--profile-name", help="Registered model name for --profile."),
+        alias: list[str] = typer.Option(["candidate"], "--alias", help="Alias(es) the new versions get (repeatable)."),
+        production_if_missing: bool = typer.Option(
+            True, "--production-if-missing/--no-production-if-missing",
+            help="A model file with no production version yet becomes production at once.",
+        ),
+        tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    ) -> None:
+        """Register every model file of the models directory (and optionally a profile); identical files are not duplicated."""
+        _quiet_mlflow(tracking_uri)
+        from guidance.pipeline import default_models_dir
+        from guidance.registry import RegistryError, promote, register_models_dir, register_profile
+
+        root = models_dir or default_models_dir()
+        if not root.is_dir():
+            _fail(f"--models-dir {root} is not a directory")
+        for a in alias:
+            if not a or a.isdigit() or a == "latest":
+                _fail(f"--alias {a!r}: an alias must not be empty, a number or 'latest'")
+        prof = None
+        if profile is not None:
+            from pydantic import ValidationError
+
+            from guidance.guides import GuidanceProfile
+
+            try:
+                prof = GuidanceProfile.load(profile)
+            except (OSError, ValueError, ValidationError) as exc:
+                _fail(f"--profile {profile}: {' '.join(str(exc).split())[:300]}")
+        try:
+            for info in register_models_dir(root, aliases=tuple(alias), production_if_missing=production_if_missing):
+                typer.echo(f"{info.name} version {info.version}  aliases: {', '.join(info.aliases)}")
+            if prof is not None:
+                aliases = alias or ["candidate"]
+                version = register_profile(prof, profile_name, {}, alias=aliases[0])
+                for a in aliases[1:]:
+                    promote(profile_name, version, a)
+                typer.echo(f"{profile_name} version {version}  aliases: {', '.join(aliases)} (profile {prof.name!r})")
+        except RegistryError as exc:
+            _fail(str(exc))
+
+    @models_app.command("promote")
+    def promote_command(
+        name: str = typer.Argument(..., help="Registered model name, e.g. speechguide-profile or classifier-noisy."),
+        source: str = typer.Option("candidate", "--from", help="Alias whose version is promoted."),
+        to: str = typer.Option("production", "--to", help="Alias to move."),
+        version: Optional[int] = typer.Option(None, "--version", help="Promote this version instead of --from's."),
+        tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    ) -> None:
+        """Move alias --to (production) to the version --from (candidate) or --version names."""
+        _quiet_mlflow(tracking_uri)
+        from guidance.registry import RegistryError, promote, resolve
+
+        if version is not None and version < 1:
+            _fail(f"--version must be at least 1, got {version}")
+        try:
+            before = None
+            try:
+                before = resolve(name, to).version
+            except RegistryError:
+                pass  # no such alias yet (an unknown model fails below, with its own message)
+            got = promote(name, version if version is not None else source, to)
+        except RegistryError as exc:
+            _fail(str(exc))
+        moved = "unchanged at" if before == got else (f"moved from version {before} to" if before else "set to")
+        typer.echo(f"{name}@{to} {moved} version {got}")
