@@ -1,0 +1,99 @@
+"""Scores one guidance profile on the validation split in batches (pure PyTorch; no Ray).
+
+The trial and the driver's baseline both use it, so the default profile and every tuned profile
+see exactly the same noise, the same targets and the same scoring. Batch `b` holds
+`batch_per_class` samples of every digit; sample `i` always starts from row `i` of one noise
+tensor drawn from the sweep's seed (common random numbers across trials). Audio that comes out of
+the vocoder non-finite (a sample guidance blew up) is heard as silence, as its WAV file would play.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from guidance.data import DIGITS, fsdd_features
+from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
+from guidance.metrics import hear, judge_outputs
+from guidance.models import ModelFile, load_model
+from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels, vocode
+from tune.objective import ObjectiveAccumulator, ObjectiveWeights, ValReference
+from tune.settings import TuneSettings
+
+
+def base_profile(settings: TuneSettings) -> GuidanceProfile:
+    """The profile the sweep starts from and compares against, at the baseline's step count."""
+    profile = GuidanceProfile.load(settings.profile) if settings.profile else DEFAULT_PROFILES[settings.guide]
+    return profile.with_sampler(steps=settings.base_steps)
+
+
+def load_models(settings: TuneSettings, device: Optional[str] = None) -> tuple[ModelSet, ModelFile]:
+    paths = ModelPaths(root=Path(settings.models_dir)) if settings.models_dir else ModelPaths()
+    models = ModelSet.load(paths, device)
+    judge = load_model(paths.path("judge_digit"), models.spec, "judge", models.device)
+    return models, judge
+
+
+def val_reference(settings: TuneSettings, models: ModelSet, judge: ModelFile) -> ValReference:
+    """The judge's embeddings of the real validation clips (takes 5-9; never the test split)."""
+    val = fsdd_features("val", models.spec, root=settings.data_dir)
+    emb, _ = judge_outputs(judge.model, val.mels)
+    return ValReference.from_judge_outputs(emb, val.digits)
+
+
+def weights(settings: TuneSettings) -> ObjectiveWeights:
+    return ObjectiveWeights(settings.accuracy_weight, settings.fd_weight, settings.diversity_weight)
+
+
+@dataclass
+class BatchResult:
+    index: int  # 1-based number of batches scored so far
+    metrics: dict[str, float]
+    mels: torch.Tensor
+    waves: torch.Tensor
+    targets: torch.Tensor
+
+
+class ProfileEvaluator:
+    """Generates and scores a profile batch by batch, optionally resuming after `start` batches."""
+
+    def __init__(self, settings: TuneSettings, models: ModelSet, judge: ModelFile, reference: ValReference) -> None:
+        self.settings, self.models, self.judge = settings, models, judge
+        self.accumulator = ObjectiveAccumulator(reference, weights(settings))
+        n = settings.per_class * len(DIGITS)
+        self.noise = make_noise(n, models.spec, settings.seed)
+        self.targets = torch.arange(len(DIGITS)).repeat(settings.per_class)  # every batch holds every digit
+        self.batch_size = settings.batch_per_class * len(DIGITS)
+
+    def run(self, profile: GuidanceProfile, start: int = 0) -> Iterator[BatchResult]:
+        spec = self.models.spec
+        for b in range(start, self.settings.batches):
+            rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            began = time.perf_counter()
+            mels = sample_mels(
+                self.models, self.settings.guide, self.targets[rows], profile, self.noise[rows],
+                seed=self.settings.seed + rows.start, batch_size=self.batch_size,
+            )
+            # A sample that blew up vocodes to non-finite audio; a WAV file would carry it as silence/clipping.
+            waves = torch.nan_to_num(vocode(mels, spec), nan=0.0, posinf=0.0, neginf=0.0).clamp(-1.0, 1.0)
+            emb, logits = judge_outputs(self.judge.model, hear(waves, spec))
+            metrics = self.accumulator.add(emb, logits, self.targets[rows])
+            metrics["batch_seconds"] = time.perf_counter() - began
+            yield BatchResult(b + 1, metrics, mels, waves, self.targets[rows])
+
+
+def score_profile(settings: TuneSettings, profile: GuidanceProfile, models=None, judge=None, reference=None) -> dict[str, float]:
+    """All batches of one profile, in process: the final metrics (used for the baseline)."""
+    if models is None or judge is None:
+        models, judge = load_models(settings)
+    reference = reference or val_reference(settings, models, judge)
+    last: dict[str, float] = {}
+    total = 0.0
+    for result in ProfileEvaluator(settings, models, judge, reference).run(profile):
+        total += result.metrics["batch_seconds"]
+        last = result.metrics
+    return {**last, "trial_seconds": total}
