@@ -20,8 +20,8 @@ from guidance.guides import ClassifierGuide, GuidanceProfile, GuidedDenoiser, Gu
 from guidance.models import ModelFile, load_model
 from guidance.models.score_subnet import GuidedSingleBackbone, SingleBackboneModel, load_score_subnet
 
-GuideKind = Literal["noisy", "clean", "none"]
-GUIDE_KINDS: tuple[str, ...] = ("noisy", "clean", "none")
+GuideKind = Literal["noisy", "clean", "none", "hf"]
+GUIDE_KINDS: tuple[str, ...] = ("noisy", "clean", "none", "hf")  # hf: a Hugging Face classifier the caller puts in ModelSet.guides
 MODELS_ENV = "SPEECHGUIDE_MODELS"
 
 

@@ -199,6 +199,8 @@ def generate(
     generator: str = typer.Option("unet", help="unet (U-Net denoiser + classifier guide) | score-subnet (single backbone: the noisy classifier with a ScoreSubnet)."),
     subnet: Optional[Path] = typer.Option(None, help="ScoreSubnet file for --generator score-subnet (default: score-subnet-all.safetensors in the models directory)."),
     url: Optional[str] = typer.Option(None, help="Generate through a running Serve app (e.g. http://127.0.0.1:8000)."),
+    hf_guide: Optional[str] = typer.Option(None, "--hf-guide", help="Hugging Face audio classifier as the digit guide: a local directory (read offline) or a hub id; uses the 'hf' profile."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help="--hf-guide label names to targets: seven=7,... or a JSON file (digit words zero..nine and 0..9 are built in)."),
 ) -> None:
     """Generate speech of the requested class(es), in-process or through a Serve app; write WAVs plus a manifest."""
     import json
@@ -212,6 +214,7 @@ def generate(
 
     if guide not in GUIDE_KINDS:
         fail(f"--guide must be one of {', '.join(GUIDE_KINDS)}, got {guide!r}")
+    guide = _check_hf_guide(hf_guide, label_map, guide, generator, url)
     _check_generator(generator, subnet, guide)
     if not 1 <= num <= 1000:
         fail(f"--num must be between 1 and 1000, got {num}")
@@ -243,7 +246,9 @@ def generate(
         _generate_remote(url, targets, num, seed, guide, prof if profile is not None else None, scale, steps, sampler, out)
         return
     models = _load_models(models_dir, device) if generator == "unet" else _load_subnet(subnet, models_dir, device)
-    digit_guide = models.guides["clean" if guide == "clean" else "noisy"]
+    if guide == "hf":
+        models.guides["hf"] = _load_hf_guide(hf_guide, label_map, models)
+    digit_guide = models.guides[guide if guide in ("clean", "hf") else "noisy"]
     try:
         classes = [digit_guide.label_index(t.label) for t in targets]
     except KeyError as exc:
@@ -275,6 +280,8 @@ def generate(
         if guide == "none"
         else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
     }
+    if guide == "hf":
+        model_info["guide"].update(digit_guide.describe())
     manifest = {
         "request": {"targets": target, "num": num, "seed": seed, "guide": guide, "generator": generator, "device": str(models.device)},
         "models": model_info,
@@ -286,6 +293,36 @@ def generate(
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(out / "manifest.json")
     typer.echo(f"wrote {len(samples)} WAVs and manifest.json to {out}")
+
+
+def _check_hf_guide(hf_guide: Optional[str], label_map: Optional[str], guide: str, generator: str, url: Optional[str]) -> str:
+    """--hf-guide makes the guide kind "hf" (a Hugging Face classifier read in-process by the U-Net sampler)."""
+    if hf_guide is None:
+        if guide == "hf":
+            fail("--guide hf needs --hf-guide PATH_OR_HUB_ID")
+        if label_map is not None:
+            fail("--label-map applies to --hf-guide only")
+        return guide
+    if guide not in ("noisy", "hf"):  # noisy is --guide's default
+        fail(f"--hf-guide is the guide: leave out --guide {guide}")
+    if generator != "unet":
+        fail("--hf-guide steers the U-Net generator (--generator unet)")
+    if url is not None:
+        fail("--hf-guide runs in-process only, not through --url")
+    return "hf"
+
+
+def _load_hf_guide(source: str, label_map: Optional[str], models):
+    """The Hugging Face classifier behind --hf-guide as a digit guide (a local directory never touches the network)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from guidance.guides.hf import HFAudioGuide, HFGuideError
+
+    try:
+        return HFAudioGuide.from_pretrained(source, models.spec, label_map, device=models.device)
+    except HFGuideError as exc:
+        fail(str(exc))
 
 
 def _generate_remote(url, targets, num, seed, guide, profile, scale, steps, sampler, out: Path) -> None:

@@ -107,9 +107,9 @@ def load_hf_audio_classifier(path_or_id: str | os.PathLike, device: torch.device
         extractor = AutoFeatureExtractor.from_pretrained(source, **kwargs)
         model = AutoModelForAudioClassification.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        where = "the local directory" if kwargs else "the Hugging Face hub (no network, or HF_HUB_OFFLINE set?)"
+        where = f"directory {text}" if kwargs else f"hub id {text} (no network, or HF_HUB_OFFLINE set?)"
         reason = " ".join(str(exc).split())[:200]
-        raise HFGuideError(f"could not load a Hugging Face audio classifier from {text} ({where}): {reason}") from None
+        raise HFGuideError(f"could not load a Hugging Face audio classifier from {where}: {reason}") from None
     return model.to(device).eval().requires_grad_(False), extractor
 
 
