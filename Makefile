@@ -11,7 +11,7 @@ DOWNLOAD := $(if $(SPEECHGUIDE_FSDD_DIR),,--download)
 MODELS := models
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test bench bench-serve models venv clean
+.PHONY: demo test bench bench-serve bench-tune models venv clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -33,11 +33,15 @@ test: venv
 	$(PY) -m pytest -q tests
 
 ## bench: every benchmark; each prints ratios measured side by side in one run.
-bench: bench-serve
+bench: bench-serve bench-tune
 
 ## bench-serve: in-process vs Serve (step-batched) vs Serve (unbatched) at concurrency 1, 4, 16.
 bench-serve: venv
 	$(PY) bench/serve_bench.py
+
+## bench-tune: ASHA vs FIFO at equal budget (same trials and seed): best validation objective and compute spent.
+bench-tune: venv
+	OMP_NUM_THREADS=1 $(PY) bench/tune_bench.py
 
 ## models: retrain every committed demo model from scratch (about an hour on 2 CPU cores).
 models: venv

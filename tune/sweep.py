@@ -24,7 +24,7 @@ from tune.settings import SIDECAR, TuneSettings, _is_uri
 from tune.space import ProfileSpace
 
 
-KEPT_METRICS = ("objective", "judge_accuracy", "fd", "diversity", "samples", "trial_seconds", "batches", "time_total_s")
+KEPT_METRICS = ("objective", "judge_accuracy", "fd", "diversity", "samples", "trial_seconds", "batches", "time_total_s", "timestamp")
 
 
 @dataclass
@@ -104,6 +104,8 @@ def ray_session(settings: TuneSettings) -> Iterator[None]:
     import ray
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # finished trials reach the saved state quickly
+    # every per-batch checkpoint forces a state snapshot (num_to_keep=1): wanted here, so no warning about it
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         yield
         return
