@@ -16,7 +16,7 @@ from guidance.device import pick_device
 from guidance.diffusion import init_state, sampler_step
 from guidance.diffusion.precond import Denoiser
 from guidance.features import FeatureSpec, GriffinLimVocoder
-from guidance.guides import ClassifierGuide, GuidanceProfile, GuidedDenoiser, GuideTerm
+from guidance.guides import ClassifierGuide, Guide, GuidanceProfile, GuidedDenoiser, GuideSettings, GuideTerm
 from guidance.models import ModelFile, load_model
 from guidance.models.score_subnet import GuidedSingleBackbone, SingleBackboneModel, load_score_subnet
 
@@ -110,15 +110,58 @@ def make_noise(n: int, spec: FeatureSpec, seed: int) -> torch.Tensor:
     return torch.randn(n, 1, spec.n_mels, spec.frames, generator=gen)
 
 
-def guided_denoiser(models: ModelSet, kind: GuideKind, targets: torch.Tensor, profile: GuidanceProfile) -> Denoiser:
-    """The denoiser to sample with: plain D, or D wrapped with the chosen digit guide."""
-    if kind == "none" or profile.settings_for("digit").scale == 0:
+Targets = torch.Tensor | dict[str, torch.Tensor]  # digit class indices, or guide name -> (B,) label indices
+
+
+def guide_settings(profile: GuidanceProfile, name: str, guide: Guide) -> GuideSettings:
+    """A guide's settings: the profile's per-guide entry, else the guide kind's own default
+    (`default_settings`, e.g. the voice guide's), else the profile's shared settings."""
+    if name in profile.per_guide:
+        return profile.per_guide[name]
+    return getattr(guide, "default_settings", None) or profile.guide
+
+
+def build_guide_terms(
+    targets: dict[str, torch.Tensor],
+    guides: dict[str, Guide],
+    profile: GuidanceProfile,
+    weights: dict[str, float] | None = None,
+    device: torch.device | str | None = None,
+) -> list[GuideTerm]:
+    """One GuideTerm per targeted guide (composite targets): `targets` maps a guide name ("digit",
+    "speaker", or any other kind added to `guides`) to (B,) label indices. Each term has its own
+    settings (`guide_settings`) and weight (default 1); terms with scale or weight 0 are left out."""
+    terms = []
+    for name, target in targets.items():
+        if name not in guides:
+            raise KeyError(f"no guide named {name!r}; known: {', '.join(sorted(guides))}")
+        settings = guide_settings(profile, name, guides[name])
+        weight = (weights or {}).get(name, 1.0)
+        if settings.scale > 0 and weight != 0:
+            terms.append(GuideTerm(guides[name], target.to(device) if device else target, settings, weight))
+    return terms
+
+
+def guided_denoiser(
+    models: ModelSet,
+    kind: GuideKind,
+    targets: Targets,
+    profile: GuidanceProfile,
+    extra_guides: dict[str, Guide] | None = None,
+    weights: dict[str, float] | None = None,
+) -> Denoiser:
+    """The denoiser to sample with: plain D, or D wrapped with the chosen digit guide (`kind`) and any
+    `extra_guides` (e.g. {"speaker": VoiceGuide}) for which `targets` (a dict) has labels."""
+    named = dict(targets) if isinstance(targets, dict) else {"digit": targets}
+    guides: dict[str, Guide] = {**({"digit": models.guides[kind]} if kind != "none" else {}), **(extra_guides or {})}
+    if kind == "none":
+        named.pop("digit", None)
+    terms = build_guide_terms(named, guides, profile, weights, models.device)
+    if not terms:
         return models.denoiser.model
-    guide = models.guides[kind]
-    term = GuideTerm(guide, targets.to(models.device), profile.settings_for("digit"))
     if isinstance(models.denoiser.model, SingleBackboneModel):  # score and guide from one backbone pass
-        return GuidedSingleBackbone(models.denoiser.model, [term])
-    return GuidedDenoiser(models.denoiser.model, [term])
+        return GuidedSingleBackbone(models.denoiser.model, terms)
+    return GuidedDenoiser(models.denoiser.model, terms)
 
 
 def sample_mels(
@@ -130,15 +173,19 @@ def sample_mels(
     seed: int = 0,
     batch_size: int = 50,
     on_batch: Callable[[int], None] | None = None,
+    extra_guides: dict[str, Guide] | None = None,
+    weights: dict[str, float] | None = None,
 ) -> torch.Tensor:
-    """Sample one log-Mel per row of `noise`, row i steered towards class `targets[i]`."""
+    """Sample one log-Mel per row of `noise`, row i steered towards class `targets[i]` (or, for a dict
+    of guide name -> labels, towards every named guide's label at once; see `guided_denoiser`)."""
     if kind not in GUIDE_KINDS:
         raise ValueError(f"guide kind must be one of {GUIDE_KINDS}, got {kind!r}")
     config = profile.sampler.to_config()
     out = []
     for start in range(0, len(noise), batch_size):
         rows = slice(start, start + batch_size)
-        denoiser = guided_denoiser(models, kind, targets[rows], profile)
+        batch = {k: v[rows] for k, v in targets.items()} if isinstance(targets, dict) else targets[rows]
+        denoiser = guided_denoiser(models, kind, batch, profile, extra_guides, weights)
         state = init_state(noise[rows].to(models.device), config, seed=seed + start)
         with torch.no_grad():  # guides enable autograd where they need it; otherwise every step's graph is kept
             while not state.done:

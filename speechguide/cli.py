@@ -198,6 +198,7 @@ def generate(
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
     generator: str = typer.Option("unet", help="unet (U-Net denoiser + classifier guide) | score-subnet (single backbone: the noisy classifier with a ScoreSubnet)."),
     subnet: Optional[Path] = typer.Option(None, help="ScoreSubnet file for --generator score-subnet (default: score-subnet-all.safetensors in the models directory)."),
+    weight: Optional[list[str]] = typer.Option(None, "--weight", help="guide=w, the weight of one guide in a composite target (e.g. speaker=2); repeatable."),
     url: Optional[str] = typer.Option(None, help="Generate through a running Serve app (e.g. http://127.0.0.1:8000)."),
     hf_guide: Optional[str] = typer.Option(None, "--hf-guide", help="Hugging Face audio classifier as the digit guide: a local directory (read offline) or a hub id; uses the 'hf' profile."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help="--hf-guide label names to targets: seven=7,... or a JSON file (digit words zero..nine and 0..9 are built in)."),
@@ -230,9 +231,9 @@ def generate(
         targets = [Target.parse(t) for t in target]
     except ValueError as exc:
         fail(str(exc))
-    unknown = sorted({t.guide for t in targets} - {"digit"})
+    unknown = sorted({t.guide for t in targets} - {"digit", "speaker"})
     if unknown:
-        fail(f"unknown guide {unknown[0]!r} in --target; this build guides with: digit")
+        fail(f"unknown guide {unknown[0]!r} in --target; this build guides with: digit, speaker")
     if profile is not None:
         prof = _read_profile(profile, "--profile")
     else:
@@ -242,6 +243,11 @@ def generate(
     if steps is not None or sampler is not None:
         prof = prof.with_sampler(**{k: v for k, v in dict(steps=steps, kind=sampler).items() if v is not None})
 
+    if weight or any(t.guide == "speaker" for t in targets):  # composite / voice targets: one term per guide
+        from speechguide.voice_cli import generate_composite
+
+        generate_composite(targets, num, seed, out, guide, prof, weight or [], models_dir, device, generator, subnet, url, hf_guide, label_map)
+        return
     if url is not None:
         _generate_remote(url, targets, num, seed, guide, prof if profile is not None else None, scale, steps, sampler, out)
         return
@@ -463,6 +469,7 @@ OPTIONAL_COMMAND_MODULES: tuple[str, ...] = (
     "speechguide.tune_cli",
     "speechguide.models_cli",
     "speechguide.cluster_cli",
+    "speechguide.voice_cli",
 )
 
 

@@ -1,0 +1,144 @@
+"""Zero-shot voice guidance: resemblyzer's shipped speaker encoder, frozen, steers towards a reference voice.
+
+The encoder (a 3-layer LSTM d-vector model, GE2E-trained by resemblyzer's authors on other speakers)
+is rebuilt here layer for layer and its weights are read from the file that installs with the
+package (`resemblyzer/pretrained.pt`) with `torch.load(weights_only=True)`. Nothing imports
+resemblyzer itself (whose audio module pulls in webrtcvad and pkg_resources), and nothing here is
+ever trained: the encoder has never seen an FSDD speaker.
+
+log p(speaker | x) := cos(e(x), e_ref) / temperature, an unnormalised von Mises-Fisher log-density
+on the unit sphere of embeddings with concentration kappa = 1 / temperature. e(x) is the encoder's
+embedding of the sample's x0 estimate through `LogMelToEncoderMel`; e_ref the embedding of the
+reference WAV through the encoder's own front end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from guidance.features import FeatureSpec, fit_length
+from guidance.guides.adapters import EncoderFrontEnd, LogMelToEncoderMel, reference_mel
+from guidance.guides.base import Guide
+from guidance.guides.profile import GuideSettings
+
+HIDDEN = 256
+LAYERS = 3
+EMBEDDING = 256
+
+
+def shipped_weights_path() -> Path:
+    """resemblyzer's `pretrained.pt`, located without importing the package."""
+    found = importlib.util.find_spec("resemblyzer")
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError("the resemblyzer package is not installed (its pretrained.pt is the speaker encoder)")
+    path = Path(next(iter(found.submodule_search_locations))) / "pretrained.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"resemblyzer's speaker encoder weights are missing: {path}")
+    return path
+
+
+class SpeakerEncoder(torch.nn.Module):
+    """resemblyzer's VoiceEncoder network: Mel frames (B, T, 40) -> L2-normed embedding (B, 256)."""
+
+    def __init__(self, n_mels: int = EncoderFrontEnd().n_mels) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(n_mels, HIDDEN, LAYERS, batch_first=True)
+        self.linear = torch.nn.Linear(HIDDEN, EMBEDDING)
+
+    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+        _, (hidden, _) = self.lstm(mels)
+        raw = torch.relu(self.linear(hidden[-1]))
+        return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @classmethod
+    def shipped(cls, device: str | torch.device = "cpu", path: Path | None = None) -> "SpeakerEncoder":
+        """The encoder exactly as shipped, frozen and in eval mode."""
+        checkpoint = torch.load(path or shipped_weights_path(), map_location="cpu", weights_only=True)
+        state = {k: v for k, v in checkpoint["model_state"].items() if k.startswith(("lstm.", "linear."))}
+        model = cls()
+        model.load_state_dict(state, strict=True)  # the GE2E similarity scalars are training-only
+        return model.to(device).eval().requires_grad_(False)
+
+
+# Where the voice guide acts by default: rescaled to a fraction of the denoiser's own step (its raw
+# gradient scale has nothing to do with a classifier's), on the x0 estimate, in the lower half of the
+# noise range where x0_hat already looks like speech. Chosen on the validation split (README).
+DEFAULT_VOICE_SETTINGS = GuideSettings(scale=0.3, norm_scaling=True, sigma_hi=10.0, input="x0_hat")
+
+
+class VoiceGuide(Guide):
+    """Cosine similarity to reference voices; the target index picks the reference.
+
+    Labels are the references' names (the CLI uses the WAV paths); `add_reference` appends one.
+    """
+
+    name = "speaker"
+    needs_sigma = False
+    default_settings = DEFAULT_VOICE_SETTINGS
+
+    def __init__(self, spec: FeatureSpec, encoder: SpeakerEncoder | None = None, device: str | torch.device = "cpu") -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        self.encoder = (encoder or SpeakerEncoder.shipped(self.device)).to(self.device).eval().requires_grad_(False)
+        self.adapter = LogMelToEncoderMel(spec).to(self.device)
+        self.labels: list[str] = []
+        self.references = torch.empty(0, EMBEDDING, device=self.device)
+
+    def embed_mels(self, mels: torch.Tensor) -> torch.Tensor:
+        """Embeddings of normalized log-Mels (B, 1, M, T) through the adapter (differentiable)."""
+        return self.encoder(self.adapter(mels.to(self.device)))
+
+    def embed_waves(self, waves: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Embeddings of waveforms (B, samples) through the encoder's own front end (the reference path)."""
+        if sample_rate != EncoderFrontEnd().sample_rate:
+            raise ValueError(f"the speaker encoder hears {EncoderFrontEnd().sample_rate} Hz audio, got {sample_rate}")
+        with torch.no_grad():
+            return self.encoder(reference_mel(waves.to(self.device)))
+
+    def add_reference(self, name: str, wave: torch.Tensor, sample_rate: int) -> int:
+        """Embed a reference clip (cut or padded to the model's clip length, as the samples are) and return its index."""
+        if name in self.labels:
+            return self.labels.index(name)
+        wave = fit_length(wave.reshape(-1), self.spec.num_samples)
+        emb = self.embed_waves(wave.unsqueeze(0), sample_rate)
+        self.references = torch.cat([self.references, emb])
+        self.labels.append(name)
+        return len(self.labels) - 1
+
+    def log_prob(self, inp: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        cos = self.cosine(inp, target)
+        return cos / temperature.to(cos.device)
+
+    def cosine(self, mels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B,) cosine between each sample's embedding and its target reference's."""
+        ref = self.references[target.to(self.device)]
+        return (self.embed_mels(mels) * ref).sum(dim=1)
+
+
+def read_reference(path: Path, sample_rate: int = EncoderFrontEnd().sample_rate) -> torch.Tensor:
+    """A reference voice clip: a readable, non-silent WAV file, as mono float at `sample_rate` (peak 0.9).
+
+    Raises ValueError with one line saying what is wrong (missing, not a WAV, empty or silent).
+    """
+    import soundfile
+
+    from guidance.data import load_wave
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"reference WAV {path} does not exist")
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise ValueError(f"reference {path} is not a readable WAV file") from exc
+    if info.format != "WAV":
+        raise ValueError(f"reference {path} is a {info.format} file, not a WAV")
+    if info.frames == 0:
+        raise ValueError(f"reference WAV {path} holds no audio")
+    wave = load_wave(path, sample_rate)
+    if not bool(wave.abs().max() > 1e-6) or not torch.isfinite(wave).all():
+        raise ValueError(f"reference WAV {path} is silent")
+    return wave

@@ -1,0 +1,220 @@
+"""Voice and composite targets on the command line.
+
+`generate --target speaker=REF.wav [--target digit=7] [--weight speaker=2]` (routed here by `generate`)
+and `evaluate-voice` (the voice/composite evaluation). Heavy imports happen inside the functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+COMPOSITE_GUIDES: tuple[str, ...] = ("digit", "speaker")
+
+
+def parse_weights(texts: list[str], targeted: set[str]) -> dict[str, float]:
+    """`--weight guide=w` options -> {guide: w}; each guide must be one that is targeted."""
+    import math
+
+    from speechguide.cli import fail
+
+    weights: dict[str, float] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        try:
+            w = float(value)
+        except ValueError:
+            w = float("nan")
+        if not sep or not math.isfinite(w) or w < 0:
+            fail(f"--weight must look like guide=w with a finite w >= 0 (e.g. speaker=2), got {text!r}")
+        if name not in targeted:
+            fail(f"--weight {name}=...: no --target names the guide {name!r}")
+        weights[name] = w
+    return weights
+
+
+def generate_composite(
+    targets: list,
+    num: int,
+    seed: int,
+    out: Path,
+    guide: str,
+    prof,
+    weight_texts: list[str],
+    models_dir: Optional[Path],
+    device: Optional[str],
+    generator: str,
+    subnet: Optional[Path],
+    url: Optional[str],
+    hf_guide: Optional[str] = None,
+    label_map: Optional[str] = None,
+) -> None:
+    """Generate for every combination of the digit and speaker targets (each guide a term with its own
+    settings and weight), write WAVs and manifest.json with every guide's score per sample."""
+    import itertools
+    import json
+
+    import torch
+
+    from guidance.data import write_wav
+    from guidance.guides.voice import VoiceGuide, read_reference, shipped_weights_path
+    from guidance.pipeline import guide_settings, make_noise, sample_mels, vocode
+    from speechguide.cli import _file_version, _load_hf_guide, _load_models, _load_subnet, fail
+
+    weights = parse_weights(weight_texts, {t.guide for t in targets})
+    if url is not None:
+        fail("speaker targets are generated in-process only (leave out --url)")
+    digit_targets = [t for t in targets if t.guide == "digit"]
+    speaker_targets = [t for t in targets if t.guide == "speaker"]
+    references = []
+    for t in speaker_targets:
+        try:
+            references.append((t.label, read_reference(Path(t.label))))
+        except ValueError as exc:
+            fail(f"--target speaker=...: {exc}")
+    models = _load_models(models_dir, device) if generator == "unet" else _load_subnet(subnet, models_dir, device)
+    if guide == "hf":
+        models.guides["hf"] = _load_hf_guide(hf_guide, label_map, models)
+    digit_guide = models.guides[guide if guide in ("clean", "hf") else "noisy"]
+    try:
+        classes = [digit_guide.label_index(t.label) for t in digit_targets]
+    except KeyError as exc:
+        fail(exc.args[0])
+    voice = VoiceGuide(models.spec, device=models.device)
+    refs = [voice.add_reference(label, wave, models.spec.sample_rate) for label, wave in references]
+    prof = prof.model_copy(update={"per_guide": {**prof.per_guide, "speaker": guide_settings(prof, "speaker", voice)}})
+
+    groups = list(itertools.product(classes or [None], refs or [None]))
+    rows = [g for g in groups for _ in range(num)]
+    named: dict[str, torch.Tensor] = {}
+    if classes:
+        named["digit"] = torch.tensor([d for d, _ in rows])
+    if refs:
+        named["speaker"] = torch.tensor([r for _, r in rows])
+    noise = make_noise(len(rows), models.spec, seed)
+    mels = sample_mels(models, guide, named, prof, noise, seed=seed, extra_guides={"speaker": voice}, weights=weights)
+    waves = vocode(mels, models.spec)
+    dev_mels = mels.to(models.device)
+    probs = digit_guide.probabilities(dev_mels).cpu() if classes else None
+    with torch.no_grad():
+        cos_mel = voice.cosine(dev_mels, named["speaker"]).cpu() if refs else None
+        heard = torch.nan_to_num(waves).clamp(-1, 1)  # what write_wav stores
+        cos_wav = (voice.embed_waves(heard, models.spec.sample_rate).cpu() * voice.references.cpu()[named["speaker"]]).sum(1) if refs else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    samples, counts = [], {}
+    for i, (cls, ref) in enumerate(rows):
+        key = digit_guide.labels[cls] if cls is not None else "sample"
+        k = counts[key] = counts.get(key, -1) + 1
+        name = f"{key}_{k:03d}.wav"
+        write_wav(out / name, waves[i], models.spec.sample_rate)
+        wanted = ([{"guide": "digit", "label": digit_guide.labels[cls]}] if cls is not None else []) + (
+            [{"guide": "speaker", "label": voice.labels[ref]}] if ref is not None else []
+        )
+        scores: dict = {}
+        if probs is not None:
+            scores["guide_target_probability"] = round(float(probs[i, cls]), 4)
+            scores["guide_prediction"] = digit_guide.labels[int(probs[i].argmax())]
+        if cos_mel is not None:
+            scores["speaker_cosine"] = round(float(cos_mel[i]), 4)  # the voice guide's own score (log-Mel through the adapter)
+            scores["speaker_cosine_wav"] = round(float(cos_wav[i]), 4)  # the encoder on the written waveform
+        samples.append({"file": name, "target": wanted[0], "targets": wanted, "scores": scores})
+    weights_path = shipped_weights_path()
+    manifest = {
+        "request": {
+            "targets": [f"{t.guide}={t.label}" for t in targets],
+            "num": num,
+            "seed": seed,
+            "guide": guide,
+            "generator": generator,
+            "weights": {name: weights.get(name, 1.0) for name in {t.guide for t in targets}},
+            "device": str(models.device),
+        },
+        "models": {
+            "denoiser": {"name": models.denoiser.name, "version": _file_version(models.denoiser.path), "alias": None},
+            "guide": None
+            if guide == "none" or not classes
+            else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
+            "speaker_guide": None
+            if not refs
+            else {"name": "resemblyzer-voice-encoder", "version": _file_version(weights_path), "alias": None, "frozen": True},
+        },
+        "profile": json.loads(prof.model_dump_json()),
+        "sample_rate": models.spec.sample_rate,
+        "samples": samples,
+    }
+    tmp = out / "manifest.json.partial"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / "manifest.json")
+    typer.echo(f"wrote {len(samples)} WAVs and manifest.json to {out}")
+
+
+def evaluate_voice_command(
+    out: Path = typer.Option(Path("reports/voice"), "--out", help="Report directory."),
+    split: str = typer.Option("test", help="test (final reports) | val (exploration, tuning)."),
+    refs_per_speaker: int = typer.Option(3, help="Reference clips per FSDD speaker (fixed by rule, not by result)."),
+    samples_per_ref: int = typer.Option(4, help="Generated samples per reference and system."),
+    seed: int = typer.Option(0, help="Noise seed (the same noise for every system)."),
+    steps: int = typer.Option(18, help="Sampler steps."),
+    voice_scale: float = typer.Option(0.3, help="Voice guide scale (norm-scaled fraction of the denoiser step)."),
+    voice_sigma_lo: float = typer.Option(0.0, help="Voice guidance is off below this sigma."),
+    voice_sigma_hi: float = typer.Option(10.0, help="Voice guidance is off above this sigma."),
+    digit_scale: float = typer.Option(3.0, help="Digit guide scale (noise-conditioned classifier, plain gamma)."),
+    digit_sigma_hi: float = typer.Option(80.0, help="Digit guidance is off above this sigma."),
+    voice_weight: float = typer.Option(1.0, help="Weight of the voice term in the composite."),
+    systems: str = typer.Option("unguided,voice,composite", help="Comma-separated subset of unguided,voice,composite."),
+    models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
+    data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
+) -> None:
+    """Voice guidance (zero-shot, resemblyzer's encoder) and digit + speaker composites on FSDD references."""
+    import math
+
+    from guidance.data import resolve_fsdd_root
+    from guidance.guides import GuideSettings
+    from guidance.models import load_model
+    from guidance.pipeline import ModelPaths
+    from guidance.voice_eval import VoiceEvalConfig, evaluate_voice
+    from speechguide.cli import _load_models, fail
+
+    if split not in ("test", "val"):
+        fail(f"--split must be 'test' or 'val', got {split!r}")
+    for name, value, hi in (("refs-per-speaker", refs_per_speaker, 5), ("samples-per-ref", samples_per_ref, 100), ("steps", steps, 1000)):
+        if not 1 <= value <= hi:
+            fail(f"--{name} must be between 1 and {hi}, got {value}")
+    for name, value in (("voice-scale", voice_scale), ("digit-scale", digit_scale), ("voice-weight", voice_weight)):
+        if not math.isfinite(value) or value < 0:
+            fail(f"--{name} must be a finite non-negative number, got {value}")
+    chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
+    if not chosen or any(s not in ("unguided", "voice", "composite") for s in chosen):
+        fail(f"--systems must be a subset of unguided,voice,composite, got {systems!r}")
+    try:
+        voice = GuideSettings(scale=voice_scale, norm_scaling=True, sigma_lo=voice_sigma_lo, sigma_hi=voice_sigma_hi)
+        digit = GuideSettings(scale=digit_scale, sigma_hi=digit_sigma_hi)
+    except ValueError as exc:
+        fail(" ".join(str(exc).split())[:300])
+    try:
+        root = resolve_fsdd_root(data_dir)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    models = _load_models(models_dir, device)
+    paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
+    try:
+        judge_digit = load_model(paths.path("judge_digit"), models.spec, "judge", models.device)
+        judge_speaker = load_model(paths.path("judge_speaker"), models.spec, "judge", models.device)
+    except ValueError as exc:
+        fail(str(exc))
+    cfg = VoiceEvalConfig(
+        split=split, refs_per_speaker=refs_per_speaker, samples_per_ref=samples_per_ref, seed=seed, steps=steps,
+        voice=voice, digit=digit, voice_weight=voice_weight, systems=chosen,
+    )
+    evaluate_voice(models, judge_digit, judge_speaker, cfg, out, data_root=str(root))
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"report written to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate-voice")(evaluate_voice_command)
