@@ -138,11 +138,13 @@ def test_ast_fbank_adapter_matches_the_real_extractor(hf_dirs, real_clip, spec):
     n = frontend_for(extractor, spec).frames  # 99 real frames, then the extractor's zero padding
     assert torch.allclose(out[:, n:], ref[:, n:])
     below_4k = 96  # Kaldi Mel bins below 4 kHz (128 bins over 20 Hz..8 kHz)
-    # Measured on 20 validation clips: mean 0.896 (min 0.862) on all bins, 0.974 below 4 kHz, where
-    # FSDD has signal; above it the adapter writes the floor, the extractor the resampler's leakage.
+    # `python -m guidance.guides.hf_frontends val 300` (all validation clips): correlation 0.908 mean
+    # (min 0.851) on all bins, 0.972 (min 0.932) below 4 kHz where FSDD has signal (above it the
+    # adapter writes the floor, the extractor the resampler's leakage); MAE 0.137 (max 0.185).
+    # This clip: 0.885, 0.974, 0.175.
     assert _corr(out[0, :n], ref[0, :n]) > 0.85
     assert _corr(out[0, :n, :below_4k], ref[0, :n, :below_4k]) > 0.95
-    assert (out[0, :n] - ref[0, :n]).abs().mean() < 0.25  # normalized units; measured 0.15 on average
+    assert (out[0, :n] - ref[0, :n]).abs().mean() < 0.25
 
 
 def test_waveform_adapter_matches_the_real_extractor(hf_dirs, real_clip, spec):
@@ -159,7 +161,7 @@ def test_waveform_adapter_matches_the_real_extractor(hf_dirs, real_clip, spec):
     assert out.shape == ref.shape and out.dtype == ref.dtype == torch.float32
     assert abs(float(out.mean())) < 1e-4 and abs(float(out.std(unbiased=False)) - 1) < 1e-3
     # The rebuilt waveform, analysed again, has the input's spectrogram where FSDD has signal
-    # (measured: 0.983 mean, 0.975 min over 20 validation clips with 16 Griffin-Lim iterations).
+    # (same command: 0.989 mean, 0.955 min over the validation clips; this clip 0.981).
     raw = WaveformFrontEnd(spec, do_normalize=False)(mel)
     below_4k = 48  # of the project's 64 HTK Mel bands over 0..8 kHz
     assert _corr(LogMel(spec)(raw)[..., :below_4k, :], mel[..., :below_4k, :]) > 0.95
@@ -188,7 +190,7 @@ def test_guided_sampling_end_to_end_with_the_tiny_denoiser(hf_dirs, tiny_models_
     from guidance.models import load_model
 
     denoiser = load_model(tiny_models_dir / "denoiser-unet.safetensors", spec, "denoiser-unet").model
-    profile = DEFAULT_PROFILES["hf"].with_sampler(steps=3, sigma_max=4.0)
+    profile = DEFAULT_PROFILES["hf"].with_sampler(steps=2, kind="euler", sigma_max=4.0)
     config = profile.sampler.to_config()
     noise = torch.randn(2, 1, spec.n_mels, spec.frames, generator=torch.Generator().manual_seed(0))
     results = {}

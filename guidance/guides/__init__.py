@@ -2,6 +2,7 @@
 
 from guidance.guides.base import Guide, GuidedDenoiser, GuideTerm, guide_gradient
 from guidance.guides.classifier import ClassifierGuide
+from guidance.guides.hf import HFAudioGuide
 from guidance.guides.profile import DEFAULT_PROFILES, GuidanceProfile, GuideSettings, SamplerSettings
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "GuideTerm",
     "GuidanceProfile",
     "GuidedDenoiser",
+    "HFAudioGuide",
     "SamplerSettings",
     "guide_gradient",
 ]

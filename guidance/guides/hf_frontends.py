@@ -8,9 +8,10 @@ log-Mel.
 
 Both adapters share one step, mel power -> linear power per STFT bin (`mel_to_linear_matrix`):
 each linear bin takes the mean power density of the Mel bands that cover it, weighted by the
-bands' triangles. It is non-negative, exact for a flat spectrum and smooth; the Moore-Penrose
-pseudo-inverse was measured against it on FSDD clips (see `tests/test_hf_guide.py`) and rings
-into negative power that has to be clamped, which correlates worse with the real extractor.
+bands' triangles. It is non-negative, exact for a flat spectrum and smooth. The Moore-Penrose
+pseudo-inverse rings into negative power that has to be clamped: against ASTFeatureExtractor on
+20 FSDD validation clips it correlates 0.854 against this one's 0.896 (`measure_fidelity`,
+`python -m guidance.guides.hf_frontends val 20 pinv` and `... val 20 interp`).
 
 FSDD is recorded at 8 kHz: the project's 16 kHz features hold nothing above 4 kHz but the
 log floor, and what a diffusion model writes there is meaningless, so the adapters zero the
@@ -261,3 +262,54 @@ def frontend_for(extractor, spec: FeatureSpec, band_limit_hz: float | None = FSD
         f"feature extractor {kind} is not supported; supported: waveform models ({', '.join(WAVEFORM_EXTRACTORS)}: "
         f"wav2vec2, HuBERT, WavLM, ...) and filterbank models ({', '.join(FILTERBANK_EXTRACTORS)}: AST)"
     )
+
+
+def measure_fidelity(split: str = "val", clips: int = 20, method: str = "interp", root: str | None = None) -> dict[str, float]:
+    """How close the adapters come to the real extractors on FSDD clips (evenly spaced over `split`).
+
+    fbank_*: KaldiFbankFrontEnd against ASTFeatureExtractor on the same waveform (the 99 real frames;
+    all bins and the 96 below 4 kHz). wave_*: the project's log-Mel of WaveformFrontEnd's waveform
+    against the log-Mel it was made from (48 bands below 4 kHz). Pearson correlations, mean and min.
+    """
+    from transformers import ASTFeatureExtractor
+
+    from guidance.data import fsdd_split, list_fsdd, load_wave, resolve_fsdd_root
+    from guidance.features import LogMel, fit_length
+    from guidance.spec import project_spec
+
+    spec = project_spec(root)
+    all_clips = fsdd_split(list_fsdd(resolve_fsdd_root(root)), split)
+    chosen = all_clips[:: max(1, len(all_clips) // clips)][:clips]
+    waves = torch.stack([fit_length(load_wave(c.path, spec.sample_rate), spec.num_samples) for c in chosen])
+    mels = LogMel(spec)(waves)
+    extractor = ASTFeatureExtractor(max_length=128)
+    fbank = KaldiFbankFrontEnd(spec, max_length=128, method=method)
+    waveform = WaveformFrontEnd(spec, do_normalize=False, method=method)
+    rebuilt = LogMel(spec)(waveform(mels))
+    n = fbank.frames
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+    scores: dict[str, list[float]] = {"fbank_corr": [], "fbank_corr_below_4k": [], "fbank_mae": [], "wave_corr_below_4k": []}
+    for i, wave in enumerate(waves):
+        ref = extractor(wave.numpy(), sampling_rate=spec.sample_rate, return_tensors="pt")["input_values"][0, :n]
+        out = fbank(mels[i : i + 1])[0, :n]
+        scores["fbank_corr"].append(corr(out, ref))
+        scores["fbank_corr_below_4k"].append(corr(out[:, :96], ref[:, :96]))
+        scores["fbank_mae"].append(float((out - ref).abs().mean()))
+        scores["wave_corr_below_4k"].append(corr(rebuilt[i, 0, :48], mels[i, 0, :48]))
+    out_scores = {"clips": float(len(waves))}
+    for key, values in scores.items():
+        out_scores[f"{key}_mean"] = round(sum(values) / len(values), 4)
+        out_scores[f"{key}_{'max' if key.endswith('mae') else 'min'}"] = round(max(values) if key.endswith("mae") else min(values), 4)
+    return out_scores
+
+
+if __name__ == "__main__":  # python -m guidance.guides.hf_frontends [split [clips [interp|pinv]]]
+    import json
+    import sys
+
+    args = sys.argv[1:]
+    split, n, how = (args + ["val", "20", "interp"][len(args) :])[:3]
+    print(json.dumps(measure_fidelity(split, int(n), how)))
