@@ -23,6 +23,12 @@ def build_app(args: Optional[dict] = None) -> Application:
     parsed = AppArgs.model_validate(args or {})
     models_dir = str(Path(parsed.models_dir).resolve() if parsed.models_dir else default_models_dir().resolve())
     parsed = parsed.model_copy(update={"models_dir": models_dir})
+    registry_uri = None
+    if parsed.registry is not None:  # resolved here, where the app is built: replicas run elsewhere
+        from guidance.tracking import default_tracking_uri
+
+        registry_uri = parsed.registry.tracking_uri or default_tracking_uri()
+        parsed = parsed.model_copy(update={"registry": parsed.registry.model_copy(update={"tracking_uri": registry_uri})})
     tuning = parsed.tuning.model_dump() if parsed.tuning else None
     denoiser, classifier = Denoiser, Classifier
     if tuning is not None:  # a config file's per-deployment user_config still wins over this default
@@ -30,7 +36,7 @@ def build_app(args: Optional[dict] = None) -> Application:
         classifier = Classifier.options(user_config=tuning)
     return SpeechIngress.bind(
         denoiser.bind(models_dir, parsed.device, tuning),
-        classifier.bind(models_dir, parsed.device, tuning),
+        classifier.bind(models_dir, parsed.device, tuning, registry_uri),
         parsed.model_dump(mode="json"),
     )
 

@@ -9,16 +9,19 @@ they follow the installed Ray version) and in ours (`args`, `user_config`).
 from __future__ import annotations
 
 import copy
+import re
 import typing
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 APP_BUILDER = "serve.app:build_app"
 TUNED_DEPLOYMENTS = ("Denoiser", "Classifier")
+# A registered model reference as requests and configs name it: NAME@ALIAS or NAME/VERSION.
+REF_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}(@[A-Za-z][A-Za-z0-9_-]{0,63}|/[0-9]{1,9})")
 
 
 class _Strict(BaseModel):
@@ -33,6 +36,38 @@ class DeploymentTuning(_Strict):
     torch_threads: Optional[int] = Field(None, ge=1, le=256, description="intra-op threads (default: torch's)")
 
 
+class RegistryArgs(_Strict):
+    """Where the app reads guidance profiles and guide models from the MLflow registry (`args.registry`).
+
+    The ingress loads `profile_name@alias` for every alias in `profile_aliases` at start-up and polls
+    the registry every `poll_seconds`; when an alias moves, the new version's profile replaces the old
+    one for new requests while requests in flight finish with the profile they started with. A request
+    names one by alias (`"profile": "production"`); requests that name no profile use `production`.
+    `guides` maps a guide kind to a registered classifier (`NAME@ALIAS` or `NAME/VERSION`): those
+    requests, and any request naming `guide_model`, are guided by that model, loaded on demand by the
+    classifier deployment through model multiplexing.
+    """
+
+    tracking_uri: Optional[str] = Field(None, description="default: guidance.tracking.default_tracking_uri() where the app is built")
+    profile_name: str = Field("speechguide-profile", min_length=1, max_length=200)
+    profile_aliases: list[str] = Field(default_factory=lambda: ["production"], min_length=1, max_length=8)
+    poll_seconds: float = Field(10.0, ge=0.2, le=3600, description="how often aliases are re-resolved")
+    guides: dict[str, str] = Field(default_factory=dict, description="guide kind (noisy|clean) -> NAME@ALIAS of a registered classifier")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RegistryArgs":
+        unknown = set(self.guides) - {"noisy", "clean"}
+        if unknown:
+            raise ValueError(f"guides: unknown guide kind(s) {sorted(unknown)}; use noisy or clean")
+        for alias in self.profile_aliases:
+            if not alias or alias.isdigit() or alias == "latest" or not alias.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"profile_aliases: {alias!r} is not an alias name")
+        for kind, ref in self.guides.items():
+            if not REF_PATTERN.fullmatch(ref):
+                raise ValueError(f"guides.{kind}: {ref!r} is not NAME@ALIAS or NAME/VERSION")
+        return self
+
+
 class AppArgs(_Strict):
     """Arguments of `build_app` (the `args:` of an application in the Serve config file)."""
 
@@ -43,6 +78,7 @@ class AppArgs(_Strict):
     request_timeout_s: float = Field(120.0, gt=0, le=3600)
     retry_s: float = Field(30.0, ge=0, le=600, description="how long a step call is retried while a replica restarts")
     tuning: Optional[DeploymentTuning] = Field(None, description="default user_config of both model deployments")
+    registry: Optional[RegistryArgs] = Field(None, description="MLflow registry: profiles by alias, guide models (multiplexed)")
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -148,11 +184,13 @@ def with_overrides(
     port: Optional[int] = None,
     user_config: Optional[dict] = None,
     deployments: Optional[dict[str, dict]] = None,
+    args: Optional[dict] = None,
 ) -> dict:
     """A copy of a config mapping with the caller's choices applied to every app of ours.
 
     `user_config` is merged into both model deployments' user_config; `deployments` maps a
-    deployment name to options that replace the file's (e.g. smaller queues in a test).
+    deployment name to options that replace the file's (e.g. smaller queues in a test); `args`
+    entries replace the app's `args` entries (e.g. `registry`).
     """
     out = copy.deepcopy(data)
     if host is not None or port is not None:
@@ -166,6 +204,8 @@ def with_overrides(
             continue
         if models_dir is not None:
             app.setdefault("args", {})["models_dir"] = str(Path(models_dir).resolve())
+        if args:
+            app.setdefault("args", {}).update(copy.deepcopy(args))
         for dep in app.get("deployments") or []:
             if user_config is not None and dep.get("name") in TUNED_DEPLOYMENTS:
                 dep["user_config"] = {**(dep.get("user_config") or {}), **user_config}

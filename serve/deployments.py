@@ -48,6 +48,9 @@ def file_version(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
+# Registered guide models a classifier replica keeps loaded (least recently used ones are dropped).
+MAX_REGISTRY_GUIDES_PER_REPLICA = 4
+
 # How many arrival batches `@serve.batch` may hand over at once; the coalescer merges them.
 # max_batch_size * this must stay within max_ongoing_requests (Serve warns otherwise).
 _CONCURRENT_BATCHES = 4
@@ -201,8 +204,11 @@ class Classifier(_Batcher):
 
     batched_methods = ("guide",)
 
-    def __init__(self, models_dir: str, device: Optional[str] = None, tuning: Optional[dict] = None) -> None:
+    def __init__(
+        self, models_dir: str, device: Optional[str] = None, tuning: Optional[dict] = None, registry_uri: Optional[str] = None
+    ) -> None:
         self.device = pick_device(device)
+        self.registry_uri = registry_uri
         paths = ModelPaths(root=Path(models_dir))
         # The denoiser's front end is the contract: read it from the file's metadata (no weights).
         self.spec = FeatureSpec.from_dict(read_metadata(paths.path("denoiser"))["feature_spec"])
@@ -212,7 +218,42 @@ class Classifier(_Batcher):
             for kind, path in self.files.items()
         }
         self.versions = {kind: file_version(path) for kind, path in self.files.items()}
-        self._init_batching(lambda calls: guide_batch(self.guides, calls, self.device), lambda call: len(call.inp), tuning)
+        self.registry_loads = 0
+        self._init_batching(self._run_guides, lambda item: len(item[0].inp), tuning)
+
+    def _run_guides(self, items: list[tuple[GuideCall, ClassifierGuide]]) -> list[GuideResult]:
+        """One merged pass per classifier over every waiting call, whichever model each call names."""
+        guides = {call.kind: guide for call, guide in items}
+        return guide_batch(guides, [call for call, _ in items], self.device)
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_REGISTRY_GUIDES_PER_REPLICA)
+    async def registry_guide(self, model_id: str) -> ClassifierGuide:
+        """A registered classifier, `NAME/VERSION` (versions never change, so caching by id is safe).
+
+        Loaded on first use through `guidance.registry` (downloaded from MLflow, checked against the
+        app's feature spec); Serve keeps the most recently used few per replica and routes calls
+        for a model to the replicas that hold it.
+        """
+        if not self.registry_uri:
+            raise ValueError("this app has no model registry configured (args.registry)")
+        from guidance.registry import parse_ref, resolve_model_file
+
+        name, version = parse_ref(model_id)
+
+        def load() -> ClassifierGuide:
+            path = resolve_model_file(name, version, self.registry_uri)
+            return ClassifierGuide.from_file(load_model(path, self.spec, "classifier", self.device))
+
+        guide = await asyncio.to_thread(load)
+        self.registry_loads += 1
+        log.info("Classifier loaded registered guide %s (%d registry loads so far)", model_id, self.registry_loads)
+        return guide
+
+    async def _guide_named(self, kind: str) -> ClassifierGuide:
+        """A built-in guide by kind (noisy, clean) or, for any other name, the multiplexed registry model."""
+        if kind in self.guides:
+            return self.guides[kind]
+        return await self.registry_guide(kind)
 
     @serve.batch(
         max_batch_size=_TUNING.max_batch_size,
@@ -220,12 +261,29 @@ class Classifier(_Batcher):
         max_concurrent_batches=_CONCURRENT_BATCHES,
     )
     async def guide(self, calls: list[GuideCall]) -> list[GuideResult]:
-        """Guide gradients per call; concurrent requests' calls share passes (merged by classifier)."""
-        return await self.coalescer.submit(calls)
+        """Guide gradients per call; concurrent requests' calls share passes (merged by classifier).
+
+        Each call names its classifier (`call.kind`): a built-in kind, or a registry model id that
+        the caller also set as the handle's `multiplexed_model_id` (Serve splits batches by it).
+        """
+        guides = {kind: await self._guide_named(kind) for kind in {c.kind for c in calls}}
+        return await self.coalescer.submit([(c, guides[c.kind]) for c in calls])
+
+    async def describe_model(self, model_id: str) -> dict:
+        """Labels and kind of a registered guide (loads it here, so later calls find it warm)."""
+        g = await self._guide_named(model_id)
+        return {
+            "name": model_id,
+            "guide": g.name,
+            "version": model_id.rpartition("/")[2],
+            "alias": None,
+            "labels": g.labels,
+            "noise_conditioned": g.needs_sigma,
+        }
 
     async def probabilities(self, kind: str, mels: np.ndarray) -> np.ndarray:
         """Class probabilities of finished samples (for the response's scores)."""
-        guide = self.guides[kind]
+        guide = await self._guide_named(kind)
 
         def run() -> np.ndarray:
             return to_wire(guide.probabilities(from_wire(mels).to(self.device)).float().cpu())

@@ -135,6 +135,20 @@ class SpeechIngress:
         self.denoiser = denoiser
         self.classifier = classifier
         self.profiles = load_profiles(self.args.profiles_dir)
+        self.registry = None
+        if self.args.registry is not None:
+            from serve.registry_watch import RegistryWatch  # MLflow is imported only by apps that use it
+
+            self.registry = RegistryWatch(self.args.registry)
+            # At start-up, before the replica takes traffic: a reachable registry's profiles are
+            # served from the first request on; an unreachable one is retried by the poller.
+            for change in self.registry.refresh():
+                log.info("registry: %s", change)
+            for key, err in self.registry.errors.items():
+                log.warning("registry: %s: %s", key, err)
+        self._poller: Optional[asyncio.Task] = None
+        self._guide_handles: dict[str, DeploymentHandle] = {}
+        self._guide_descriptions: dict[str, dict] = {}
         self._catalog: Optional[Catalog] = None
         self._vocoder: Optional[GriffinLimVocoder] = None
         # Griffin-Lim seeds torch's global RNG for its phase; one vocoding at a time keeps audio reproducible.
@@ -163,7 +177,75 @@ class SpeechIngress:
         return from_wire(out).to(x.dtype)
 
     async def _guide(self, call: GuideCall) -> GuideResult:
-        return await self._remote("classifier", self.classifier.guide, call)
+        return await self._remote("classifier", self._classifier_for(call.kind).guide, call)
+
+    def _classifier_for(self, kind: str) -> DeploymentHandle:
+        """The classifier handle for a guide: built-in kinds plainly, registry models multiplexed by id."""
+        if kind in ("noisy", "clean"):
+            return self.classifier
+        handle = self._guide_handles.get(kind)
+        if handle is None:
+            handle = self.classifier.options(multiplexed_model_id=kind)
+            if len(self._guide_handles) < 64:
+                self._guide_handles[kind] = handle
+        return handle
+
+    # ---- the model registry -------------------------------------------------------------------
+
+    def _ensure_poller(self) -> None:
+        """Start the registry poll on this replica's event loop (once; again if it ever died)."""
+        if self.registry is not None and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll_registry())
+
+    async def _poll_registry(self) -> None:
+        assert self.registry is not None
+        while True:
+            await asyncio.sleep(self.registry.args.poll_seconds)
+            try:
+                changes = await asyncio.to_thread(self.registry.refresh)
+            except Exception as exc:  # refresh catches per item; this is a bug guard that keeps polling
+                log.error("registry poll failed: %s: %s", type(exc).__name__, exc)
+                continue
+            for change in changes:
+                log.info("registry: %s", change)
+
+    async def check_health(self) -> None:
+        """Serve calls this every few seconds: it also starts the registry poll without waiting for traffic."""
+        self._ensure_poller()
+
+    async def _registry_guide(self, req: GenerateRequest) -> Optional[tuple[str, dict]]:
+        """(model id, description) of the registered classifier guiding `req`, or None for a built-in guide."""
+        field = "guide_model" if req.guide_model else "guide_kind"
+        ref = req.guide_model or (self.registry.args.guides.get(req.guide_kind) if self.registry else None)
+        if ref is None:
+            return None
+        if self.registry is None:
+            raise ApiError(404, "guide_model: this app has no model registry configured; use guide_kind noisy or clean")
+        from guidance.registry import RegistryError
+
+        try:
+            info = await asyncio.to_thread(self.registry.resolve_ref, ref)
+        except RegistryError as exc:
+            raise ApiError(404, f"{field}: unknown guide model {ref!r}: {exc}") from None
+        if info.tags.get("kind") != "classifier":
+            raise ApiError(422, f"{field}: {ref} is a {info.tags.get('kind') or 'non-speechguide'} model, not a classifier guide")
+        model_id = f"{info.name}/{info.version}"
+        desc = self._guide_descriptions.get(model_id)
+        if desc is None:
+            try:
+                desc = await self._remote("classifier", self._classifier_for(model_id).describe_model, model_id)
+            except ApiError:
+                raise
+            except Exception as exc:  # the replica could not load it: a model that does not fit this app
+                cause = getattr(exc, "cause", exc)
+                detail = " ".join(str(cause).split())[:300]
+                if isinstance(cause, ValueError):
+                    raise ApiError(422, f"{field}: {ref} cannot guide this app: {detail}") from None
+                raise ApiError(503, f"{field}: could not load {ref} ({type(cause).__name__}); retry later", retry_after=5) from None
+            if len(self._guide_descriptions) < 256:
+                self._guide_descriptions[model_id] = desc
+        alias = ref.partition("@")[2] or None
+        return model_id, {**desc, "name": info.name, "version": info.version, "alias": alias}
 
     async def catalog(self) -> Catalog:
         if self._catalog is None:
@@ -200,8 +282,25 @@ class SpeechIngress:
         except ValidationError as exc:
             raise ApiError(422, describe_validation_error(exc)) from None
 
-    def _profile(self, req: GenerateRequest) -> GuidanceProfile:
-        if isinstance(req.profile, GuidanceProfile):
+    def _registry_profile(self, req: GenerateRequest) -> Optional[Any]:
+        """The registry's profile for `req`: an alias it names, or production when it names none."""
+        if self.registry is None or isinstance(req.profile, GuidanceProfile):
+            return None
+        aliases = self.registry.args.profile_aliases
+        if req.profile is None:
+            return self.registry.profile("production") if "production" in aliases else None
+        if req.profile not in aliases:
+            return None
+        loaded = self.registry.profile(req.profile)
+        if loaded is None:
+            err = self.registry.errors.get(f"{self.registry.args.profile_name}@{req.profile}", "not loaded yet")
+            raise ApiError(503, f"profile: {req.profile!r} is not available from the model registry ({err})", retry_after=5)
+        return loaded
+
+    def _profile(self, req: GenerateRequest, registered: Optional[Any] = None) -> GuidanceProfile:
+        if registered is not None:
+            prof = registered.profile
+        elif isinstance(req.profile, GuidanceProfile):
             prof = req.profile
         elif req.profile in (None, "default") or (req.profile == "production" and "production" not in self.profiles):
             prof = DEFAULT_PROFILES[req.guide_kind]  # until the registry serves an alias, production = the kind's default
@@ -220,8 +319,10 @@ class SpeechIngress:
         return prof
 
     def profile_names(self) -> list[str]:
-        """Names a request may use: "default" and "production" (the guide kind's profile) and the table's."""
-        return sorted({"default", "production", *self.profiles})
+        """Names a request may use: "default" and "production" (the guide kind's profile), the table's and
+        the registry's aliases."""
+        aliases = self.registry.args.profile_aliases if self.registry is not None else []
+        return sorted({"default", "production", *self.profiles, *aliases})
 
     def _classes(self, req: GenerateRequest, guide: dict) -> list[int]:
         classes = []
@@ -242,18 +343,21 @@ class SpeechIngress:
     @api.post("/v1/generate")
     async def generate(self, request: Request) -> Response:
         t_start = time.perf_counter()
+        self._ensure_poller()
         req = await self._read_request(request)
         cat = await self.catalog()
-        guide = cat.guides[req.guide_kind]
+        registered_guide = await self._registry_guide(req)
+        guide_key, guide = registered_guide if registered_guide else (req.guide_kind, cat.guides[req.guide_kind])
         classes = self._classes(req, guide)
-        prof = self._profile(req)
+        registered = self._registry_profile(req)  # taken once: an alias move mid-request does not touch this request
+        prof = self._profile(req, registered)
         settings = prof.settings_for("digit")
         reads_x_t = guide["noise_conditioned"] or settings.input == "x_t"
         if settings.through_denoiser and not reads_x_t and settings.scale > 0:
             raise ApiError(422, "profile: through_denoiser (gradients through D) is not available in the split deployment")
         labels = torch.tensor(classes).repeat_interleave(req.num_samples)
         noise = make_noise(len(labels), cat.spec, req.seed)
-        plan = GuidePlan(req.guide_kind, labels, settings, reads_x_t) if settings.scale > 0 else None
+        plan = GuidePlan(guide_key, labels, settings, reads_x_t) if settings.scale > 0 else None
         t_valid = time.perf_counter()
         try:
             mels, stats = await asyncio.wait_for(
@@ -263,7 +367,7 @@ class SpeechIngress:
         except asyncio.TimeoutError:
             raise ApiError(503, f"sampling took longer than {self.args.request_timeout_s:g} s; retry later", retry_after=5) from None
         t_sampled = time.perf_counter()
-        probs = from_wire(await self._remote("classifier", self.classifier.probabilities, req.guide_kind, to_wire(mels)))
+        probs = from_wire(await self._remote("classifier", self._classifier_for(guide_key).probabilities, guide_key, to_wire(mels)))
         t_scored = time.perf_counter()
         waves = await asyncio.to_thread(self._vocode, mels)
         t_vocoded = time.perf_counter()
@@ -291,6 +395,8 @@ class SpeechIngress:
         accept = request.headers.get("accept", "").lower()
         if len(samples) == 1 and any(t in accept for t in WAV_TYPES):
             headers = {"X-Speechguide-Scores": json.dumps(samples[0]["scores"]), "X-Speechguide-Timings-Ms": json.dumps(timings)}
+            if registered is not None:
+                headers["X-Speechguide-Profile"] = json.dumps(registered.source())
             return Response(samples[0]["wav"], media_type="audio/wav", headers=headers)
         return JSONResponse(
             {
@@ -301,6 +407,7 @@ class SpeechIngress:
                 "models": {
                     "denoiser": {k: cat.denoiser[k] for k in ("name", "version", "alias")},
                     "guide": {k: guide[k] for k in ("name", "version", "alias", "noise_conditioned")},
+                    **({"profile": registered.source()} if registered is not None else {}),
                 },
                 "profile": json.loads(prof.model_dump_json()),
                 "timings_ms": timings,
@@ -315,8 +422,9 @@ class SpeechIngress:
 
     @api.get("/v1/models")
     async def models(self) -> dict:
+        self._ensure_poller()
         cat = await self.catalog()
-        return {
+        body = {
             "denoisers": [{k: cat.denoiser[k] for k in ("name", "kind", "version", "alias", "card")}],
             "guides": [
                 {"guide": g["guide"], "guide_kind": kind, **{k: g[k] for k in ("name", "version", "alias", "labels", "noise_conditioned")}}
@@ -326,6 +434,18 @@ class SpeechIngress:
             "sample_rate": cat.spec.sample_rate,
             "unsupported_guides": ["speaker"],
         }
+        if self.registry is not None:
+            reg = self.registry.describe()
+            body["registry"] = reg
+            body["profile_versions"] = [
+                {"name": p.name, "version": p.version, "alias": alias, "profile_name": p.profile.name}
+                for alias, p in sorted(self.registry.profiles.items())
+            ]
+            for g in body["guides"]:  # guide kinds served from the registry report its model and version
+                served = reg["guides"].get(g["guide_kind"])
+                if served and "version" in served:
+                    g.update(name=served["name"], version=served["version"], alias=served["ref"].partition("@")[2] or None)
+        return body
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:

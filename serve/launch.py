@@ -40,9 +40,10 @@ def prepare_config(
     port: Optional[int] = None,
     user_config: Optional[dict] = None,
     deployments: Optional[dict[str, dict]] = None,
+    args: Optional[dict] = None,
 ):
     """Load, override and check a config file; returns Ray's `ServeDeploySchema` (ValueError if bad)."""
-    data = with_overrides(load_config_file(path), models_dir, host, port, user_config, deployments)
+    data = with_overrides(load_config_file(path), models_dir, host, port, user_config, deployments, args)
     return check_config(data)
 
 

@@ -15,6 +15,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guidance.guides import GuidanceProfile
+from serve.config import REF_PATTERN
 
 MAX_NUM_SAMPLES = 16  # samples per target
 MAX_TARGETS = 10
@@ -82,6 +83,9 @@ class GenerateRequest(_Strict):
     steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS)
     sampler: Optional[Literal["euler", "heun"]] = None
     guide_kind: Literal["noisy", "clean"] = "noisy"
+    guide_model: Optional[str] = Field(
+        None, min_length=1, max_length=220, description="a registered classifier, NAME@ALIAS or NAME/VERSION (NAME: @production)"
+    )
     profile: Union[str, GuidanceProfile, None] = Field(None, description="profile name, or an inline profile")
 
     @field_validator("profile", mode="before")
@@ -92,6 +96,16 @@ class GenerateRequest(_Strict):
         if isinstance(v, str) and not 1 <= len(v) <= 64:
             raise ValueError("profile name must be 1 to 64 characters")
         return v
+
+    @field_validator("guide_model")
+    @classmethod
+    def _guide_model(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        ref = v if ("@" in v or "/" in v) else f"{v}@production"
+        if not REF_PATTERN.fullmatch(ref):
+            raise ValueError("guide_model must be NAME@ALIAS or NAME/VERSION of a registered classifier")
+        return ref
 
     @model_validator(mode="after")
     def _total(self) -> "GenerateRequest":
