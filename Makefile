@@ -43,7 +43,7 @@ bench-serve: venv
 bench-tune: venv
 	OMP_NUM_THREADS=1 $(PY) bench/tune_bench.py
 
-## models: retrain every committed demo model from scratch (about an hour on 2 CPU cores).
+## models: retrain every committed demo model from scratch (about two hours on 2 CPU cores, minutes on a GPU).
 models: venv
 	$(SG) train denoiser --out $(MODELS)/denoiser-unet.safetensors $(DOWNLOAD)
 	$(SG) train classifier --out $(MODELS)/classifier-clean.safetensors
@@ -51,8 +51,8 @@ models: venv
 	$(SG) train judge --task digit --out $(MODELS)/judge-digit.safetensors
 	$(SG) train judge --task speaker --seed 4321 --out $(MODELS)/judge-speaker.safetensors
 	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --out $(MODELS)/score-subnet-all.safetensors
-	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --digits 0,1,2 --steps 1000 --out $(MODELS)/score-subnet-3.safetensors
-	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --digits 0 --steps 1000 --out $(MODELS)/score-subnet-1.safetensors
+	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --digits 0,1,2 --steps 2500 --out $(MODELS)/score-subnet-3.safetensors
+	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --digits 0 --steps 2500 --out $(MODELS)/score-subnet-1.safetensors
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -64,8 +64,8 @@ TRAIN_DEFAULTS: dict[str, TrainConfig] = {
     "classifier": TrainConfig(steps=1500, lr=2e-3, weight_decay=1e-4, feature_noise=0.1, seed=1),
     "noisy-classifier": TrainConfig(steps=3000, lr=2e-3, weight_decay=1e-4, seed=2, eval_every=500),
     "judge": TrainConfig(steps=2000, lr=2e-3, weight_decay=1e-4, feature_noise=0.1, spec_mask=True, seed=1234),
-    # Short on purpose (~25 CPU-minutes): only the small subnet trains, on the frozen backbone's taps.
-    "score-subnet": TrainConfig(steps=2000, lr=2e-3, ema_decay=0.998, max_shift=4, gain_db=3.0, eval_every=250, seed=5),
+    # As many steps as the U-Net denoiser, so FD compares at equal optimisation steps (~50 CPU-minutes).
+    "score-subnet": TrainConfig(steps=4000, lr=2e-3, ema_decay=0.998, max_shift=4, gain_db=3.0, eval_every=250, seed=5),
 }
 
 
