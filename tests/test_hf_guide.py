@@ -16,12 +16,23 @@ import numpy as np
 import pytest
 import torch
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers/huggingface_hub read it
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline():
+    """No network for this module: the env for anything imported from here on, and huggingface_hub's
+    constant in case an earlier test module imported it before the env was set."""
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in OFFLINE_ENV.items():
+            if key != "OMP_NUM_THREADS":
+                mp.setenv(key, value)
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield
 
 
 def _labels(names: list[str]) -> dict:
