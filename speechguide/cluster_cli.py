@@ -79,7 +79,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {n.name:<11} pid {n.pid:<8} resources {json.dumps(n.resources)}  log {n.log}")
         if state.dashboard_url:
             typer.echo(f"dashboard and state API: {state.dashboard_url}")
-        typer.echo(f"export RAY_ADDRESS={state.gcs_address}   # then: speechguide serve --config cluster/local/serve-config.yaml")
+        typer.echo("to use it (clients given an address send Ray's token only in token mode):")
+        typer.echo(f"  export RAY_ADDRESS={state.gcs_address} RAY_AUTH_MODE=token")
+        typer.echo("  speechguide serve --config cluster/local/serve-config.yaml --no-blocking")
         typer.echo(f"stop it with: speechguide cluster down --port {port}" + (f" --state-dir {root}" if state_dir else ""))
 
     @group.command("down")

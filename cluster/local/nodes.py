@@ -173,6 +173,17 @@ def _ensure_auth_token() -> None:
         generate_and_save_token()
 
 
+def use_auth_token() -> None:
+    """Make this process send the cluster's token, as these nodes expect.
+
+    `ray.init()` does this by itself only for a cluster it finds on its own; with an explicit
+    address (or $RAY_ADDRESS) a client must run with RAY_AUTH_MODE=token, or call this first.
+    """
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def _node_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # `ray start --head` must not try to join whatever the caller points at
@@ -255,10 +266,9 @@ def up(
 
 def alive_nodes(gcs_address: str) -> list[dict]:
     """Alive nodes as the GCS lists them (no dashboard needed)."""
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     from ray._raylet import GcsClient
 
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # what ray.init() does to connect
+    use_auth_token()
     client = GcsClient(address=gcs_address)
     infos = client.get_all_node_info(timeout=10)
     out = []
@@ -392,6 +402,7 @@ def cluster_nodes(state: ClusterState) -> list[dict]:
     address = state.dashboard_url or None
     if address is None:
         return alive_nodes(state.gcs_address)
+    use_auth_token()  # the dashboard's HTTP API checks the same token
     actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=10000, raise_on_missing_output=False)
     per_node: dict[str, int] = {}
     for a in actors:
