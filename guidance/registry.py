@@ -154,7 +154,7 @@ def resolve(name: str, alias: Union[str, int] = PRODUCTION, uri: Optional[str] =
             if known is None:
                 raise RegistryError(f"no registered model {name!r} in {tracking_uri(uri)}") from None
             raise RegistryError(
-                f"registered model {name!r} has no {'version' if str(alias).isdigit() else 'alias'} {alias!r}"
+                f"registered model {name!r} has no {'version' if str(alias).isdigit() else 'alias'} {str(alias)!r}"
                 f"; aliases: {', '.join(sorted(known)) or 'none'}"
             ) from None
         raise
@@ -496,6 +496,9 @@ def register_profile(
 
 
 def _cache_root() -> Path:
+    """Downloaded versions: $SPEECHGUIDE_REGISTRY_CACHE, else registry/ in the project cache."""
+    if os.environ.get("SPEECHGUIDE_REGISTRY_CACHE"):
+        return Path(os.environ["SPEECHGUIDE_REGISTRY_CACHE"])
     base = os.environ.get("SPEECHGUIDE_CACHE") or Path.home() / ".cache" / "speechguide"
     return Path(base) / "registry"
 

@@ -70,13 +70,14 @@ def running_mlflow_server(root: Path, timeout_s: float = START_TIMEOUT_S) -> Ite
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Terminate the server and its workers (its own process group), killing after 15 s."""
+    """Terminate the server and its workers (its own process group), killing after 5 s
+    (a graceful shutdown would wait for clients' keep-alive connections)."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=15)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
