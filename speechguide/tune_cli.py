@@ -50,7 +50,9 @@ def _table(result) -> None:
             str(p.get("norm_scaling", "-")), str(p.get("schedule", "-")),
             f"{p.get('sigma_lo', 0):.3g}..{p.get('sigma_hi', 0):.3g}", str(p.get("steps", "-")),
         )
-    Console().print(table)
+    console = Console()
+    console.width = max(console.width, 160)  # the table stays readable when output goes to a log file
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

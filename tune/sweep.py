@@ -99,31 +99,46 @@ def read_sidecar(exp_path: str) -> dict:
 # ---- Ray pieces ------------------------------------------------------------------------------
 
 @contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Set environment variables that are not set yet, for the duration (Ray workers inherit them)."""
+    added = [k for k, v in values.items() if v and k not in os.environ]
+    for k in added:
+        os.environ[k] = values[k]
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+@contextlib.contextmanager
 def ray_session(settings: TuneSettings) -> Iterator[None]:
     """Connect to $RAY_ADDRESS, reuse an initialised Ray, or start a small local cluster (and stop it)."""
     import ray
 
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # finished trials reach the saved state quickly
-    # every per-batch checkpoint forces a state snapshot (num_to_keep=1): wanted here, so no warning about it
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        yield
-        return
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(settings.cpus_per_trial))))
-    if settings.data_dir:
-        os.environ.setdefault("SPEECHGUIDE_FSDD_DIR", settings.data_dir)
-    if os.environ.get("SPEECHGUIDE_CACHE"):
-        os.environ["SPEECHGUIDE_CACHE"] = os.path.abspath(os.environ["SPEECHGUIDE_CACHE"])
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-    else:
-        cpus = max(1, math.ceil(settings.max_concurrent * settings.cpus_per_trial))
-        gpus = math.ceil(settings.max_concurrent * settings.gpus_per_trial) if settings.gpus_per_trial else 0
-        ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    cache = os.environ.get("SPEECHGUIDE_CACHE")
+    with _env(
+        TUNE_GLOBAL_CHECKPOINT_S="5",  # finished trials reach the saved experiment state within seconds
+        # every per-batch checkpoint forces a state snapshot (num_to_keep=1): wanted here, so no warning about it
+        TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0",
+        OMP_NUM_THREADS=str(max(1, int(settings.cpus_per_trial))),
+        SPEECHGUIDE_FSDD_DIR=settings.data_dir or "",
+    ):
+        if cache:  # trials run in their own working directories
+            os.environ["SPEECHGUIDE_CACHE"] = os.path.abspath(cache)
+        if ray.is_initialized():
+            yield
+            return
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        else:
+            cpus = max(1, math.ceil(settings.max_concurrent * settings.cpus_per_trial))
+            gpus = math.ceil(settings.max_concurrent * settings.gpus_per_trial) if settings.gpus_per_trial else 0
+            ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def _trainable(settings: TuneSettings, space: ProfileSpace, reference, experiment_id: Optional[str], parent_run_id: Optional[str]):
