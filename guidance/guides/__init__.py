@@ -4,6 +4,7 @@ from guidance.guides.base import Guide, GuidedDenoiser, GuideTerm, guide_gradien
 from guidance.guides.classifier import ClassifierGuide
 from guidance.guides.hf import HFAudioGuide
 from guidance.guides.profile import DEFAULT_PROFILES, GuidanceProfile, GuideSettings, SamplerSettings
+from guidance.guides.voice import VoiceGuide
 
 __all__ = [
     "DEFAULT_PROFILES",
@@ -15,5 +16,6 @@ __all__ = [
     "GuidedDenoiser",
     "HFAudioGuide",
     "SamplerSettings",
+    "VoiceGuide",
     "guide_gradient",
 ]
