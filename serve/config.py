@@ -49,7 +49,10 @@ class RegistryArgs(_Strict):
     """
 
     tracking_uri: Optional[str] = Field(None, description="default: guidance.tracking.default_tracking_uri() where the app is built")
-    profile_name: str = Field("speechguide-profile", min_length=1, max_length=200)
+    profile_name: str = Field(
+        "speechguide-profile", min_length=1, max_length=200,
+        description="registered profile; with {guide} one per guide kind (speechguide-profile-{guide}, as `speechguide tune` registers)",
+    )
     profile_aliases: list[str] = Field(default_factory=lambda: ["production"], min_length=1, max_length=8)
     poll_seconds: float = Field(10.0, ge=0.2, le=3600, description="how often aliases are re-resolved")
     guides: dict[str, str] = Field(default_factory=dict, description="guide kind (noisy|clean) -> NAME@ALIAS of a registered classifier")
@@ -62,6 +65,9 @@ class RegistryArgs(_Strict):
         for alias in self.profile_aliases:
             if not alias or alias.isdigit() or alias == "latest" or not alias.replace("-", "").replace("_", "").isalnum():
                 raise ValueError(f"profile_aliases: {alias!r} is not an alias name")
+        name = self.profile_name.replace("{guide}", "noisy")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"profile_name: {self.profile_name!r} is not a registered model name (letters, digits, . _ - and {{guide}})")
         for kind, ref in self.guides.items():
             if not REF_PATTERN.fullmatch(ref):
                 raise ValueError(f"guides.{kind}: {ref!r} is not NAME@ALIAS or NAME/VERSION")

@@ -287,13 +287,13 @@ class SpeechIngress:
         if self.registry is None or isinstance(req.profile, GuidanceProfile):
             return None
         aliases = self.registry.args.profile_aliases
-        if req.profile is None:
-            return self.registry.profile("production") if "production" in aliases else None
+        if req.profile is None:  # production when loaded, else the guide kind's built-in default
+            return self.registry.profile("production", req.guide_kind) if "production" in aliases else None
         if req.profile not in aliases:
             return None
-        loaded = self.registry.profile(req.profile)
+        loaded = self.registry.profile(req.profile, req.guide_kind)
         if loaded is None:
-            err = self.registry.errors.get(f"{self.registry.args.profile_name}@{req.profile}", "not loaded yet")
+            err = self.registry.error_for(req.profile, req.guide_kind)
             raise ApiError(503, f"profile: {req.profile!r} is not available from the model registry ({err})", retry_after=5)
         return loaded
 
@@ -438,8 +438,8 @@ class SpeechIngress:
             reg = self.registry.describe()
             body["registry"] = reg
             body["profile_versions"] = [
-                {"name": p.name, "version": p.version, "alias": alias, "profile_name": p.profile.name}
-                for alias, p in sorted(self.registry.profiles.items())
+                {"name": p.name, "version": p.version, "alias": alias, "profile_name": p.profile.name, **({"guide_kind": kind} if kind else {})}
+                for (kind, alias), p in sorted(self.registry.profiles.items())
             ]
             for g in body["guides"]:  # guide kinds served from the registry report its model and version
                 served = reg["guides"].get(g["guide_kind"])

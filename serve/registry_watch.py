@@ -23,6 +23,7 @@ from serve.config import RegistryArgs
 
 log = logging.getLogger("ray.serve")
 MAX_CACHED_REFS = 64
+GUIDE_KINDS = ("noisy", "clean")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class RegistryWatch:
     def __init__(self, args: RegistryArgs) -> None:
         self.args = args
         self.uri = args.tracking_uri
-        self.profiles: dict[str, LoadedProfile] = {}
+        self.profiles: dict[tuple[str, str], LoadedProfile] = {}  # (guide kind or "", alias) -> profile
         self.refs: dict[str, VersionInfo] = {}
         self.errors: dict[str, str] = {}
         self.reloads = 0
@@ -62,17 +63,18 @@ class RegistryWatch:
         changes: list[str] = []
         errors: dict[str, str] = {}
         profiles = dict(self.profiles)
-        for alias in self.args.profile_aliases:
-            key = f"{self.args.profile_name}@{alias}"
-            try:
-                info = resolve(self.args.profile_name, alias, self.uri)
-                current = profiles.get(alias)
-                if current is None or current.version != info.version:
-                    profile, info = load_profile_version(self.args.profile_name, info.version, self.uri)
-                    profiles[alias] = LoadedProfile(profile, info.name, info.version, alias)
-                    changes.append(f"{key}: version {current.version if current else None} -> {info.version}")
-            except Exception as exc:  # unreachable server, unknown alias, bad artifact: keep serving the last good one
-                errors[key] = _one_line(exc)
+        for kind, name in self.profile_names():
+            for alias in self.args.profile_aliases:
+                key = f"{name}@{alias}"
+                try:
+                    info = resolve(name, alias, self.uri)
+                    current = profiles.get((kind, alias))
+                    if current is None or current.version != info.version:
+                        profile, info = load_profile_version(name, info.version, self.uri)
+                        profiles[(kind, alias)] = LoadedProfile(profile, info.name, info.version, alias)
+                        changes.append(f"{key}: version {current.version if current else None} -> {info.version}")
+                except Exception as exc:  # unreachable server, unknown alias, bad artifact: keep serving the last good one
+                    errors[key] = _one_line(exc)
         refs = {**{r: None for r in self.args.guides.values()}, **self.refs}
         resolved: dict[str, VersionInfo] = {}
         for ref in refs:
@@ -108,8 +110,20 @@ class RegistryWatch:
                 self.refs = {**self.refs, ref: info}
         return info
 
-    def profile(self, alias: str) -> Optional[LoadedProfile]:
-        return self.profiles.get(alias)
+    def profile_names(self) -> list[tuple[str, str]]:
+        """(guide kind, registered name): one name for all kinds, or one per kind when the name has `{guide}`."""
+        if "{guide}" in self.args.profile_name:
+            return [(kind, self.args.profile_name.replace("{guide}", kind)) for kind in GUIDE_KINDS]
+        return [("", self.args.profile_name)]
+
+    def profile(self, alias: str, guide_kind: str) -> Optional[LoadedProfile]:
+        """The loaded profile a request of `guide_kind` gets for `alias` (None if not loaded)."""
+        kind = guide_kind if "{guide}" in self.args.profile_name else ""
+        return self.profiles.get((kind, alias))
+
+    def error_for(self, alias: str, guide_kind: str) -> str:
+        name = self.args.profile_name.replace("{guide}", guide_kind)
+        return self.errors.get(f"{name}@{alias}", "not loaded yet")
 
     def describe(self) -> dict:
         """For GET /v1/models: what is loaded, from where, and what failed on the last poll."""
@@ -117,7 +131,7 @@ class RegistryWatch:
             "tracking_uri": redact(self.uri),
             "poll_seconds": self.args.poll_seconds,
             "profile_name": self.args.profile_name,
-            "profiles": {a: {"version": p.version, "profile_name": p.profile.name} for a, p in self.profiles.items()},
+            "profiles": {f"{p.name}@{a}": {"version": p.version, "profile_name": p.profile.name} for (_, a), p in sorted(self.profiles.items())},
             "guides": {
                 kind: {"ref": ref, **({"name": self.refs[ref].name, "version": self.refs[ref].version} if ref in self.refs else {})}
                 for kind, ref in self.args.guides.items()

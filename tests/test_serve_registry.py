@@ -1,0 +1,202 @@
+"""The Serve app following the MLflow registry: a real `mlflow server`, a real local Ray cluster, real HTTP.
+
+One module-scoped app runs from serve/config.yaml with `args.registry` pointing at the server (a
+1 s poll). Tiny models and two guidance profiles are registered there; the tests check that the app
+serves `speechguide-profile@production`, picks up a promotion while requests keep flowing (none
+fails), and guides with registered classifiers chosen per request (model multiplexing).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+from mlflow_server import free_port, mlflow_server_uri  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
+PROFILE = "speechguide-profile"
+POLL_S = 1.0
+TARGET = [{"guide": "digit", "label": "3"}]
+
+
+def _profile(name: str, steps: int, scale: float):
+    from guidance.guides import DEFAULT_PROFILES
+
+    return DEFAULT_PROFILES["noisy"].with_sampler(steps=steps).with_guide(scale=scale).model_copy(update={"name": name})
+
+
+@pytest.fixture(scope="module")
+def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory):  # noqa: F811
+    import ray
+    from ray import serve
+
+    from guidance.registry import promote, register_models_dir, register_profile
+    from serve.config import DEFAULT_CONFIG_PATH
+    from serve.launch import deploy, prepare_config
+
+    os.environ["SPEECHGUIDE_REGISTRY_CACHE"] = str(tmp_path_factory.mktemp("registry-cache"))  # replicas inherit it
+    register_models_dir(tiny_models_dir, uri=mlflow_server_uri)
+    register_profile(_profile("reg-one", steps=2, scale=2.0), PROFILE, {"objective": 0.1})
+    promote(PROFILE, "candidate", "production", mlflow_server_uri)
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
+    try:
+        port = free_port()
+        registry = {"tracking_uri": mlflow_server_uri, "poll_seconds": POLL_S, "guides": {"clean": "classifier-clean@production"}}
+        config = prepare_config(
+            DEFAULT_CONFIG_PATH,
+            models_dir=tiny_models_dir,
+            port=port,
+            deployments={"SpeechIngress": {"max_ongoing_requests": 8, "max_queued_requests": 16}},
+            args={"registry": registry},
+        )
+        deploy(config, timeout_s=300)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            os.environ.pop("SPEECHGUIDE_REGISTRY_CACHE", None)
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    with httpx.Client(base_url=app_url, timeout=120) as c:
+        yield c
+
+
+def _generate(client: httpx.Client, **fields) -> dict:
+    r = client.post("/v1/generate", json={"targets": TARGET, "seed": 5, **fields})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_serves_the_production_profile(client, mlflow_server_uri):  # noqa: F811
+    body = client.get("/v1/models").json()
+    assert body["profile_versions"] == [{"name": PROFILE, "version": 1, "alias": "production", "profile_name": "reg-one"}]
+    reg = body["registry"]
+    assert reg["errors"] == {} and reg["tracking_uri"] == mlflow_server_uri and reg["poll_seconds"] == POLL_S
+    clean = next(g for g in body["guides"] if g["guide_kind"] == "clean")
+    assert (clean["name"], clean["version"], clean["alias"]) == ("classifier-clean", 1, "production")
+
+    for fields in ({}, {"profile": "production"}):  # no profile named: production as well
+        out = _generate(client, **fields)
+        assert out["models"]["profile"] == {"name": PROFILE, "version": 1, "alias": "production"}
+        assert out["profile"]["name"] == "reg-one" and out["profile"]["guide"]["scale"] == 2.0
+        assert out["stats"]["steps"] == 2
+    # A request's own settings still apply on top of the registered profile.
+    out = _generate(client, profile="production", guidance_scale=0.5)
+    assert out["profile"]["name"] == "reg-one" and out["profile"]["guide"]["scale"] == 0.5
+    # Built-in profiles stay available by name.
+    assert _generate(client, profile="noisy", steps=2)["profile"]["name"] == "noisy-default"
+
+
+def test_guide_models_from_the_registry_per_request(client):
+    builtin = _generate(client, guide_kind="noisy")
+    for ref in ("classifier-noisy@production", "classifier-noisy/1", "classifier-noisy"):
+        out = _generate(client, guide_model=ref)
+        assert out["models"]["guide"]["name"] == "classifier-noisy" and out["models"]["guide"]["version"] == 1
+        # The registered copy of the very file the app loads guides to the very same audio.
+        assert out["samples"][0]["wav_base64"] == builtin["samples"][0]["wav_base64"]
+    # guide_kind clean is mapped to the registry in the app's config.
+    clean = _generate(client, guide_kind="clean", guidance_scale=0.5)
+    assert clean["models"]["guide"] == {"name": "classifier-clean", "version": 1, "alias": "production", "noise_conditioned": False}
+
+    for ref, status, words in [
+        ("no-such-model@production", 404, "unknown guide model"),
+        ("classifier-noisy@staging", 404, "has no alias 'staging'"),
+        ("classifier-noisy/9", 404, "has no version '9'"),
+        ("judge-digit@production", 422, "not a classifier guide"),
+        ("../../etc/passwd", 422, "guide_model"),
+    ]:
+        r = client.post("/v1/generate", json={"targets": TARGET, "guide_model": ref})
+        assert r.status_code == status, r.text
+        assert words in r.json()["detail"] and "guide" in r.json()["detail"]
+
+
+def _load(app_url: str, stop: threading.Event, log: list) -> None:
+    with httpx.Client(base_url=app_url, timeout=120) as c:
+        while not stop.is_set():
+            try:
+                r = c.post("/v1/generate", json={"targets": TARGET, "seed": 1})
+                body = r.json() if r.status_code == 200 else {}
+                log.append((time.monotonic(), r.status_code, body.get("models", {}).get("profile", {}).get("version"), body.get("profile", {}).get("name"), r.text[:200] if r.status_code != 200 else ""))
+            except httpx.HTTPError as exc:
+                log.append((time.monotonic(), 0, None, None, repr(exc)))
+
+
+def test_promotion_is_picked_up_without_a_failed_request(app_url, client, mlflow_server_uri, tiny_models_dir, capsys):  # noqa: F811
+    from guidance.registry import register_profile
+    from speechguide.cli import main
+
+    version = register_profile(_profile("reg-two", steps=3, scale=4.0), PROFILE, {"objective": 0.2})
+    assert version == 2
+    stop = threading.Event()
+    logs: list[list] = [[], []]
+    threads = [threading.Thread(target=_load, args=(app_url, stop, log)) for log in logs]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2.0)  # requests are flowing with version 1
+        assert main(["models", "promote", PROFILE]) == 0  # the real CLI command: candidate -> production
+        assert "moved from version 1 to version 2" in capsys.readouterr().out
+        promoted_at = time.monotonic()
+        picked_up = None
+        while time.monotonic() - promoted_at < 30:
+            if client.get("/v1/models").json()["profile_versions"][0]["version"] == 2:
+                picked_up = time.monotonic() - promoted_at
+                break
+            time.sleep(0.2)
+        assert picked_up is not None, "the app did not pick up the promotion within 30 s"
+        time.sleep(2.0)  # and requests keep flowing with version 2
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=180)
+    print(f"promotion picked up after {picked_up:.1f} s (poll {POLL_S} s)")
+    assert picked_up < POLL_S + 10
+    for log in logs:
+        assert log, "no request was made"
+        failed = [entry for entry in log if entry[1] != 200]
+        assert not failed, failed[:3]
+        versions = [v for _, _, v, _, _ in log]
+        assert set(versions) <= {1, 2} and versions == sorted(versions), versions  # never back to the old one
+        assert {(v, name) for _, _, v, name, _ in log} <= {(1, "reg-one"), (2, "reg-two")}
+    assert any(v == 1 for log in logs for _, _, v, _, _ in log) and any(v == 2 for log in logs for _, _, v, _, _ in log)
+
+
+def test_guide_alias_move_loads_the_new_version(client, mlflow_server_uri, tiny_models_dir, tmp_path):  # noqa: F811
+    """A new classifier promoted to production guides the next requests naming the alias (multiplexed load)."""
+    from guidance.data import DIGITS
+    from guidance.models import ClassifierConfig, LogMelClassifier, read_metadata, save_model
+    from guidance.models.checkpoint import config_dict
+    from guidance.features import FeatureSpec
+    from guidance.registry import promote, register_model_file
+
+    before = _generate(client, guide_model="classifier-noisy@production", profile="noisy", steps=3)
+    torch.manual_seed(123)
+    cfg = ClassifierConfig(channels=(8, 16), emb_dim=16, noise_conditioned=True)
+    spec = FeatureSpec.from_dict(read_metadata(tiny_models_dir / "classifier-noisy.safetensors")["feature_spec"])
+    path = save_model(tmp_path / "classifier-noisy.safetensors", LogMelClassifier(cfg), "classifier", config_dict(cfg), spec, DIGITS, "digit")
+    info = register_model_file(path, name="classifier-noisy", uri=mlflow_server_uri)
+    assert info.version == 2 and "production" not in info.aliases
+    promote("classifier-noisy", info.version, "production", mlflow_server_uri)
+    deadline = time.monotonic() + POLL_S + 20
+    after = before
+    while time.monotonic() < deadline:
+        after = _generate(client, guide_model="classifier-noisy@production", profile="noisy", steps=3)
+        if after["models"]["guide"]["version"] == 2:
+            break
+        time.sleep(0.5)
+    assert after["models"]["guide"]["version"] == 2
+    assert after["samples"][0]["wav_base64"] != before["samples"][0]["wav_base64"]
+    # The old version stays addressable by number while it is cached or reloadable.
+    pinned = _generate(client, guide_model="classifier-noisy/1", profile="noisy", steps=3)
+    assert pinned["samples"][0]["wav_base64"] == before["samples"][0]["wav_base64"]
+    assert base64.b64decode(after["samples"][0]["wav_base64"])[:4] == b"RIFF"
