@@ -495,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     from guidance.features import FeatureSpecMismatch
 
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode click returns a `typer.Exit(code)`'s code instead of raising it
+        code = app(args=argv, standalone_mode=False)
     except click_exc.NoArgsIsHelpError:
         return 0
     except click_exc.UsageError as exc:
@@ -510,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as exc:
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:
