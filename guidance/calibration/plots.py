@@ -7,6 +7,8 @@ from pathlib import Path
 
 from guidance.calibration.noise_levels import BinResult, CalibrationResult
 
+MIN_POINT = 5  # confidence bins with fewer samples are noise in a reliability plot
+
 
 def _pyplot():
     import matplotlib
@@ -27,16 +29,10 @@ def _save(fig, path: Path) -> Path:
 
 
 def shown_bins(result: CalibrationResult, k: int = 4) -> list[int]:
-    """Up to k bins spread over the sigma range, favouring those above chance (where calibration matters)."""
-    good = [i for i, b in enumerate(result.bins) if b.above_chance] or list(range(len(result.bins)))
-    if len(good) <= k:
-        picks = list(good)
-    else:
-        picks = [good[round(j * (len(good) - 1) / (k - 1))] for j in range(k)]
-    rest = [i for i in range(len(result.bins)) if i not in picks]
-    if len(picks) < k and rest:  # one bin at chance too, to show what the classifier does there
-        picks.append(rest[-1])
-    return sorted(set(picks))[:k]
+    """The k highest-sigma bins still above chance (where the classifier errs and calibration has
+    work to do; below them it is near-perfect), or the lowest bins when none is above chance."""
+    good = [i for i, b in enumerate(result.bins) if b.above_chance]
+    return good[-k:] if good else list(range(min(k, len(result.bins))))
 
 
 def reliability_diagram(result: CalibrationResult, path: Path, k: int = 4) -> Path:
@@ -49,7 +45,7 @@ def reliability_diagram(result: CalibrationResult, path: Path, k: int = 4) -> Pa
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
         for rel, label, color in ((b.reliability_before, f"T=1, ECE {b.ece_before:.3f}", "tab:red"),
                                   (b.reliability_after, f"T={b.temperature:.2f}, ECE {b.ece_after:.3f}", "tab:blue")):
-            pts = [(c, a) for c, a, n in zip(rel.confidence, rel.accuracy, rel.count) if n > 0]
+            pts = [(c, a) for c, a, n in zip(rel.confidence, rel.accuracy, rel.count) if n >= MIN_POINT]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker="o", ms=3, color=color, label=label)
@@ -59,7 +55,7 @@ def reliability_diagram(result: CalibrationResult, path: Path, k: int = 4) -> Pa
         ax.set_xlabel("confidence")
         ax.legend(fontsize=7, loc="upper left")
     axes[0][0].set_ylabel("accuracy")
-    fig.suptitle("Clean classifier on x0_hat: reliability before / after temperature scaling", fontsize=10)
+    fig.suptitle(f"Clean classifier on x0_hat: reliability before / after temperature scaling (confidence bins with >= {MIN_POINT} samples)", fontsize=10)
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)
