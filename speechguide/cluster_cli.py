@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
     def render_command(
         check: bool = typer.Option(False, "--check", help="Only check that the committed files equal a fresh render (exit 1 if not)."),
     ) -> None:
-        """Regenerate cluster/local/serve-config.yaml and cluster/kuberay/rayservice.yaml from serve/config.yaml."""
+        """Regenerate the Serve configs under cluster/ (local, KubeRay, launcher) from serve/config.yaml."""
         from cluster import render
 
         try:

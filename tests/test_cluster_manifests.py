@@ -46,7 +46,8 @@ def _deployments(config: dict) -> dict[str, dict]:
 
 def test_the_project_ships_every_kind_of_manifest() -> None:
     names = {p.relative_to(ROOT / "cluster").as_posix() for p in validate.cluster_files()}
-    assert {"kuberay/rayservice.yaml", "kuberay/rayjob-tune.yaml", "launcher/aws-gpu.yaml", "local/serve-config.yaml"} <= names
+    assert {"kuberay/rayservice.yaml", "kuberay/rayjob-tune.yaml", "launcher/aws-gpu.yaml", "launcher/serve-config.yaml",
+            "local/serve-config.yaml"} <= names
 
 
 @needs_crds
@@ -63,7 +64,8 @@ def test_serve_config_v2_passes_rays_own_schema_and_keeps_the_project_app() -> N
     from ray.serve.schema import ServeDeploySchema
 
     base = _load(ROOT / "serve" / "config.yaml")
-    for config in (_serve(_load(KUBERAY / "rayservice.yaml")), _load(ROOT / "cluster" / "local" / "serve-config.yaml")):
+    for config in (_serve(_load(KUBERAY / "rayservice.yaml")), _load(ROOT / "cluster" / "local" / "serve-config.yaml"),
+                   _load(ROOT / "cluster" / "launcher" / "serve-config.yaml")):
         schema = ServeDeploySchema.model_validate(config)
         assert [a.import_path for a in schema.applications] == [a["import_path"] for a in base["applications"]]
         assert set(_deployments(config)) == {d["name"] for d in base["applications"][0]["deployments"]}
@@ -129,6 +131,15 @@ def test_launcher_gpu_node_types_have_integer_gpus() -> None:
     gpu_types = {k: v for k, v in config["available_node_types"].items() if "GPU" in v["resources"]}
     assert gpu_types and all(isinstance(v["resources"]["GPU"], int) and v["resources"]["GPU"] >= 1 for v in gpu_types.values())
     assert validate.check_launcher(config) == []
+    # every resource the launcher's Serve config asks for exists on some node type, with room for it
+    offered: dict[str, int] = {}
+    for node in config["available_node_types"].values():
+        for k, v in node["resources"].items():
+            offered[k] = max(offered.get(k, 0), v)
+    for name, dep in _deployments(_load(ROOT / "cluster" / "launcher" / "serve-config.yaml")).items():
+        opts = dep["ray_actor_options"]
+        assert opts.get("num_gpus", 0) <= offered["GPU"] and opts.get("num_cpus", 1) <= offered["CPU"], name
+        assert all(0 < v <= offered.get(k, 0) for k, v in opts.get("resources", {}).items()), (name, opts)
 
 
 def _set(path: str, value: Any) -> Callable[[dict], None]:
