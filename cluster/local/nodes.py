@@ -189,6 +189,9 @@ def _node_env() -> dict[str, str]:
     env.pop("RAY_ADDRESS", None)  # `ray start --head` must not try to join whatever the caller points at
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("RAY_AUTH_MODE", "token")
+    # On SIGTERM a node drains for up to 30 s by default (Serve moves replicas away first); `down`
+    # stops every node at once, so there is nowhere to drain to.
+    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "3")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     return env
 
