@@ -22,7 +22,7 @@ import httpx
 import pytest
 import soundfile
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "speechguide"]
@@ -88,6 +88,7 @@ def _nodes_by_marker(dashboard: str) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 def test_app_is_placed_across_nodes_serves_over_http_and_a_sweep_spreads_over_the_workers(connected, tiny_models_dir, fsdd_root, tmp_path):
     from ray.util.state import list_actors
 
@@ -149,3 +150,34 @@ def test_app_is_placed_across_nodes_serves_over_http_and_a_sweep_spreads_over_th
     # the app still serves after the sweep
     with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120) as client:
         assert client.get("/healthz").status_code == 200
+
+
+def test_down_never_ends_a_process_it_did_not_start(tmp_path):
+    """A recorded pid now held by something else (pid reuse, a stale state file) is left alone."""
+    from cluster.local.nodes import STATE_FILE, ClusterState, NodeRecord, down
+
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        state = ClusterState("127.0.0.1:6391", "", str(tmp_path), [NodeRecord("head", other.pid, ["ray", "start"], "log")])
+        state.save(tmp_path)
+        assert down(tmp_path, grace_s=1) == ["head: not running"]
+        assert other.poll() is None  # still running
+        assert not (tmp_path / STATE_FILE).exists()
+        assert down(tmp_path) == [f"no cluster recorded in {tmp_path}"]
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["up", "--port", "80"], "--port must be between 1024 and 65535"),
+    (["up", "--worker-cpus", "0"], "--worker-cpus must be at least 1"),
+    (["up", "--object-store-mb", "10"], "--object-store-mb must be at least 80"),
+    (["check", "no-such.yaml"], "no-such.yaml does not exist"),
+])
+def test_cluster_usage_errors_exit_2_with_one_line(args, needle, capsys):
+    from speechguide.cli import main
+
+    assert main(["cluster", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
