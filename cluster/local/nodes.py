@@ -226,8 +226,11 @@ def up(
     timeout_s: float = 120.0,
     cwd: Optional[Path] = None,
 ) -> ClusterState:
-    """Start the head, then the workers; wait until every node is alive in the GCS. Idempotence is
-    refused on purpose: a second `up` on the same port fails instead of adopting unknown processes."""
+    """Start the head, then the workers; wait until every node is alive in the GCS.
+
+    A second `up` while the recorded cluster runs fails rather than adopting processes it did not
+    start; if any node fails to start, the ones already started are stopped again.
+    """
     state_dir = Path(state_dir or default_state_dir(gcs_port))
     nodes = nodes or default_nodes()
     if not nodes[0].head or any(n.head for n in nodes[1:]):
