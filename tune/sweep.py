@@ -21,7 +21,7 @@ from guidance.guides import GuidanceProfile
 from tune.evaluator import base_profile, load_models, score_profile, val_reference
 from tune.objective import MULTI_METRICS, MULTI_MODES
 from tune.settings import SIDECAR, TuneSettings, _is_uri
-from tune.space import ProfileSpace
+from tune.space import ProfileSpace, SpaceBounds
 
 
 KEPT_METRICS = ("objective", "judge_accuracy", "fd", "diversity", "samples", "trial_seconds", "batches", "time_total_s", "timestamp")
@@ -276,7 +276,7 @@ def run(settings: TuneSettings, resume: Optional[str] = None, log: Callable[[str
         exp_path = f"{settings.storage_path.rstrip('/')}/{name}"
     models, judge = load_models(settings)
     reference = val_reference(settings, models, judge)
-    space = ProfileSpace(base_profile(settings))
+    space = ProfileSpace(base_profile(settings), bounds=SpaceBounds(steps=(settings.steps_min, settings.steps_max)))
 
     exp_id, parent = sidecar.get("experiment_id"), sidecar.get("parent_run_id")
     if settings.mlflow and not resume:
