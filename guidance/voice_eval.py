@@ -24,7 +24,7 @@ import torch
 from guidance.data import DIGITS, FSDD_SPEAKERS, Clip, fsdd_split, list_fsdd, load_wave, resolve_fsdd_root, write_wav
 from guidance.features import GriffinLimVocoder, LogMel, fit_length
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings
-from guidance.guides.voice import DEFAULT_VOICE_SETTINGS, VoiceGuide
+from guidance.guides.voice import DEFAULT_GRADIENT_BLUR, DEFAULT_VOICE_SETTINGS, VoiceGuide
 from guidance.metrics import hear, judge_outputs
 from guidance.models import ModelFile
 from guidance.pipeline import ModelSet, make_noise, sample_mels, vocode
@@ -38,10 +38,11 @@ class VoiceEvalConfig:
     refs_per_speaker: int = 3
     samples_per_ref: int = 4
     seed: int = 0
-    steps: int = 18
+    steps: int = 10
     digit_kind: str = "noisy"
     voice: GuideSettings = DEFAULT_VOICE_SETTINGS
-    digit: GuideSettings = DEFAULT_PROFILES["noisy"].guide
+    gradient_blur: int = DEFAULT_GRADIENT_BLUR
+    digit: GuideSettings = GuideSettings(scale=10.0)  # the digit guide's val-picked scale (README, Evaluation)
     voice_weight: float = 1.0
     digit_weight: float = 1.0
     batch_size: int = 50
@@ -109,6 +110,7 @@ def evaluate_voice(
     clips = fsdd_split(list_fsdd(resolve_fsdd_root(data_root)), cfg.split)
     refs = pick_references(clips, cfg.split, cfg.refs_per_speaker)
     guide = guide or VoiceGuide(spec, device=models.device)
+    guide.gradient_blur = cfg.gradient_blur
     ref_waves = _waves(refs, spec.num_samples)
     ref_index = torch.tensor([guide.add_reference(str(c.path), w, spec.sample_rate) for c, w in zip(refs, ref_waves)])
     n = cfg.samples_per_ref
@@ -178,7 +180,7 @@ def markdown_report(report: dict) -> str:
         "",
         report["protocol"] + ".",
         f"Voice guide: scale {cfg['voice']['scale']:g}, norm scaling {cfg['voice']['norm_scaling']}, sigma {cfg['voice']['sigma_lo']:g}-{cfg['voice']['sigma_hi']:g}, "
-        f"weight {cfg['voice_weight']:g}; digit guide ({cfg['digit_kind']}): scale {cfg['digit']['scale']:g}, sigma {cfg['digit']['sigma_lo']:g}-{cfg['digit']['sigma_hi']:g}, "
+        f"gradient blur {cfg['gradient_blur']}, through the denoiser {cfg['voice']['through_denoiser']}, weight {cfg['voice_weight']:g}; digit guide ({cfg['digit_kind']}): scale {cfg['digit']['scale']:g}, sigma {cfg['digit']['sigma_lo']:g}-{cfg['digit']['sigma_hi']:g}, "
         f"weight {cfg['digit_weight']:g}; {cfg['steps']} steps, seed {cfg['seed']}.",
         "",
         "| system | judge: reference speaker | judge: digit | judge: both | encoder cosine to reference (vocoded) | guide's cosine (log-Mel) | s/sample |",

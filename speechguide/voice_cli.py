@@ -158,11 +158,13 @@ def evaluate_voice_command(
     refs_per_speaker: int = typer.Option(3, help="Reference clips per FSDD speaker (fixed by rule, not by result)."),
     samples_per_ref: int = typer.Option(4, help="Generated samples per reference and system."),
     seed: int = typer.Option(0, help="Noise seed (the same noise for every system)."),
-    steps: int = typer.Option(18, help="Sampler steps."),
+    steps: int = typer.Option(10, help="Sampler steps."),
     voice_scale: float = typer.Option(0.3, help="Voice guide scale (norm-scaled fraction of the denoiser step)."),
     voice_sigma_lo: float = typer.Option(0.0, help="Voice guidance is off below this sigma."),
-    voice_sigma_hi: float = typer.Option(10.0, help="Voice guidance is off above this sigma."),
-    digit_scale: float = typer.Option(3.0, help="Digit guide scale (noise-conditioned classifier, plain gamma)."),
+    voice_sigma_hi: float = typer.Option(80.0, help="Voice guidance is off above this sigma."),
+    voice_blur: int = typer.Option(7, help="Box blur (bins x frames) applied to the voice guide's gradient; 1 = none."),
+    voice_through_denoiser: bool = typer.Option(False, help="Backpropagate the voice guide through the denoiser."),
+    digit_scale: float = typer.Option(10.0, help="Digit guide scale (noise-conditioned classifier, plain gamma)."),
     digit_sigma_hi: float = typer.Option(80.0, help="Digit guidance is off above this sigma."),
     voice_weight: float = typer.Option(1.0, help="Weight of the voice term in the composite."),
     systems: str = typer.Option("unguided,voice,composite", help="Comma-separated subset of unguided,voice,composite."),
@@ -182,17 +184,21 @@ def evaluate_voice_command(
 
     if split not in ("test", "val"):
         fail(f"--split must be 'test' or 'val', got {split!r}")
-    for name, value, hi in (("refs-per-speaker", refs_per_speaker, 5), ("samples-per-ref", samples_per_ref, 100), ("steps", steps, 1000)):
+    for name, value, hi in (("voice-blur", voice_blur, 63), ("refs-per-speaker", refs_per_speaker, 5), ("samples-per-ref", samples_per_ref, 100), ("steps", steps, 1000)):
         if not 1 <= value <= hi:
             fail(f"--{name} must be between 1 and {hi}, got {value}")
     for name, value in (("voice-scale", voice_scale), ("digit-scale", digit_scale), ("voice-weight", voice_weight)):
         if not math.isfinite(value) or value < 0:
             fail(f"--{name} must be a finite non-negative number, got {value}")
+    if voice_blur % 2 == 0:
+        fail(f"--voice-blur must be odd (1 = no blur), got {voice_blur}")
     chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
     if not chosen or any(s not in ("unguided", "voice", "composite") for s in chosen):
         fail(f"--systems must be a subset of unguided,voice,composite, got {systems!r}")
     try:
-        voice = GuideSettings(scale=voice_scale, norm_scaling=True, sigma_lo=voice_sigma_lo, sigma_hi=voice_sigma_hi)
+        voice = GuideSettings(
+            scale=voice_scale, norm_scaling=True, sigma_lo=voice_sigma_lo, sigma_hi=voice_sigma_hi, through_denoiser=voice_through_denoiser
+        )
         digit = GuideSettings(scale=digit_scale, sigma_hi=digit_sigma_hi)
     except ValueError as exc:
         fail(" ".join(str(exc).split())[:300])
@@ -209,7 +215,7 @@ def evaluate_voice_command(
         fail(str(exc))
     cfg = VoiceEvalConfig(
         split=split, refs_per_speaker=refs_per_speaker, samples_per_ref=samples_per_ref, seed=seed, steps=steps,
-        voice=voice, digit=digit, voice_weight=voice_weight, systems=chosen,
+        voice=voice, digit=digit, voice_weight=voice_weight, systems=chosen, gradient_blur=voice_blur,
     )
     evaluate_voice(models, judge_digit, judge_speaker, cfg, out, data_root=str(root))
     typer.echo((out / "report.md").read_text())

@@ -99,3 +99,15 @@ def test_shipped_weights_load_without_importing_resemblyzer(tmp_path):
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
     with pytest.raises(RuntimeError):
         SpeakerEncoder().load_state_dict({"lstm.weight_ih_l0": torch.zeros(1)}, strict=True)
+
+
+def test_low_pass_gradient_keeps_the_value_and_blurs_the_gradient():
+    from guidance.guides.voice import low_pass_gradient
+
+    x = torch.randn(1, 1, 8, 8, requires_grad=True)
+    y = low_pass_gradient(x, 3)
+    assert torch.allclose(y.detach(), x.detach(), atol=1e-6)
+    (grad,) = torch.autograd.grad(y[0, 0, 4, 4], x)
+    assert torch.allclose(grad[0, 0, 3:6, 3:6], torch.full((3, 3), 1 / 9)) and grad.sum().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        low_pass_gradient(x, 4)
