@@ -35,7 +35,7 @@ def build_app(args: Optional[dict] = None) -> Application:
         denoiser = Denoiser.options(user_config=tuning)
         classifier = Classifier.options(user_config=tuning)
     return SpeechIngress.bind(
-        denoiser.bind(models_dir, parsed.device, tuning),
+        denoiser.bind(models_dir, parsed.device, tuning, registry_uri),
         classifier.bind(models_dir, parsed.device, tuning, registry_uri),
         parsed.model_dump(mode="json"),
     )

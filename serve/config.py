@@ -45,7 +45,7 @@ class RegistryArgs(_Strict):
     names one by alias (`"profile": "production"`); requests that name no profile use `production`.
     `guides` maps a guide kind to a registered classifier (`NAME@ALIAS` or `NAME/VERSION`): those
     requests, and any request naming `guide_model`, are guided by that model, loaded on demand by the
-    classifier deployment through model multiplexing.
+    classifier deployment through model multiplexing; `denoiser` does the same for the denoiser.
     """
 
     tracking_uri: Optional[str] = Field(None, description="default: guidance.tracking.default_tracking_uri() where the app is built")
@@ -56,6 +56,7 @@ class RegistryArgs(_Strict):
     profile_aliases: list[str] = Field(default_factory=lambda: ["production"], min_length=1, max_length=8)
     poll_seconds: float = Field(10.0, ge=0.2, le=3600, description="how often aliases are re-resolved")
     guides: dict[str, str] = Field(default_factory=dict, description="guide kind (noisy|clean) -> NAME@ALIAS of a registered classifier")
+    denoiser: Optional[str] = Field(None, description="NAME@ALIAS of a registered U-Net denoiser (default: the models_dir one)")
 
     @model_validator(mode="after")
     def _check(self) -> "RegistryArgs":
@@ -71,6 +72,8 @@ class RegistryArgs(_Strict):
         for kind, ref in self.guides.items():
             if not REF_PATTERN.fullmatch(ref):
                 raise ValueError(f"guides.{kind}: {ref!r} is not NAME@ALIAS or NAME/VERSION")
+        if self.denoiser is not None and not REF_PATTERN.fullmatch(self.denoiser):
+            raise ValueError(f"denoiser: {self.denoiser!r} is not NAME@ALIAS or NAME/VERSION")
         return self
 
 

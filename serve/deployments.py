@@ -48,8 +48,9 @@ def file_version(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
-# Registered guide models a classifier replica keeps loaded (least recently used ones are dropped).
+# Registered models a replica keeps loaded (least recently used ones are dropped).
 MAX_REGISTRY_GUIDES_PER_REPLICA = 4
+MAX_REGISTRY_DENOISERS_PER_REPLICA = 2
 
 # How many arrival batches `@serve.batch` may hand over at once; the coalescer merges them.
 # max_batch_size * this must stay within max_ongoing_requests (Serve warns otherwise).
@@ -156,13 +157,47 @@ class Denoiser(_Batcher):
 
     batched_methods = ("denoise",)
 
-    def __init__(self, models_dir: str, device: Optional[str] = None, tuning: Optional[dict] = None) -> None:
+    def __init__(
+        self, models_dir: str, device: Optional[str] = None, tuning: Optional[dict] = None, registry_uri: Optional[str] = None
+    ) -> None:
         self.device = pick_device(device)
+        self.registry_uri = registry_uri
         path = ModelPaths(root=Path(models_dir)).path("denoiser")
         self.model_file: ModelFile = load_model(path, kind="denoiser-unet", device=self.device)
         self.model = self.model_file.model.requires_grad_(False)
         self.version = file_version(path)
-        self._init_batching(lambda items: denoise_batch(self.model, items, self.device), lambda item: len(item[0]), tuning)
+        self.registry_loads = 0
+        self._init_batching(self._run_denoise, lambda item: len(item[0][0]), tuning)
+
+    def _run_denoise(self, items: list[tuple[tuple[np.ndarray, np.ndarray], torch.nn.Module]]) -> list[np.ndarray]:
+        """One forward per denoiser over every waiting call (calls name the model they were sent for)."""
+        out: list[Optional[np.ndarray]] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (_, model) in enumerate(items):
+            groups.setdefault(id(model), []).append(i)
+        for idx in groups.values():
+            results = denoise_batch(items[idx[0]][1], [items[i][0] for i in idx], self.device)
+            for i, result in zip(idx, results):
+                out[i] = result
+        return out  # type: ignore[return-value]
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_REGISTRY_DENOISERS_PER_REPLICA)
+    async def registry_denoiser(self, model_id: str) -> torch.nn.Module:
+        """A registered U-Net denoiser `NAME/VERSION`, loaded on first use and checked against this app's features."""
+        if not self.registry_uri:
+            raise ValueError("this app has no model registry configured (args.registry)")
+        from guidance.registry import parse_ref, resolve_model_file
+
+        name, version = parse_ref(model_id)
+
+        def load() -> torch.nn.Module:
+            path = resolve_model_file(name, version, self.registry_uri)
+            return load_model(path, self.model_file.spec, "denoiser-unet", self.device).model.requires_grad_(False)
+
+        model = await asyncio.to_thread(load)
+        self.registry_loads += 1
+        log.info("Denoiser loaded registered model %s (%d registry loads so far)", model_id, self.registry_loads)
+        return model
 
     @serve.batch(
         max_batch_size=_TUNING.max_batch_size,
@@ -170,8 +205,18 @@ class Denoiser(_Batcher):
         max_concurrent_batches=_CONCURRENT_BATCHES,
     )
     async def denoise(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """D(x, sigma) for each (x, sigma) item; concurrent requests' items share one forward."""
-        return await self.coalescer.submit(items)
+        """D(x, sigma) for each (x, sigma) item; concurrent requests' items share one forward.
+
+        Calls sent with a `multiplexed_model_id` (`NAME/VERSION`) run on that registered denoiser.
+        """
+        model_id = serve.get_multiplexed_model_id()
+        model = await self.registry_denoiser(model_id) if model_id else self.model
+        return await self.coalescer.submit([(item, model) for item in items])
+
+    async def describe_model(self, model_id: str) -> dict:
+        """Loads a registered denoiser here (so the first request finds it warm) and describes it."""
+        await self.registry_denoiser(model_id)
+        return {"name": model_id, "kind": "denoiser-unet", "version": model_id.rpartition("/")[2], "alias": None}
 
     def describe(self) -> dict:
         spec = self.model_file.spec

@@ -172,9 +172,37 @@ class SpeechIngress:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 2.0)
 
-    async def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        out = await self._remote("denoiser", self.denoiser.denoise, (to_wire(x), to_wire(sigma)))
+    async def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, handle: Optional[DeploymentHandle] = None) -> torch.Tensor:
+        out = await self._remote("denoiser", (handle or self.denoiser).denoise, (to_wire(x), to_wire(sigma)))
         return from_wire(out).to(x.dtype)
+
+    async def _registry_denoiser(self) -> Optional[tuple[DeploymentHandle, dict]]:
+        """(handle, description) of the registered denoiser the config names, or None for the built-in one."""
+        ref = self.registry.args.denoiser if self.registry is not None else None
+        if ref is None:
+            return None
+        from guidance.registry import RegistryError
+
+        try:
+            info = await asyncio.to_thread(self.registry.resolve_ref, ref)
+        except RegistryError as exc:
+            raise ApiError(503, f"the configured denoiser {ref} is not available from the model registry: {exc}", retry_after=5) from None
+        if info.tags.get("kind") != "denoiser-unet":
+            raise ApiError(503, f"the configured denoiser {ref} is a {info.tags.get('kind')!r} model, not a U-Net denoiser", retry_after=30)
+        model_id = f"{info.name}/{info.version}"
+        handle = self._guide_handles.get(f"denoiser:{model_id}")
+        if handle is None:
+            handle = self.denoiser.options(multiplexed_model_id=model_id)
+            self._guide_handles[f"denoiser:{model_id}"] = handle
+            try:
+                await self._remote("denoiser", handle.describe_model, model_id)
+            except ApiError:
+                raise
+            except Exception as exc:
+                cause = getattr(exc, "cause", exc)
+                del self._guide_handles[f"denoiser:{model_id}"]
+                raise ApiError(503, f"could not load the configured denoiser {ref}: {' '.join(str(cause).split())[:300]}", retry_after=30) from None
+        return handle, {"name": info.name, "version": info.version, "alias": ref.partition("@")[2] or None}
 
     async def _guide(self, call: GuideCall) -> GuideResult:
         return await self._remote("classifier", self._classifier_for(call.kind).guide, call)
@@ -350,6 +378,13 @@ class SpeechIngress:
         guide_key, guide = registered_guide if registered_guide else (req.guide_kind, cat.guides[req.guide_kind])
         classes = self._classes(req, guide)
         registered = self._registry_profile(req)  # taken once: an alias move mid-request does not touch this request
+        registered_denoiser = await self._registry_denoiser()  # likewise: one denoiser version per request
+        denoiser_desc = registered_denoiser[1] if registered_denoiser else {k: cat.denoiser[k] for k in ("name", "version", "alias")}
+        den_handle = registered_denoiser[0] if registered_denoiser else None
+
+        async def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return await self._denoise(x, sigma, den_handle)
+
         prof = self._profile(req, registered)
         settings = prof.settings_for("digit")
         reads_x_t = guide["noise_conditioned"] or settings.input == "x_t"
@@ -361,7 +396,7 @@ class SpeechIngress:
         t_valid = time.perf_counter()
         try:
             mels, stats = await asyncio.wait_for(
-                drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, self._denoise, self._guide),
+                drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide),
                 timeout=self.args.request_timeout_s,
             )
         except asyncio.TimeoutError:
@@ -405,7 +440,7 @@ class SpeechIngress:
                     for s in samples
                 ],
                 "models": {
-                    "denoiser": {k: cat.denoiser[k] for k in ("name", "version", "alias")},
+                    "denoiser": denoiser_desc,
                     "guide": {k: guide[k] for k in ("name", "version", "alias", "noise_conditioned")},
                     **({"profile": registered.source()} if registered is not None else {}),
                 },
@@ -441,6 +476,9 @@ class SpeechIngress:
                 {"name": p.name, "version": p.version, "alias": alias, "profile_name": p.profile.name, **({"guide_kind": kind} if kind else {})}
                 for (kind, alias), p in sorted(self.registry.profiles.items())
             ]
+            den = reg.get("denoiser") or {}
+            if "version" in den:
+                body["denoisers"][0].update(name=den["name"], version=den["version"], alias=den["ref"].partition("@")[2] or None, card=None)
             for g in body["guides"]:  # guide kinds served from the registry report its model and version
                 served = reg["guides"].get(g["guide_kind"])
                 if served and "version" in served:

@@ -75,7 +75,8 @@ class RegistryWatch:
                         changes.append(f"{key}: version {current.version if current else None} -> {info.version}")
                 except Exception as exc:  # unreachable server, unknown alias, bad artifact: keep serving the last good one
                     errors[key] = _one_line(exc)
-        refs = {**{r: None for r in self.args.guides.values()}, **self.refs}
+        configured = [*self.args.guides.values(), *([self.args.denoiser] if self.args.denoiser else [])]
+        refs = {**{r: None for r in configured}, **self.refs}
         resolved: dict[str, VersionInfo] = {}
         for ref in refs:
             try:
@@ -136,6 +137,11 @@ class RegistryWatch:
                 kind: {"ref": ref, **({"name": self.refs[ref].name, "version": self.refs[ref].version} if ref in self.refs else {})}
                 for kind, ref in self.args.guides.items()
             },
+            "denoiser": (
+                {"ref": self.args.denoiser, **({"name": self.refs[self.args.denoiser].name, "version": self.refs[self.args.denoiser].version} if self.args.denoiser in self.refs else {})}
+                if self.args.denoiser
+                else None
+            ),
             "last_refresh_age_s": round(time.time() - self.last_refresh, 1) if self.last_refresh else None,
             "reloads": self.reloads,
             "errors": dict(self.errors),

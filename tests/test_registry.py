@@ -186,3 +186,36 @@ def test_serve_config_checks_registry_args():
     for args, message in bad:
         with pytest.raises(ValueError, match=message):
             check_config(with_overrides(base, args=args))
+
+
+def test_registry_watch_follows_aliases_per_guide_kind(registered, mlflow_server_uri):  # noqa: F811
+    """What the Serve ingress polls with (no Ray needed): one profile per guide kind, moves, outages."""
+    from guidance.guides import DEFAULT_PROFILES
+    from guidance.registry import promote, register_profile
+    from serve.config import RegistryArgs
+    from serve.registry_watch import RegistryWatch
+
+    register_profile(DEFAULT_PROFILES["noisy"].model_copy(update={"name": "tuned-noisy"}), "watch-profile-noisy", {"objective": 1.0})
+    promote("watch-profile-noisy")
+    args = RegistryArgs(
+        tracking_uri=mlflow_server_uri, profile_name="watch-profile-{guide}", profile_aliases=["production", "candidate"],
+        guides={"noisy": "classifier-noisy@production"},
+    )
+    watch = RegistryWatch(args)
+    watch.refresh()
+    assert watch.profile("production", "noisy").profile.name == "tuned-noisy"
+    assert watch.profile("candidate", "noisy").version == 1
+    assert watch.profile("production", "clean") is None and "watch-profile-clean@production" in watch.errors
+    assert watch.resolve_ref("classifier-noisy@production").version == 1
+
+    register_profile(DEFAULT_PROFILES["clean"].model_copy(update={"name": "tuned-clean"}), "watch-profile-clean", {"objective": 2.0})
+    promote("watch-profile-clean")
+    changes = watch.refresh()
+    assert "watch-profile-clean@production: version None -> 1" in changes
+    assert watch.profile("production", "clean").profile.name == "tuned-clean" and not watch.errors
+
+    watch.uri = f"http://127.0.0.1:{free_port()}"  # the registry goes away: the last good state stays
+    assert watch.refresh() == []
+    assert watch.profile("production", "clean").profile.name == "tuned-clean"
+    assert watch.resolve_ref("classifier-noisy@production").version == 1
+    assert all("not reachable" in e for e in watch.errors.values()) and len(watch.errors) == 5

@@ -47,7 +47,12 @@ def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory):  # noqa: F811
     ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
     try:
         port = free_port()
-        registry = {"tracking_uri": mlflow_server_uri, "poll_seconds": POLL_S, "guides": {"clean": "classifier-clean@production"}}
+        registry = {
+            "tracking_uri": mlflow_server_uri,
+            "poll_seconds": POLL_S,
+            "guides": {"clean": "classifier-clean@production"},
+            "denoiser": "denoiser-unet@production",
+        }
         config = prepare_config(
             DEFAULT_CONFIG_PATH,
             models_dir=tiny_models_dir,
@@ -84,12 +89,14 @@ def test_serves_the_production_profile(client, mlflow_server_uri):  # noqa: F811
     assert reg["errors"] == {} and reg["tracking_uri"] == mlflow_server_uri and reg["poll_seconds"] == POLL_S
     clean = next(g for g in body["guides"] if g["guide_kind"] == "clean")
     assert (clean["name"], clean["version"], clean["alias"]) == ("classifier-clean", 1, "production")
+    assert {k: body["denoisers"][0][k] for k in ("name", "version", "alias")} == {"name": "denoiser-unet", "version": 1, "alias": "production"}
 
     for fields in ({}, {"profile": "production"}):  # no profile named: production as well
         out = _generate(client, **fields)
         assert out["models"]["profile"] == {"name": PROFILE, "version": 1, "alias": "production"}
         assert out["profile"]["name"] == "reg-one" and out["profile"]["guide"]["scale"] == 2.0
         assert out["stats"]["steps"] == 2
+        assert out["models"]["denoiser"] == {"name": "denoiser-unet", "version": 1, "alias": "production"}
     # A request's own settings still apply on top of the registered profile.
     out = _generate(client, profile="production", guidance_scale=0.5)
     assert out["profile"]["name"] == "reg-one" and out["profile"]["guide"]["scale"] == 0.5
@@ -200,3 +207,33 @@ def test_guide_alias_move_loads_the_new_version(client, mlflow_server_uri, tiny_
     pinned = _generate(client, guide_model="classifier-noisy/1", profile="noisy", steps=3)
     assert pinned["samples"][0]["wav_base64"] == before["samples"][0]["wav_base64"]
     assert base64.b64decode(after["samples"][0]["wav_base64"])[:4] == b"RIFF"
+
+
+def test_denoiser_alias_move_swaps_the_denoiser(client, mlflow_server_uri, tiny_models_dir, tmp_path):  # noqa: F811
+    """A newly promoted denoiser serves the next requests; no restart (multiplexed by version on the Denoiser)."""
+    from guidance.diffusion import EDMPrecond
+    from guidance.features import FeatureSpec
+    from guidance.models import UNet, UNetConfig, read_metadata, save_model
+    from guidance.models.checkpoint import config_dict
+    from guidance.registry import promote, register_model_file
+
+    before = _generate(client, profile="noisy", steps=3)
+    assert before["models"]["denoiser"]["version"] == 1
+    torch.manual_seed(321)
+    cfg = UNetConfig(channels=(8, 16), emb_dim=16)
+    spec = FeatureSpec.from_dict(read_metadata(tiny_models_dir / "denoiser-unet.safetensors")["feature_spec"])
+    model = EDMPrecond(UNet(cfg))
+    with torch.no_grad():  # a fresh U-Net's output layer starts at zero: perturb it, or both versions denoise alike
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = save_model(tmp_path / "denoiser-unet.safetensors", model, "denoiser-unet", {**config_dict(cfg), "sigma_data": 1.0}, spec)
+    info = register_model_file(path, name="denoiser-unet", uri=mlflow_server_uri)
+    promote("denoiser-unet", info.version, "production", mlflow_server_uri)
+    deadline = time.monotonic() + POLL_S + 20
+    after = before
+    while time.monotonic() < deadline and after["models"]["denoiser"]["version"] != 2:
+        time.sleep(0.5)
+        after = _generate(client, profile="noisy", steps=3)
+    assert after["models"]["denoiser"] == {"name": "denoiser-unet", "version": 2, "alias": "production"}
+    assert after["samples"][0]["wav_base64"] != before["samples"][0]["wav_base64"]
+    assert client.get("/v1/models").json()["denoisers"][0]["version"] == 2
