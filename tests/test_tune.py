@@ -127,11 +127,12 @@ def test_settings_resolve_paths_and_the_tracking_uri_to_absolute(tmp_path: Path,
         (["--resume", "/nonexistent/sweep", "--trials", "3"], "drop --trials"),
     ],
 )
-def test_tune_bad_arguments_exit_2_with_one_line(args: list[str], needle: str) -> None:
-    proc = subprocess.run([*CLI, "tune", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
+def test_tune_bad_arguments_exit_2_with_one_line(args: list[str], needle: str, capsys: pytest.CaptureFixture) -> None:
+    from speechguide.cli import main
+
+    assert main(["tune", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
 
 
 # ---- sweeps on a real local Ray cluster --------------------------------------------------------
