@@ -104,7 +104,7 @@ class ProfileSpace:
             update["guide"] = guides[self.guide_names[0]]
         else:
             update["per_guide"] = {**self.base.per_guide, **guides}
-        return GuidanceProfile.model_validate({**self.base.model_dump(), **{k: v for k, v in update.items()}})
+        return GuidanceProfile.model_validate({**self.base.model_dump(), **update})
 
 
 def profile_params(profile: GuidanceProfile) -> dict[str, Any]:
