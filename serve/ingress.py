@@ -9,6 +9,11 @@ long as `retry_s` allows; the request's state never leaves this replica.
 Nothing a client sends reaches a model before it has been validated here: the body's size and
 type, its JSON, every field (strict pydantic), the guide, label and profile names. Profiles are
 looked up by name in a table built at start-up; a request never names a file.
+
+With `args.registry`, profiles also come from the MLflow registry by alias (`RegistryWatch`, polled
+in the background and swapped whole, so a request keeps the profile it started with), and registered
+classifiers and denoisers are called through their deployment's handle with the resolved version as
+the multiplexed model id: a request never names a file there either, only `NAME@ALIAS`/`NAME/VERSION`.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures (Request) at runtime.
