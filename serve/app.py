@@ -3,6 +3,8 @@
 `serve run serve.app:app` runs it with defaults (the models directory from
 `guidance.pipeline.default_models_dir()`); `serve run serve/config.yaml` and `serve deploy`
 call `build_app(args)` with the config file's `args:` and apply its per-deployment settings.
+With `args.generator: score-subnet` (`serve run serve/config-fused.yaml`) the app is the ingress
+and one `Fused` deployment (the single-backbone generator: one call and one backbone pass per step).
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from ray.serve import Application
 
 from guidance.pipeline import default_models_dir
 from serve.config import AppArgs
-from serve.deployments import Classifier, Denoiser
+from serve.deployments import Classifier, Denoiser, Fused
 from serve.ingress import SpeechIngress
 
 
 def build_app(args: Optional[dict] = None) -> Application:
-    """Bind the three deployments; `args` follows `serve.config.AppArgs` (unknown keys refused)."""
+    """Bind the deployments of `args.generator`; `args` follows `serve.config.AppArgs` (unknown keys refused)."""
     parsed = AppArgs.model_validate(args or {})
     models_dir = str(Path(parsed.models_dir).resolve() if parsed.models_dir else default_models_dir().resolve())
     parsed = parsed.model_copy(update={"models_dir": models_dir})
@@ -30,6 +32,9 @@ def build_app(args: Optional[dict] = None) -> Application:
         registry_uri = parsed.registry.tracking_uri or default_tracking_uri()
         parsed = parsed.model_copy(update={"registry": parsed.registry.model_copy(update={"tracking_uri": registry_uri})})
     tuning = parsed.tuning.model_dump() if parsed.tuning else None
+    if parsed.generator == "score-subnet":
+        fused = Fused.options(user_config=tuning) if tuning is not None else Fused
+        return SpeechIngress.bind(None, None, parsed.model_dump(mode="json"), fused.bind(models_dir, parsed.score_subnet, parsed.device, tuning))
     denoiser, classifier = Denoiser, Classifier
     if tuning is not None:  # a config file's per-deployment user_config still wins over this default
         denoiser = Denoiser.options(user_config=tuning)

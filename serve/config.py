@@ -12,14 +12,17 @@ import copy
 import re
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
+FUSED_CONFIG_PATH = Path(__file__).with_name("config-fused.yaml")  # args.generator: score-subnet
 APP_BUILDER = "serve.app:build_app"
-TUNED_DEPLOYMENTS = ("Denoiser", "Classifier")
+TUNED_DEPLOYMENTS = ("Denoiser", "Classifier", "Fused")
+# The model deployments each generator's app consists of (besides the ingress).
+GENERATOR_DEPLOYMENTS = {"unet": ("Denoiser", "Classifier"), "score-subnet": ("Fused",)}
 # A registered model reference as requests and configs name it: NAME@ALIAS or NAME/VERSION.
 REF_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}(@[A-Za-z][A-Za-z0-9_-]{0,63}|/[0-9]{1,9})")
 
@@ -29,7 +32,7 @@ class _Strict(BaseModel):
 
 
 class DeploymentTuning(_Strict):
-    """`user_config` of the denoiser and classifier deployments; changed live via `reconfigure`."""
+    """`user_config` of the model deployments (Denoiser, Classifier, Fused); changed live via `reconfigure`."""
 
     max_batch_size: int = Field(16, ge=1, le=256, description="requests merged into one forward")
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1, description="how long a batch waits to fill")
@@ -88,6 +91,25 @@ class AppArgs(_Strict):
     retry_s: float = Field(30.0, ge=0, le=600, description="how long a step call is retried while a replica restarts")
     tuning: Optional[DeploymentTuning] = Field(None, description="default user_config of both model deployments")
     registry: Optional[RegistryArgs] = Field(None, description="MLflow registry: profiles by alias, guide models (multiplexed)")
+    generator: Literal["unet", "score-subnet"] = Field(
+        "unet",
+        description="unet: Denoiser + Classifier deployments called per step; score-subnet: one Fused deployment "
+        "(ScoreSubnet on its frozen classifier backbone) returning the guided x0_hat in one backbone pass",
+    )
+    score_subnet: Optional[str] = Field(
+        None, min_length=1, max_length=200, description="ScoreSubnet file in models_dir (default: score-subnet-all.safetensors)"
+    )
+
+    @model_validator(mode="after")
+    def _generator(self) -> "AppArgs":
+        if self.score_subnet is not None:
+            if self.generator != "score-subnet":
+                raise ValueError("score_subnet applies to generator: score-subnet only")
+            if Path(self.score_subnet).name != self.score_subnet or not self.score_subnet.endswith(".safetensors"):
+                raise ValueError(f"score_subnet: {self.score_subnet!r} must be a .safetensors file name inside models_dir")
+        if self.generator == "score-subnet" and self.registry is not None and (self.registry.guides or self.registry.denoiser):
+            raise ValueError("registry.guides and registry.denoiser do not apply to generator: score-subnet (it guides with its own backbone)")
+        return self
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -168,9 +190,18 @@ def check_config(data: dict):
     for app in data.get("applications") or []:
         if app.get("import_path") == APP_BUILDER:
             try:
-                AppArgs.model_validate(app.get("args") or {})
+                parsed = AppArgs.model_validate(app.get("args") or {})
             except ValidationError as exc:
                 raise ValueError(f"applications[{app.get('name', '?')}].args: {_first_error(exc)}") from None
+            # Serve refuses options for a deployment the app does not have only at deploy time; say it here.
+            others = {d for g, deps in GENERATOR_DEPLOYMENTS.items() if g != parsed.generator for d in deps}
+            others -= set(GENERATOR_DEPLOYMENTS[parsed.generator])
+            for dep in app.get("deployments") or []:
+                if dep.get("name") in others:
+                    raise ValueError(
+                        f"{_deployment_label(app, dep)}: generator {parsed.generator!r} has no {dep['name']} deployment "
+                        f"(its model deployments: {', '.join(GENERATOR_DEPLOYMENTS[parsed.generator])})"
+                    )
         for dep in app.get("deployments") or []:
             if dep.get("name") in TUNED_DEPLOYMENTS and dep.get("user_config") is not None:
                 try:

@@ -1,4 +1,5 @@
-"""The model deployments: the denoiser D(x, sigma) and the classifier guides, each step-batched.
+"""The model deployments: the denoiser D(x, sigma), the classifier guides and the fused single-backbone
+generator, each step-batched.
 
 Each replica loads its weights once (safetensors through `guidance.models.load_model`, never
 pickles) and answers per-step calls from the sampler ingress. `@serve.batch` merges the calls
@@ -26,6 +27,7 @@ from guidance.device import pick_device
 from guidance.features import FeatureSpec
 from guidance.guides import ClassifierGuide
 from guidance.models import ModelFile, load_model, read_metadata
+from guidance.models.score_subnet import resolve_backbone
 from guidance.pipeline import ModelPaths
 from serve.config import DeploymentTuning
 from serve.steps import GuideCall, GuideResult, denoise_batch, from_wire, guide_batch, to_wire
@@ -356,3 +358,100 @@ class Classifier(_Batcher):
             if not np.isfinite(probs).all() or not math.isclose(float(probs.sum()), 1.0, rel_tol=1e-3):
                 raise RuntimeError(f"{kind} classifier failed its health probe")
 
+
+
+@serve.deployment(name="Fused", **_MODEL_DEPLOYMENT)
+class Fused(_Batcher):
+    """The single-backbone generator (ScoreSubnet on its frozen noise-conditioned classifier) as ONE
+    deployment: each call gets back the guided x0_hat, D + guidance delta, from one backbone pass.
+
+    The split app needs a denoiser call and a classifier call per step (two hops, two forwards of two
+    networks); here the classifier *is* the denoiser's backbone, so the score and the guide gradient
+    share its forward and the ingress makes one call per step. Batched like the Denoiser: concurrent
+    requests' calls at different sigmas, guided and unguided, merge into one forward.
+    """
+
+    batched_methods = ("step",)
+
+    def __init__(
+        self, models_dir: str, subnet_file: Optional[str] = None, device: Optional[str] = None, tuning: Optional[dict] = None
+    ) -> None:
+        from guidance.pipeline import ModelSet
+
+        self.device = pick_device(device)
+        paths = ModelPaths(root=Path(models_dir))
+        self.path = paths.root / subnet_file if subnet_file else paths.path("score_subnet")
+        models = ModelSet.from_score_subnet(self.path, self.device)  # checks the backbone's sha256
+        self.model_file: ModelFile = models.denoiser
+        self.model = self.model_file.model.eval().requires_grad_(False)
+        self.guide: ClassifierGuide = models.guides["noisy"]
+        self.version = file_version(self.path)
+        self.backbone_version = file_version(resolve_backbone(self.model.backbone_ref, self.path))
+        self._init_batching(self._run_fused, lambda item: len(item.x), tuning)
+
+    def _run_fused(self, calls: list) -> list:
+        from serve.fused import fused_batch
+
+        return fused_batch(self.model, self.guide, calls, self.device)
+
+    @serve.batch(
+        max_batch_size=_TUNING.max_batch_size,
+        batch_wait_timeout_s=_TUNING.batch_wait_timeout_s,
+        max_concurrent_batches=_CONCURRENT_BATCHES,
+    )
+    async def step(self, calls: list) -> list:
+        """Guided D for each `serve.fused.FusedCall`; concurrent requests' calls share one backbone pass."""
+        return await self.coalescer.submit(calls)
+
+    async def probabilities(self, kind: str, mels: np.ndarray) -> np.ndarray:
+        """Class probabilities of finished samples from the backbone's head (the response's scores)."""
+        if kind != "noisy":
+            raise ValueError(f"the fused generator has only its backbone's guide (noisy), not {kind!r}")
+
+        def run() -> np.ndarray:
+            return to_wire(self.guide.probabilities(from_wire(mels).to(self.device)).float().cpu())
+
+        return await asyncio.to_thread(run)
+
+    def describe(self) -> dict:
+        """The denoiser (subnet + backbone) and its one guide, in the shapes the split deployments use."""
+        ref = self.model.backbone_ref
+        return {
+            "denoiser": {
+                "name": self.model_file.name,
+                "kind": self.model_file.kind,
+                "version": self.version,
+                "alias": None,
+                "card": self.model_file.card,
+                "feature_spec": self.model_file.spec.to_dict(),
+                "device": str(self.device),
+                "generator": "score-subnet",
+                "fused": True,
+                "backbone": {"file": ref.get("file"), "version": self.backbone_version},
+            },
+            "guides": {
+                "noisy": {
+                    "name": f"noisy-{self.guide.name}-classifier",
+                    "file": Path(str(ref.get("file"))).stem,
+                    "guide": self.guide.name,
+                    "version": self.backbone_version,
+                    "alias": None,
+                    "labels": self.guide.labels,
+                    "noise_conditioned": self.guide.needs_sigma,
+                    "backbone_of": self.model_file.name,
+                }
+            },
+        }
+
+    async def check_health(self) -> None:
+        """Unhealthy when a guided fused step stops giving finite output."""
+        from serve.fused import FusedCall, fused_batch
+
+        spec = self.model_file.spec
+        call = FusedCall(
+            to_wire(torch.zeros(1, 1, spec.n_mels, spec.frames)), np.ones(1, dtype=np.float32),
+            np.zeros(1, dtype=np.int64), '{"scale": 1.0}',
+        )
+        out = await asyncio.to_thread(fused_batch, self.model, self.guide, [call], self.device)
+        if not np.isfinite(out[0].denoised).all():
+            raise RuntimeError("fused generator produced non-finite output on its health probe")

@@ -14,6 +14,11 @@ With `args.registry`, profiles also come from the MLflow registry by alias (`Reg
 in the background and swapped whole, so a request keeps the profile it started with), and registered
 classifiers and denoisers are called through their deployment's handle with the resolved version as
 the multiplexed model id: a request never names a file there either, only `NAME@ALIAS`/`NAME/VERSION`.
+
+With `args.generator: score-subnet` the ingress holds a handle to the `Fused` deployment instead:
+one call per denoiser evaluation returns the guided x0_hat (score and guide gradient from one pass of
+the ScoreSubnet's frozen classifier backbone), so there is no classifier hop per step. Such an app
+guides with that backbone only (`guide_kind: noisy`); the generator is the app's, not the request's.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures (Request) at runtime.
@@ -46,7 +51,8 @@ from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.pipeline import make_noise
 from serve.config import AppArgs
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
-from serve.steps import GuideCall, GuidePlan, GuideResult, drive_sampler, from_wire, to_wire
+from serve.fused import FusedCall, FusedResult, fused_denoiser
+from serve.steps import GuideCall, GuidePlan, GuideResult, StepStats, drive_sampler, from_wire, to_wire
 
 log = logging.getLogger("ray.serve")
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
@@ -135,10 +141,19 @@ def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
 class SpeechIngress:
     """POST /v1/generate, GET /v1/models, GET /healthz (see docs/interfaces.md)."""
 
-    def __init__(self, denoiser: DeploymentHandle, classifier: DeploymentHandle, args: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        denoiser: Optional[DeploymentHandle],
+        classifier: Optional[DeploymentHandle],
+        args: Optional[dict] = None,
+        fused: Optional[DeploymentHandle] = None,
+    ) -> None:
         self.args = AppArgs.model_validate(args or {})
         self.denoiser = denoiser
         self.classifier = classifier
+        self.fused = fused  # set for generator score-subnet (then denoiser and classifier are None)
+        if (fused is None) != (self.args.generator == "unet"):
+            raise ValueError(f"generator {self.args.generator!r} was bound with the wrong deployments")
         self.profiles = load_profiles(self.args.profiles_dir)
         self.registry = None
         if self.args.registry is not None:
@@ -208,6 +223,10 @@ class SpeechIngress:
                 del self._guide_handles[f"denoiser:{model_id}"]
                 raise ApiError(503, f"could not load the configured denoiser {ref}: {' '.join(str(cause).split())[:300]}", retry_after=30) from None
         return handle, {"name": info.name, "version": info.version, "alias": ref.partition("@")[2] or None}
+
+    async def _fused_step(self, call: FusedCall) -> FusedResult:
+        assert self.fused is not None
+        return await self._remote("fused generator", self.fused.step, call)
 
     async def _guide(self, call: GuideCall) -> GuideResult:
         return await self._remote("classifier", self._classifier_for(call.kind).guide, call)
@@ -281,6 +300,10 @@ class SpeechIngress:
         return model_id, {**desc, "name": info.name, "version": info.version, "alias": alias}
 
     async def catalog(self) -> Catalog:
+        if self._catalog is None and self.fused is not None:
+            desc = await self._remote("fused generator", self.fused.describe)
+            self._catalog = Catalog(FeatureSpec.from_dict(desc["denoiser"]["feature_spec"]), desc["denoiser"], desc["guides"])
+            self._vocoder = GriffinLimVocoder(self._catalog.spec)
         if self._catalog is None:
             den, guides = await asyncio.gather(
                 self._remote("denoiser", self.denoiser.describe), self._remote("classifier", self.classifier.describe)
@@ -379,6 +402,11 @@ class SpeechIngress:
         self._ensure_poller()
         req = await self._read_request(request)
         cat = await self.catalog()
+        if self.fused is not None:  # the single-backbone generator guides with its own backbone only
+            if req.guide_model is not None:
+                raise ApiError(422, "guide_model: this app's generator is score-subnet; it guides with its own backbone (no registry guides)")
+            if req.guide_kind != "noisy":
+                raise ApiError(422, f"guide_kind: this app's generator is score-subnet; it guides with its noise-conditioned backbone (noisy), not {req.guide_kind!r}")
         registered_guide = await self._registry_guide(req)
         guide_key, guide = registered_guide if registered_guide else (req.guide_kind, cat.guides[req.guide_kind])
         classes = self._classes(req, guide)
@@ -398,16 +426,21 @@ class SpeechIngress:
         labels = torch.tensor(classes).repeat_interleave(req.num_samples)
         noise = make_noise(len(labels), cat.spec, req.seed)
         plan = GuidePlan(guide_key, labels, settings, reads_x_t) if settings.scale > 0 else None
+        fused_stats = StepStats()
+        if self.fused is not None:  # one call per evaluation: the deployment returns the guided x0_hat
+            sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, None, fused_denoiser(plan, self._fused_step, fused_stats), self._guide)
+        else:
+            sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide)
         t_valid = time.perf_counter()
         try:
-            mels, stats = await asyncio.wait_for(
-                drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide),
-                timeout=self.args.request_timeout_s,
-            )
+            mels, stats = await asyncio.wait_for(sampling, timeout=self.args.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(503, f"sampling took longer than {self.args.request_timeout_s:g} s; retry later", retry_after=5) from None
+        if self.fused is not None:
+            stats.guide_calls, stats.last_guide_prob = fused_stats.guide_calls, fused_stats.last_guide_prob
         t_sampled = time.perf_counter()
-        probs = from_wire(await self._remote("classifier", self._classifier_for(guide_key).probabilities, guide_key, to_wire(mels)))
+        scorer = ("fused generator", self.fused) if self.fused is not None else ("classifier", self._classifier_for(guide_key))
+        probs = from_wire(await self._remote(scorer[0], scorer[1].probabilities, guide_key, to_wire(mels)))
         t_scored = time.perf_counter()
         waves = await asyncio.to_thread(self._vocode, mels)
         t_vocoded = time.perf_counter()
@@ -445,6 +478,7 @@ class SpeechIngress:
                     for s in samples
                 ],
                 "models": {
+                    "generator": self.args.generator,
                     "denoiser": denoiser_desc,
                     "guide": {k: guide[k] for k in ("name", "version", "alias", "noise_conditioned")},
                     **({"profile": registered.source()} if registered is not None else {}),
@@ -464,8 +498,10 @@ class SpeechIngress:
     async def models(self) -> dict:
         self._ensure_poller()
         cat = await self.catalog()
+        extra = ("generator", "fused", "backbone") if self.fused is not None else ()
         body = {
-            "denoisers": [{k: cat.denoiser[k] for k in ("name", "kind", "version", "alias", "card")}],
+            "generator": self.args.generator,
+            "denoisers": [{k: cat.denoiser[k] for k in ("name", "kind", "version", "alias", "card", *extra)}],
             "guides": [
                 {"guide": g["guide"], "guide_kind": kind, **{k: g[k] for k in ("name", "version", "alias", "labels", "noise_conditioned")}}
                 for kind, g in cat.guides.items()
@@ -492,9 +528,12 @@ class SpeechIngress:
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """200 when both model deployments answer within 5 s, else 503."""
-        names = ("Denoiser", "Classifier")
-        calls = [self.denoiser.describe.remote(), self.classifier.describe.remote()]
+        """200 when every model deployment answers within 5 s, else 503."""
+        if self.fused is not None:
+            names, calls = ("Fused",), [self.fused.describe.remote()]
+        else:
+            names = ("Denoiser", "Classifier")
+            calls = [self.denoiser.describe.remote(), self.classifier.describe.remote()]
         results = await asyncio.gather(*(asyncio.wait_for(c, 5.0) for c in calls), return_exceptions=True)
         status = {n: "ok" if not isinstance(r, BaseException) else f"unavailable ({type(r).__name__})" for n, r in zip(names, results)}
         if all(v == "ok" for v in status.values()):
