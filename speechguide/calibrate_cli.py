@@ -31,6 +31,9 @@ def calibrate(
     split: str = typer.Option("val", help="Data to calibrate on: val (default) | train. Never test."),
     max_clips: Optional[int] = typer.Option(None, help="Use a seeded random subset of N clips of the split (quick runs)."),
     batch_size: int = typer.Option(100, help="Batch size for the denoiser and classifiers."),
+    min_temperature: Optional[float] = typer.Option(
+        None, help="Floor for the profiles' temperatures, e.g. 1 to never sharpen the guide (the report keeps the fitted ones)."
+    ),
     models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
     data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
     download: bool = typer.Option(False, help="Download FSDD into the user cache when no local copy is found."),
@@ -51,6 +54,8 @@ def calibrate(
         _fail(f"--max-clips must be at least 2 (two cross-fitting folds), got {max_clips}")
     if batch_size < 1:
         _fail(f"--batch-size must be at least 1, got {batch_size}")
+    if min_temperature is not None and not 0 < min_temperature <= 100:
+        _fail(f"--min-temperature must be in (0, 100], got {min_temperature}")
 
     from speechguide.cli import _read_profile
 
@@ -97,6 +102,7 @@ def calibrate(
         "denoiser": str(paths.path("denoiser")),
         "noisy_classifier": str(paths.path("noisy_classifier")) if noisy else "",
         "base_profile": base.name,
+        "min_temperature": min_temperature,
     }
     with progress_bar(progress) as bar, tracked_run("speechguide-calibrate", "calibrate", params, mlflow) as run:
         task = bar.add_task("calibrate", total=bins * len(labels) * draws, status="")
@@ -111,7 +117,7 @@ def calibrate(
             progress=lambda status, n: bar.update(task, advance=n, status=status),
         )
         meta = {"split": split, "clips": len(labels), "classifier": str(clean_path), "models": params}
-        written = write_outputs(result, base, out, meta)
+        written = write_outputs(result, base, out, meta, min_temperature)
         for k, b in enumerate(result.bins):
             figures = {
                 "accuracy": b.accuracy,

@@ -107,6 +107,8 @@ def test_calibrated_profile_round_trips_and_the_guided_denoiser_uses_bin_tempera
     # window variant: off above the highest bin clearly above chance (bin 3, accuracy 0.3)
     windowed = calibrated_profile(base, res, window=True)
     assert windowed.guide.sigma_hi == pytest.approx(res.edges[4]) and windowed.guide.temperatures == temps
+    floored = calibrated_profile(base, CalibrationResult.from_dict(json.loads(json.dumps(res.to_dict()))), min_temperature=1.0)
+    assert floored.guide.temperatures == [1.0, 1.0, 1.5, 2.5, 6.0]
 
     guide = _RecordingGuide()
     settings = loaded.guide.model_copy(update={"sigma_hi": 80.0})
@@ -141,6 +143,7 @@ BAD = [
     ["calibrate", "--split", "test"],
     ["calibrate", "--sigma-min", "5", "--sigma-max", "1"],
     ["calibrate", "--draws", "0"],
+    ["calibrate", "--min-temperature", "0"],
     ["calibrate", "--base-profile", "missing.json"],
     ["calibrate", "--classifier", "missing.safetensors"],
 ]

@@ -120,6 +120,15 @@ class CalibrationResult:
         good = [b.sigma_hi for b in self.bins if b.above_chance]
         return max(good) if good else None
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "CalibrationResult":
+        """Read back what `to_dict` wrote (calibration.json)."""
+        bins = []
+        for b in data["bins"]:
+            rel = {k: Reliability(**b[k]) for k in ("reliability_before", "reliability_after")}
+            bins.append(BinResult(**{**b, **rel}))
+        return cls(config=data["config"], edges=list(data["edges"]), chance=data["chance"], bins=bins, folds=data.get("folds", ""))
+
     def to_dict(self) -> dict:
         return {
             "config": self.config,
@@ -282,14 +291,20 @@ def calibrate(
     return result
 
 
-def calibrated_profile(base: GuidanceProfile, result: CalibrationResult, window: bool = False) -> GuidanceProfile:
+def calibrated_profile(
+    base: GuidanceProfile, result: CalibrationResult, window: bool = False, min_temperature: float | None = None
+) -> GuidanceProfile:
     """`base` with the per-bin temperatures; with `window`, guidance is also switched off above the
     highest sigma bin where the classifier is clearly above chance (sigma_hi = that bin's upper edge).
 
     Temperature scaling leaves the argmax alone, so it cannot make a classifier at chance useful:
-    its gradient there is noise, which the window removes."""
-    changes: dict = {"temperature_sigma_edges": result.edges, "temperatures": result.temperatures}
-    name = f"{base.name}-calibrated"
+    its gradient there is noise, which the window removes. `min_temperature` floors the profile's
+    temperatures: in bins where the classifier makes no error the NLL optimum runs to the fit's lower
+    bound (any T -> 0 fits), and such a sharpened guide's gradient only separates the target from the
+    runner-up class."""
+    temps = result.temperatures if min_temperature is None else [max(t, min_temperature) for t in result.temperatures]
+    changes: dict = {"temperature_sigma_edges": result.edges, "temperatures": temps}
+    name = f"{base.name}-calibrated" + ("" if min_temperature is None else f"-tmin{min_temperature:g}")
     if window:
         hi = result.sigma_hi_above_chance()
         if hi is None:

@@ -31,12 +31,15 @@ def markdown_table(result: CalibrationResult) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(result: CalibrationResult, base: GuidanceProfile, out: Path, meta: dict | None = None) -> dict[str, Path]:
+def write_outputs(
+    result: CalibrationResult, base: GuidanceProfile, out: Path, meta: dict | None = None, min_temperature: float | None = None
+) -> dict[str, Path]:
     """Everything `speechguide calibrate` writes under `out`; returns name -> path."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"profile": calibrated_profile(base, result).save(out / "profile.json")}
+    paths = {"profile": calibrated_profile(base, result, min_temperature=min_temperature).save(out / "profile.json")}
     if result.sigma_hi_above_chance() is not None:
-        paths["profile_window"] = calibrated_profile(base, result, window=True).save(out / "profile-window.json")
+        windowed = calibrated_profile(base, result, window=True, min_temperature=min_temperature)
+        paths["profile_window"] = windowed.save(out / "profile-window.json")
     data = {**(meta or {}), **result.to_dict()}
     paths["calibration"] = out / "calibration.json"
     paths["calibration"].write_text(json.dumps(data, indent=2))
