@@ -1,16 +1,19 @@
-"""Closed-loop load on three ways of serving the same requests, measured in one run.
+"""Closed-loop load on four ways of serving the same requests, measured in one run.
 
 (a) in-process: `guidance.pipeline.sample_mels` on the batch of the c requests in flight (the
     best a single process can do: one forward per step for all of them), then vocode and score;
 (b) Serve, split topology with step batching: the app from serve/config.yaml, c clients over HTTP;
-(c) Serve, per-request unbatched: the same app after `reconfigure` to max_batch_size=1.
+(c) Serve, per-request unbatched: the same app after `reconfigure` to max_batch_size=1;
+(d) the single-backbone generator (ScoreSubnet, guided): Serve's fused app (serve/config-fused.yaml,
+    one call per step) against its own in-process counterpart (`GuidedSingleBackbone` on the batch
+    of the c requests in flight), so the fused ratio compares like with like.
 
 Same models, steps, seeds and targets everywhere (request i: digit i % 10, seed i, one sample).
 Printed per system and concurrency: throughput (samples/s), p50/p99 end-to-end latency, the
 sampling part alone (server-side timing for Serve), per-step time and the per-step overhead
 over in-process sampling at the same concurrency, plus the ratios between the systems.
 
-    .venv/bin/python bench/serve_bench.py [--models-dir DIR] [--steps 10] [--concurrency 1,4,16]
+    .venv/bin/python bench/serve_bench.py [--models-dir DIR] [--steps 10] [--concurrency 1,4,16] [--no-fused]
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from guidance.guides import DEFAULT_PROFILES  # noqa: E402
 from guidance.pipeline import ModelPaths, ModelSet, default_models_dir, make_noise, sample_mels, vocode  # noqa: E402
 
 REQUIRED = ("denoiser", "noisy_classifier", "clean_classifier")
+# Each system's per-step overhead is measured against the in-process sampler of the same generator.
+BASELINE = {"serve batched": "in-process batched", "serve unbatched": "in-process batched", "serve fused": "in-process fused"}
 
 
 @dataclass
@@ -72,6 +77,10 @@ def tiny_models(directory: Path) -> Path:
     for name, noisy in (("classifier-noisy", True), ("classifier-clean", False)):
         cfg = ClassifierConfig(channels=(8, 16), emb_dim=16, noise_conditioned=noisy)
         save_model(directory / f"{name}.safetensors", LogMelClassifier(cfg), "classifier", config_dict(cfg), spec, DIGITS, "digit")
+    from guidance.models.score_subnet import ScoreSubnetConfig, SingleBackboneModel
+
+    sub = SingleBackboneModel.from_backbone_file(directory / "classifier-noisy.safetensors", ScoreSubnetConfig(feature_channels=(8, 16), channels=(8, 16), emb_dim=16))
+    save_model(directory / "score-subnet-all.safetensors", sub, "score-subnet", sub.network_config(), spec, DIGITS, "digit")
     return directory
 
 
@@ -79,11 +88,11 @@ def request(i: int, steps: int, kind: str) -> dict:
     return {"targets": [{"guide": "digit", "label": str(i % 10)}], "num_samples": 1, "seed": i, "steps": steps, "guide_kind": kind}
 
 
-def bench_in_process(models: ModelSet, n: int, c: int, steps: int, kind: str) -> Run:
+def bench_in_process(models: ModelSet, n: int, c: int, steps: int, kind: str, name: str = "in-process batched") -> Run:
     """c clients in one process: the c requests in flight are sampled as one batch."""
     profile = DEFAULT_PROFILES[kind].with_sampler(steps=steps)
     digit = models.guides[kind]
-    run = Run("in-process batched", c, steps)
+    run = Run(name, c, steps)
     t_start = time.perf_counter()
     for start in range(0, n, c):
         ids = list(range(start, min(start + c, n)))
@@ -125,6 +134,39 @@ async def bench_serve(url: str, name: str, n: int, c: int, steps: int, kind: str
     return run
 
 
+def forward_cost_per_row(models: ModelSet, subnet: ModelSet | None, sizes: tuple[int, ...] = (1, 16), reps: int = 3) -> None:
+    """ms per row of one model call at batch 1 and 16: how much a merged batch can save at all.
+
+    Step batching only pays where a row costs less in a bigger batch; where the cost per row is flat
+    (compute-bound on one thread), no batcher can beat the per-request loop by much.
+    """
+    from guidance.guides import GuideSettings, GuideTerm, guide_gradient
+    from guidance.pipeline import guided_denoiser
+
+    def timed(fn) -> float:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / reps * 1e3
+
+    parts = []
+    for b in sizes:
+        x = torch.randn(b, 1, models.spec.n_mels, models.spec.frames)
+        sigma = torch.full((b,), 2.0)
+        target = torch.zeros(b, dtype=torch.long)
+        term = GuideTerm(models.guides["noisy"], target, GuideSettings(scale=3.0))
+        cost = {}
+        with torch.no_grad():
+            cost["U-Net D"] = timed(lambda: models.denoiser.model(x, sigma))
+            cost["noisy guide grad"] = timed(lambda: guide_gradient(term, x, sigma, x))
+            if subnet is not None:
+                fused = guided_denoiser(subnet, "noisy", target, DEFAULT_PROFILES["noisy"])
+                cost["fused guided step"] = timed(lambda: fused(x, sigma))
+        parts.append(f"batch {b:>2}: " + ", ".join(f"{k} {v / b:.1f}" for k, v in cost.items()))
+    print("forward cost, ms per row (in-process, 1 thread): " + "; ".join(parts))
+
+
 def _handle_stats(name: str, reset: bool = False) -> dict:
     from ray import serve
 
@@ -139,7 +181,7 @@ def _free_port() -> int:
 
 
 def report(runs: list[Run], steps: int) -> None:
-    base = {r.concurrency: r for r in runs if r.system == "in-process batched"}
+    by = {(r.system, r.concurrency): r for r in runs}
     header = (
         f"{'system':<28}{'conc':>5}{'n':>4}{'samples/s':>11}{'p50 ms':>10}{'p99 ms':>10}"
         f"{'samp p50':>10}{'ms/step':>9}{'ovh ms/step':>13}{'D req/fwd':>10}{'C req/fwd':>10}{'D busy':>8}"
@@ -148,7 +190,8 @@ def report(runs: list[Run], steps: int) -> None:
     print("-" * len(header))
     for r in runs:
         samp = r.pct(r.sampling_ms, 50)
-        overhead = (samp - base[r.concurrency].pct(base[r.concurrency].sampling_ms, 50)) / steps if r.concurrency in base else float("nan")
+        base = by.get((BASELINE.get(r.system, ""), r.concurrency))
+        overhead = (samp - base.pct(base.sampling_ms, 50)) / steps if base else float("nan")
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         print(
             f"{r.system:<28}{r.concurrency:>5}{len(r.latencies_ms):>4}{r.throughput:>11.3f}{r.pct(r.latencies_ms, 50):>10.0f}"
@@ -157,16 +200,20 @@ def report(runs: list[Run], steps: int) -> None:
         )
     print()
     print("ratios (throughput):")
-    by = {(r.system, r.concurrency): r for r in runs}
     for c in sorted({r.concurrency for r in runs}):
         parts = []
         b, u, a = by.get(("serve batched", c)), by.get(("serve unbatched", c)), by.get(("in-process batched", c))
+        f, fa = by.get(("serve fused", c)), by.get(("in-process fused", c))
         if b and u:
             parts.append(f"serve batched / unbatched = {b.throughput / u.throughput:.2f}x")
         if b and a:
             parts.append(f"serve batched / in-process = {b.throughput / a.throughput:.2f}x")
         if u and a:
             parts.append(f"serve unbatched / in-process = {u.throughput / a.throughput:.2f}x")
+        if f and fa:
+            parts.append(f"serve fused / in-process fused = {f.throughput / fa.throughput:.2f}x")
+        if f and b:
+            parts.append(f"serve fused / serve batched (split) = {f.throughput / b.throughput:.2f}x")
         print(f"  concurrency {c:>2}: " + "; ".join(parts))
 
 
@@ -177,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(4, 2 x concurrency))")
     parser.add_argument("--guide-kind", choices=("noisy", "clean"), default="noisy")
+    parser.add_argument("--no-fused", action="store_true", help="skip (d), the fused single-backbone app and its in-process counterpart")
     parser.add_argument(
         "--threads", type=int, default=1,
         help="torch threads in-process (default 1, like each Serve replica: with other jobs on the cores, "
@@ -207,26 +255,43 @@ def main(argv: list[str] | None = None) -> int:
     sample_mels(models, args.guide_kind, torch.tensor([0]), DEFAULT_PROFILES[args.guide_kind].with_sampler(steps=2), make_noise(1, models.spec, 0))
     for c in levels:
         runs.append(bench_in_process(models, count(c), c, args.steps, args.guide_kind))
+    fused = not args.no_fused and ModelPaths(root=root).path("score_subnet").is_file()
+    if fused:  # (d) in-process: GuidedSingleBackbone (guided with its own backbone, the noisy profile)
+        subnet = ModelSet.from_score_subnet(ModelPaths(root=root).path("score_subnet"), "cpu")
+        sample_mels(subnet, "noisy", torch.tensor([0]), DEFAULT_PROFILES["noisy"].with_sampler(steps=2), make_noise(1, subnet.spec, 0))
+        for c in levels:
+            runs.append(bench_in_process(subnet, count(c), c, args.steps, "noisy", "in-process fused"))
+    elif not args.no_fused:
+        print(f"(d) skipped: {ModelPaths(root=root).path('score_subnet')} not found")
+    forward_cost_per_row(models, subnet if fused else None)
 
     from ray import serve
 
-    from serve.config import DEFAULT_CONFIG_PATH
+    from serve.config import DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH
     from serve.launch import connect_ray, deploy, prepare_config
 
     connect_ray(num_cpus=os.cpu_count())
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     try:
-        for name, tuning in (("serve batched", None), ("serve unbatched", {"max_batch_size": 1})):
-            deploy(prepare_config(DEFAULT_CONFIG_PATH, root, port=port, user_config=tuning), timeout_s=300)
-            asyncio.run(bench_serve(url, "warm-up", 2, 2, 2, args.guide_kind))
+        systems = [("serve batched", DEFAULT_CONFIG_PATH, None), ("serve unbatched", DEFAULT_CONFIG_PATH, {"max_batch_size": 1})]
+        if fused:
+            systems.append(("serve fused", FUSED_CONFIG_PATH, None))
+        for name, config_path, tuning in systems:
+            if name == "serve fused":  # the split app's deployments give way to the fused app's
+                serve.delete("speechguide")
+            deploy(prepare_config(config_path, root, port=port, user_config=tuning), timeout_s=300)
+            kind = "noisy" if name == "serve fused" else args.guide_kind
+            model_deps = ("Fused",) if name == "serve fused" else ("Denoiser", "Classifier")
+            asyncio.run(bench_serve(url, "warm-up", 2, 2, 2, kind))
             for c in levels:
-                for d in ("Denoiser", "Classifier"):
+                for d in model_deps:
                     _handle_stats(d, reset=True)
-                run = asyncio.run(bench_serve(url, name, count(c), c, args.steps, args.guide_kind))
-                den, cls = _handle_stats("Denoiser"), _handle_stats("Classifier")
+                run = asyncio.run(bench_serve(url, name, count(c), c, args.steps, kind))
+                den = _handle_stats(model_deps[0])
                 run.items_per_forward = den["mean_items_per_batch"]
-                run.guide_items_per_forward = cls["mean_items_per_batch"]
+                if len(model_deps) > 1:
+                    run.guide_items_per_forward = _handle_stats(model_deps[1])["mean_items_per_batch"]
                 run.denoiser_busy = den["busy_s"] / run.wall_s
                 runs.append(run)
     finally:
@@ -240,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     report(runs, args.steps)
     print(
         "\nmeasured end to end (sampling + scores + Griffin-Lim vocoding); 'samp p50' is the sampling part alone "
-        "(server-side for Serve), 'ovh ms/step' its excess over in-process sampling at the same concurrency, "
-        "'D/C req/fwd' the mean requests merged per denoiser/classifier forward, 'D busy' the denoiser replica's compute share of the wall time."
+        "(server-side for Serve), 'ovh ms/step' its excess over in-process sampling of the same generator at the same concurrency, "
+        "'D/C req/fwd' the mean requests merged per denoiser (fused: Fused) / classifier forward, "
+        "'D busy' that replica's compute share of the wall time. (d): ScoreSubnet guided with its own backbone, noisy profile."
     )
     return 0
 
