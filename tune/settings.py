@@ -48,6 +48,7 @@ class TuneSettings(BaseModel):
     models_dir: Optional[str] = None
     data_dir: Optional[str] = None
     profile: Optional[str] = Field(None, description="base profile JSON (default: the guide kind's default profile)")
+    start_from_default: bool = Field(True, description="evaluate the base profile as the first trial")
     accuracy_weight: float = 1.0
     fd_weight: float = 0.002
     diversity_weight: float = 0.1

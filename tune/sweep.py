@@ -170,7 +170,7 @@ def _tuner(settings: TuneSettings, space: ProfileSpace, trainable, name: str):
         space=space,
         metric=list(MULTI_METRICS) if multi else "objective",
         mode=list(MULTI_MODES) if multi else "max",
-        points_to_evaluate=[space.default_point(settings.base_steps)],
+        points_to_evaluate=[space.default_point(settings.base_steps)] if settings.start_from_default else None,
         seed=settings.seed,
     )
     if settings.scheduler == "asha":  # in multi mode ASHA still stops on the scalar objective
@@ -258,7 +258,9 @@ def _register(profile: GuidanceProfile, settings: TuneSettings, metrics: dict, p
             os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
-def run(settings: TuneSettings, resume: Optional[str] = None, log: Callable[[str], None] = print) -> SweepResult:
+def run(
+    settings: TuneSettings, resume: Optional[str] = None, log: Callable[[str], None] = print, score_baseline: bool = True
+) -> SweepResult:
     """Start a sweep (or resume the one stored at `resume`), then pick, save and register the best profile."""
     from ray import tune
 
@@ -303,6 +305,8 @@ def run(settings: TuneSettings, resume: Optional[str] = None, log: Callable[[str
     default_row = next((r for r in rows if r.is_default and r.status == "complete"), None)
     if default_row is not None:
         baseline = dict(default_row.metrics)
+    elif not score_baseline:
+        baseline = {}
     else:
         log("the default profile's trial did not score every batch; scoring it in process")
         baseline = score_profile(settings, space.base, models, judge, reference)
