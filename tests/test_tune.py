@@ -192,7 +192,7 @@ def _finished_trials(exp: Path, batches: int) -> dict[str, str]:
 def test_a_sweep_killed_mid_way_resumes_with_restore_and_keeps_its_finished_trials(
     tiny_models_dir: Path, fsdd_root: Path, tmp_path: Path
 ) -> None:
-    store, trials, batches = tmp_path / "store", 5, 2
+    store, trials, batches = tmp_path / "store", 4, 2
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "OMP_NUM_THREADS": "1"}
     args = [*CLI, "tune", "--trials", str(trials), "--scheduler", "fifo", "--max-concurrent", "1", "--per-class", "4",
             "--batch-per-class", "2", "--steps-min", "2", "--steps-max", "3", "--base-steps", "2", "--no-mlflow",
