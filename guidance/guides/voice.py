@@ -49,7 +49,10 @@ class SpeakerEncoder(torch.nn.Module):
         self.linear = torch.nn.Linear(HIDDEN, EMBEDDING)
 
     def forward(self, mels: torch.Tensor) -> torch.Tensor:
-        _, (hidden, _) = self.lstm(mels)
+        # cuDNN's RNN backward refuses eval mode; guidance needs gradients of the frozen, eval-mode LSTM
+        cudnn_ok = not (mels.is_cuda and torch.is_grad_enabled() and mels.requires_grad)
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled and cudnn_ok):
+            _, (hidden, _) = self.lstm(mels)
         raw = torch.relu(self.linear(hidden[-1]))
         return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -64,10 +67,10 @@ class SpeakerEncoder(torch.nn.Module):
 
 
 # Where the voice guide acts by default: rescaled to a fraction of the denoiser's own step (its raw
-# gradient scale has nothing to do with a classifier's), on the x0 estimate, over the whole noise range,
-# with the gradient blurred over 7x7 bins (`low_pass_gradient`). Picked on the validation split among
-# the settings the README lists; stronger settings (scale >= 0.6) wreck the samples.
-DEFAULT_VOICE_SETTINGS = GuideSettings(scale=0.3, norm_scaling=True, sigma_hi=80.0, input="x0_hat")
+# gradient scale has nothing to do with a classifier's), on the x0 estimate, for sigma 1..80, with the
+# gradient blurred over 7x7 bins (`low_pass_gradient`). Picked on the validation split
+# (reports/voice-val-sweep.md); from scale 0.15 up the samples lose both voice and digit, at 0.6 they blow up.
+DEFAULT_VOICE_SETTINGS = GuideSettings(scale=0.1, norm_scaling=True, sigma_lo=1.0, sigma_hi=80.0, input="x0_hat")
 DEFAULT_GRADIENT_BLUR = 7
 
 
