@@ -185,7 +185,7 @@ def _file_version(path: Path) -> str:
 
 @app.command()
 def generate(
-    target: list[str] = typer.Option(..., "--target", help="guide=label, e.g. digit=7; repeat for several digits."),
+    target: list[str] = typer.Option(..., "--target", help="guide=label: digit=7 (repeat for several digits) and/or speaker=REF.wav (a reference voice; with a digit target, a composite)."),
     num: int = typer.Option(1, "--num", help="Samples per target."),
     seed: int = typer.Option(0, help="Seed of the starting noise (same seed, same audio)."),
     out: Path = typer.Option(..., "--out", help="Output directory for WAVs and manifest.json."),
