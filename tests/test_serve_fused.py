@@ -8,6 +8,7 @@ tiny noise-conditioned classifier) and real HTTP requests must come back as the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import io
 import json
@@ -21,7 +22,7 @@ import pytest
 import soundfile
 import torch
 
-from guidance.guides import DEFAULT_PROFILES, GuideSettings
+from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings
 from guidance.pipeline import ModelSet, make_noise, sample_mels, vocode
 from serve.fused import FusedCall, fused_batch, fused_denoiser
 from serve.steps import GuidePlan, StepStats, drive_sampler, to_wire
@@ -29,7 +30,10 @@ from serve.steps import GuidePlan, StepStats, drive_sampler, to_wire
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 APP = "speechguide"
-VALID = {"targets": [{"guide": "digit", "label": "7"}], "num_samples": 1, "seed": 3, "steps": 3}
+# sigma_max 1: the tiny random models' samples stay small enough for Griffin-Lim to give finite audio
+# (from sigma 80 they blow up and the WAVs come out silent, which would make any comparison vacuous).
+PROFILE = {"name": "fused-test", "sampler": {"sigma_max": 1.0}, "guide": {"scale": 20.0}}  # strong: tiny models, small sigmas
+VALID = {"targets": [{"guide": "digit", "label": "7"}], "num_samples": 1, "seed": 3, "steps": 3, "profile": PROFILE}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,7 @@ def subnet_models(subnet_dir) -> ModelSet:
 
 
 def _in_process(models: ModelSet, label: int, seed: int, steps: int, scale: float | None = None, n: int = 1) -> torch.Tensor:
-    profile = DEFAULT_PROFILES["noisy"].with_sampler(steps=steps)
+    profile = GuidanceProfile.model_validate(PROFILE).with_sampler(steps=steps)
     if scale is not None:
         profile = profile.with_guide(scale=scale)
     return sample_mels(models, "noisy", torch.tensor([label] * n), profile, make_noise(n, models.spec, seed), seed=seed)
@@ -156,10 +160,11 @@ def _wav_samples(data: bytes) -> np.ndarray:
     return wave.astype(int)
 
 
-def _local_wav(models: ModelSet, label: int, seed: int, steps: int) -> np.ndarray:
+def _local_wav(models: ModelSet, label: int, seed: int, steps: int, scale: float | None = None) -> np.ndarray:
+    """The in-process `GuidedSingleBackbone` sample, vocoded and encoded as the app does."""
     from serve.ingress import wav_bytes
 
-    mels = _in_process(models, label, seed, steps)
+    mels = _in_process(models, label, seed, steps, scale)
     return _wav_samples(wav_bytes(vocode(mels, models.spec).numpy()[0], 16000))
 
 
@@ -170,6 +175,8 @@ def test_fused_app_serves_the_in_process_guided_sample(client, subnet_models):
     assert r.headers["content-type"] == "audio/wav"
     served = _wav_samples(r.content)
     assert np.abs(served - _local_wav(subnet_models, 7, 3, 3)).max() <= 2
+    assert np.abs(served).max() > 1000  # real audio, not a silent file
+    assert np.abs(served - _local_wav(subnet_models, 7, 3, 3, scale=0.0)).max() > 20  # guidance reached the audio
     scores = json.loads(r.headers["x-speechguide-scores"])
     assert 0 <= scores["guide_target_probability"] <= 1 and "guide_last_step_probability" in scores
 
@@ -193,18 +200,53 @@ def test_concurrent_requests_merge_into_shared_passes_and_keep_their_results(fus
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     for i, (p, r) in enumerate(zip(payloads, responses)):
         body = r.json()
-        served = _wav_samples(__import__("base64").b64decode(body["samples"][0]["wav_base64"]))
-        mels = _in_process(subnet_models, i, p["seed"], p["steps"], p.get("guidance_scale"))
-        from serve.ingress import wav_bytes
-
-        local = _wav_samples(wav_bytes(vocode(mels, subnet_models.spec).numpy()[0], 16000))
-        assert np.abs(served - local).max() <= 2, i
+        served = _wav_samples(base64.b64decode(body["samples"][0]["wav_base64"]))
+        local = _local_wav(subnet_models, i, p["seed"], p["steps"], p.get("guidance_scale"))
+        # Merged with other rows, a forward rounds differently than alone; the sampler and Griffin-Lim
+        # amplify that a little (seen: up to 34 LSB at single sample points, mean 0.3), far below what
+        # guidance changes; the log-Mels themselves are compared exactly in the next test.
+        err = np.abs(served - local)
+        assert err.max() <= 64 and err.mean() <= 0.5 and np.abs(served).max() > 1000, (i, err.max(), err.mean())
+        if i < 3:
+            unguided = np.abs(served - _local_wav(subnet_models, i, p["seed"], p["steps"], 0.0)).mean()
+            assert unguided > 10 * err.mean() + 0.5, (i, unguided, err.mean())
         calls = 2 * p["steps"] - 1
         assert body["stats"]["denoiser_calls"] == calls
         assert body["stats"]["guide_calls"] == (0 if i == 3 else calls)
         assert body["models"]["generator"] == "score-subnet"
     stats = handle.stats.remote().result(timeout_s=30)
     assert stats["items"] == sum(2 * p["steps"] - 1 for p in payloads) and stats["batches"] < stats["items"], stats
+
+
+@pytest.mark.slow
+def test_deployment_steps_of_concurrent_samplers_equal_in_process(fused_url, subnet_models):
+    """Four samplers driven concurrently through the running Fused deployment's handle (their steps
+    merged into shared passes) end at the log-Mels `GuidedSingleBackbone` samples for each, allclose."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Fused", app_name=APP)
+    handle.reset_stats.remote().result(timeout_s=30)
+    base = GuidanceProfile.model_validate(PROFILE)
+    jobs = [(d, 20 + d, 3 + d, 20.0 if d != 2 else 0.0) for d in range(4)]  # label, seed, steps, scale
+
+    async def step(call: FusedCall):
+        return await handle.step.remote(call)
+
+    async def one(label: int, seed: int, steps: int, scale: float) -> torch.Tensor:
+        prof = base.with_sampler(steps=steps).with_guide(scale=scale)
+        plan = GuidePlan("noisy", torch.tensor([label]), prof.settings_for("digit"), True) if scale > 0 else None
+        mels, _ = await drive_sampler(make_noise(1, subnet_models.spec, seed), prof.sampler.to_config(), seed, None,
+                                      fused_denoiser(plan, step, StepStats()), None)
+        return mels
+
+    async def run_all() -> list[torch.Tensor]:
+        return await asyncio.gather(*(one(*job) for job in jobs))
+
+    served = asyncio.run(run_all())
+    for (label, seed, steps, scale), got in zip(jobs, served):
+        torch.testing.assert_close(got, _in_process(subnet_models, label, seed, steps, scale), rtol=1e-4, atol=1e-4)
+    stats = handle.stats.remote().result(timeout_s=30)
+    assert stats["max_items_per_batch"] >= 2 and stats["batches"] < stats["items"], stats
 
 
 @pytest.mark.slow
