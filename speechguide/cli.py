@@ -172,6 +172,14 @@ def _load_subnet(subnet: Optional[Path], models_dir: Optional[Path], device: Opt
         fail(str(exc))
 
 
+def _models_and_digit_guide(generator, subnet, models_dir, device, guide: str, hf_guide, label_map):
+    """The generator's models and the guide that steers digit targets (noisy, clean or a Hugging Face one)."""
+    models = _load_models(models_dir, device) if generator == "unet" else _load_subnet(subnet, models_dir, device)
+    if guide == "hf":
+        models.guides["hf"] = _load_hf_guide(hf_guide, label_map, models)
+    return models, models.guides[guide if guide in ("clean", "hf") else "noisy"]
+
+
 def _subnet_label(path: Path) -> str:
     """score-subnet-3.safetensors -> "3": the regime's name in system names."""
     return path.stem.removeprefix("score-subnet-") or path.stem
@@ -251,10 +259,7 @@ def generate(
     if url is not None:
         _generate_remote(url, targets, num, seed, guide, prof if profile is not None else None, scale, steps, sampler, out)
         return
-    models = _load_models(models_dir, device) if generator == "unet" else _load_subnet(subnet, models_dir, device)
-    if guide == "hf":
-        models.guides["hf"] = _load_hf_guide(hf_guide, label_map, models)
-    digit_guide = models.guides[guide if guide in ("clean", "hf") else "noisy"]
+    models, digit_guide = _models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map)
     try:
         classes = [digit_guide.label_index(t.label) for t in targets]
     except KeyError as exc:

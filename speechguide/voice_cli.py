@@ -62,7 +62,7 @@ def generate_composite(
     from guidance.data import write_wav
     from guidance.guides.voice import VoiceGuide, read_reference, shipped_weights_path
     from guidance.pipeline import guide_settings, make_noise, sample_mels, vocode
-    from speechguide.cli import _file_version, _load_hf_guide, _load_models, _load_subnet, fail
+    from speechguide.cli import _file_version, _models_and_digit_guide, fail
 
     weights = parse_weights(weight_texts, {t.guide for t in targets})
     if url is not None:
@@ -75,10 +75,7 @@ def generate_composite(
             references.append((t.label, read_reference(Path(t.label))))
         except ValueError as exc:
             fail(f"--target speaker=...: {exc}")
-    models = _load_models(models_dir, device) if generator == "unet" else _load_subnet(subnet, models_dir, device)
-    if guide == "hf":
-        models.guides["hf"] = _load_hf_guide(hf_guide, label_map, models)
-    digit_guide = models.guides[guide if guide in ("clean", "hf") else "noisy"]
+    models, digit_guide = _models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map)
     try:
         classes = [digit_guide.label_index(t.label) for t in digit_targets]
     except KeyError as exc:

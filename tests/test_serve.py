@@ -10,7 +10,6 @@ import asyncio
 import base64
 import io
 import json
-import socket
 import time
 
 import httpx
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from serve_app import running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -26,36 +26,16 @@ VALID = {"targets": [{"guide": "digit", "label": "7"}], "num_samples": 1, "seed"
 INGRESS_ONGOING, INGRESS_QUEUED = 4, 4  # the proxy counts a burst as queued until it picks a replica
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tiny_models_dir):
-    import ray
-    from ray import serve
-
     from serve.config import DEFAULT_CONFIG_PATH
-    from serve.launch import deploy, prepare_config
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
-    try:
-        port = _free_port()
-        config = prepare_config(
-            DEFAULT_CONFIG_PATH,
-            models_dir=tiny_models_dir,
-            port=port,
-            deployments={"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}},
-        )
-        deploy(config, timeout_s=240)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+    with running_app(
+        DEFAULT_CONFIG_PATH,
+        models_dir=tiny_models_dir,
+        deployments={"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}},
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import time
 import httpx
 import pytest
 import torch
-from mlflow_server import free_port, mlflow_server_uri  # noqa: F401  (fixture)
+from mlflow_server import mlflow_server_uri  # noqa: F401  (fixture)
+from serve_app import running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
 PROFILE = "speechguide-profile"
@@ -32,42 +33,31 @@ def _profile(name: str, steps: int, scale: float):
 
 @pytest.fixture(scope="module")
 def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory):  # noqa: F811
-    import ray
-    from ray import serve
-
     from guidance.registry import promote, register_models_dir, register_profile
     from serve.config import DEFAULT_CONFIG_PATH
-    from serve.launch import deploy, prepare_config
 
     os.environ["SPEECHGUIDE_REGISTRY_CACHE"] = str(tmp_path_factory.mktemp("registry-cache"))  # replicas inherit it
     register_models_dir(tiny_models_dir, uri=mlflow_server_uri)
     register_profile(_profile("reg-one", steps=2, scale=2.0), PROFILE, {"objective": 0.1})
     promote(PROFILE, "candidate", "production", mlflow_server_uri)
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
+    registry = {
+        "tracking_uri": mlflow_server_uri,
+        "poll_seconds": POLL_S,
+        "guides": {"clean": "classifier-clean@production"},
+        "denoiser": "denoiser-unet@production",
+    }
     try:
-        port = free_port()
-        registry = {
-            "tracking_uri": mlflow_server_uri,
-            "poll_seconds": POLL_S,
-            "guides": {"clean": "classifier-clean@production"},
-            "denoiser": "denoiser-unet@production",
-        }
-        config = prepare_config(
+        with running_app(
             DEFAULT_CONFIG_PATH,
+            timeout_s=300,
             models_dir=tiny_models_dir,
-            port=port,
             deployments={"SpeechIngress": {"max_ongoing_requests": 8, "max_queued_requests": 16}},
             args={"registry": registry},
-        )
-        deploy(config, timeout_s=300)
-        yield f"http://127.0.0.1:{port}"
+        ) as url:
+            yield url
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            os.environ.pop("SPEECHGUIDE_REGISTRY_CACHE", None)
+        os.environ.pop("SPEECHGUIDE_REGISTRY_CACHE", None)
 
 
 @pytest.fixture(scope="module")

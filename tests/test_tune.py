@@ -157,7 +157,7 @@ def test_sweep_logs_nested_runs_to_an_mlflow_server_and_registers_the_best_profi
     assert len(result.rows) == 3 and all(r.status == "complete" for r in result.rows)
     assert sum(r.is_default for r in result.rows) == 1  # Optuna starts from the default profile
 
-    c = MlflowClient(mlflow_server_uri)
+    c = MlflowClient(mlflow_server_uri, registry_uri=mlflow_server_uri)  # earlier tests may have set another registry
     parent = c.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and "best_objective" in parent.data.metrics
     exp = c.get_experiment_by_name("tune-test")
