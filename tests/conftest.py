@@ -29,6 +29,8 @@ def fsdd_root() -> Path:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Feature caches and MLflow stores go to temp dirs unless the caller chose a cache."""
     os.environ.setdefault("SPEECHGUIDE_CACHE", str(ROOT / ".cache"))
+    if "SPEECHGUIDE_FSDD_DIR" not in os.environ and (SHARED_FSDD / "recordings").is_dir():
+        os.environ["SPEECHGUIDE_FSDD_DIR"] = str(SHARED_FSDD)  # CLI subprocesses find it as under `make test`
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
