@@ -34,6 +34,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from guidance.guides.profile import GuidanceProfile
+from guidance.models.score_subnet import file_sha256
 from guidance.tracking import default_tracking_uri
 
 PROFILE_MODEL_NAME = "speechguide-profile"
@@ -291,14 +292,6 @@ def _profile_signature() -> Any:
     from mlflow.types.schema import ColSpec, Schema
 
     return ModelSignature(inputs=Schema([ColSpec("string", "guide", required=False)]), outputs=Schema([ColSpec("string", "profile_json")]))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---- registering ----------------------------------------------------------------------------------

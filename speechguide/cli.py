@@ -300,10 +300,17 @@ def generate(
         "sample_rate": models.spec.sample_rate,
         "samples": samples,
     }
+    write_manifest(out, manifest)
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    """Write `out/manifest.json` atomically (a reader never sees half a file) and say what was written."""
+    import json
+
     tmp = out / "manifest.json.partial"
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(out / "manifest.json")
-    typer.echo(f"wrote {len(samples)} WAVs and manifest.json to {out}")
+    typer.echo(f"wrote {len(manifest['samples'])} WAVs and manifest.json to {out}")
 
 
 def _check_hf_guide(hf_guide: Optional[str], label_map: Optional[str], guide: str, generator: str, url: Optional[str]) -> str:

@@ -62,7 +62,7 @@ def generate_composite(
     from guidance.data import write_wav
     from guidance.guides.voice import VoiceGuide, read_reference, shipped_weights_path
     from guidance.pipeline import guide_settings, make_noise, sample_mels, vocode
-    from speechguide.cli import _file_version, _models_and_digit_guide, fail
+    from speechguide.cli import _file_version, _models_and_digit_guide, fail, write_manifest
 
     weights = parse_weights(weight_texts, {t.guide for t in targets})
     if url is not None:
@@ -143,10 +143,7 @@ def generate_composite(
         "sample_rate": models.spec.sample_rate,
         "samples": samples,
     }
-    tmp = out / "manifest.json.partial"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(out / "manifest.json")
-    typer.echo(f"wrote {len(samples)} WAVs and manifest.json to {out}")
+    write_manifest(out, manifest)
 
 
 def evaluate_voice_command(
