@@ -410,17 +410,13 @@ def register_model_file(
 
                 backbone = resolve_backbone(meta["config"]["backbone"], path)
                 shutil.copy2(backbone, weights / backbone.name)
-            model_dir = Path(tmp) / "model"
-            with warnings.catch_warnings():  # no input example, untyped predict: both deliberate
-                warnings.simplefilter("ignore")
-                mlflow.pyfunc.save_model(
-                    str(model_dir),
-                    python_model=_model_code(Path(tmp), "SafetensorsModel"),
-                    artifacts={"weights": str(weights / path.name), **_extra_artifacts(weights, path.name)},
-                    signature=_signature(meta),
-                    pip_requirements=PIP_REQUIREMENTS,
-                    metadata={"speechguide": {"kind": meta["kind"], "feature_spec": meta["feature_spec"], "labels": meta.get("labels", [])}},
-                )
+            model_dir = _save_pyfunc(
+                Path(tmp),
+                "SafetensorsModel",
+                artifacts={"weights": str(weights / path.name), **_extra_artifacts(weights, path.name)},
+                signature=_signature(meta),
+                metadata={"kind": meta["kind"], "feature_spec": meta["feature_spec"], "labels": meta.get("labels", [])},
+            )
             description = f"speechguide {meta['kind']} model ({path.name})"
             version = _register_saved(c, u, name, model_dir, tags, description)
     else:
@@ -430,6 +426,22 @@ def register_model_file(
     if production_if_missing and PRODUCTION not in (_known_aliases(c, name) or {}):
         c.set_registered_model_alias(name, PRODUCTION, str(version))
     return resolve(name, version, u)
+
+
+def _save_pyfunc(tmp: Path, class_name: str, artifacts: dict[str, str], signature: Any, metadata: dict) -> Path:
+    """Save a pyfunc (its code from `_model_code`, no pickle) under `tmp/model` and return that directory."""
+    model_dir = tmp / "model"
+    with warnings.catch_warnings():  # no input example, untyped predict: both deliberate
+        warnings.simplefilter("ignore")
+        mlflow.pyfunc.save_model(
+            str(model_dir),
+            python_model=_model_code(tmp, class_name),
+            artifacts=artifacts,
+            signature=signature,
+            pip_requirements=PIP_REQUIREMENTS,
+            metadata={"speechguide": metadata},
+        )
+    return model_dir
 
 
 def _extra_artifacts(weights: Path, main: str) -> dict[str, str]:
@@ -469,17 +481,13 @@ def register_profile(
         with tempfile.TemporaryDirectory(prefix="speechguide-profile-") as tmp:
             pfile = Path(tmp) / PROFILE_FILE
             pfile.write_text(text)
-            model_dir = Path(tmp) / "model"
-            with warnings.catch_warnings():  # no input example, untyped predict: both deliberate
-                warnings.simplefilter("ignore")
-                mlflow.pyfunc.save_model(
-                    str(model_dir),
-                    python_model=_model_code(Path(tmp), "ProfileModel"),
-                    artifacts={"profile": str(pfile)},
-                    signature=_profile_signature(),
-                    pip_requirements=PIP_REQUIREMENTS,
-                    metadata={"speechguide": {"kind": "guidance-profile", "profile": json.loads(text)}},
-                )
+            model_dir = _save_pyfunc(
+                Path(tmp),
+                "ProfileModel",
+                artifacts={"profile": str(pfile)},
+                signature=_profile_signature(),
+                metadata={"kind": "guidance-profile", "profile": json.loads(text)},
+            )
             version = _register_saved(c, u, name, model_dir, tags, f"speechguide guidance profile {profile.name!r}", metrics, run_id)
     c.set_registered_model_alias(name, alias, str(version))
     return version
