@@ -1,21 +1,23 @@
 """Voice and composite guidance, evaluated: does zero-shot voice guidance make samples sound like the reference?
 
 For reference clips of every FSDD speaker (from one split; test for reported figures, val to explore),
-samples are generated from the same noise three ways: unguided (baseline), speaker-guided towards the
-reference, and digit + speaker composite. They are vocoded and re-analysed, as a listener gets them,
-then scored by:
+samples are generated from the same noise by up to five systems: unguided (baseline), each zero-shot
+voice guide towards the reference (`stats`: the reference's spectral statistics; `encoder`:
+resemblyzer's speaker encoder), and each voice guide together with the digit guide (composite).
+They are vocoded and re-analysed, as a listener gets them, then scored by:
 - the FSDD speaker judge (trained on FSDD, never used for guidance): rate of samples assigned to the
-  reference's speaker (chance 1/6), and for the composite the rate right on digit and speaker both;
+  reference's speaker (chance 1/6), and for composites the rate right on digit and speaker both;
 - the speaker encoder (resemblyzer's, through its own front end on the vocoded waveform): cosine to
   the reference, next to the cosines of real clips of the same speaker and of the other speakers
-  (raw and vocoded, so the vocoder's share of the gap is visible).
+  (raw and vocoded, so the vocoder's share of the gap is visible);
+- the statistics guide's distance to the reference (0 = the same long-term spectrum and spread).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,11 +26,25 @@ import torch
 from guidance.data import DIGITS, FSDD_SPEAKERS, Clip, fsdd_split, list_fsdd, load_wave, resolve_fsdd_root, write_wav
 from guidance.features import GriffinLimVocoder, LogMel, fit_length
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings
+from guidance.guides.reference import ReferenceGuide
 from guidance.guides.voice import DEFAULT_GRADIENT_BLUR, DEFAULT_VOICE_SETTINGS, VoiceGuide
+from guidance.guides.voice_stats import DEFAULT_STATS_SETTINGS, VoiceStatsGuide
 from guidance.metrics import hear, judge_outputs
 from guidance.models import ModelFile
 from guidance.pipeline import ModelSet, make_noise, sample_mels, vocode
 
+# The digit guide's scale in a composite with a voice guide, picked on val (reports/voice-val-sweep.md):
+# above the digit-only pick of 10, because the voice term pulls against it.
+COMPOSITE_DIGIT_SCALE = 20.0
+
+# system -> (voice guide kind or None, with the digit guide)
+SYSTEMS: dict[str, tuple[str | None, bool]] = {
+    "unguided": (None, False),
+    "stats": ("stats", False),
+    "encoder": ("encoder", False),
+    "stats+digit": ("stats", True),
+    "encoder+digit": ("encoder", True),
+}
 _FIRST_TAKE = {"test": 0, "val": 5, "train": 10}
 
 
@@ -38,20 +54,24 @@ class VoiceEvalConfig:
     refs_per_speaker: int = 3
     samples_per_ref: int = 4
     seed: int = 0
-    steps: int = 10
+    steps: int = 18
     digit_kind: str = "noisy"
-    voice: GuideSettings = DEFAULT_VOICE_SETTINGS
-    gradient_blur: int = DEFAULT_GRADIENT_BLUR
-    digit: GuideSettings = GuideSettings(scale=10.0)  # the digit guide's val-picked scale (README, Evaluation)
+    stats: GuideSettings = DEFAULT_STATS_SETTINGS
+    encoder: GuideSettings = DEFAULT_VOICE_SETTINGS
+    gradient_blur: int = DEFAULT_GRADIENT_BLUR  # the encoder guide's
+    digit: GuideSettings = GuideSettings(scale=COMPOSITE_DIGIT_SCALE)
     voice_weight: float = 1.0
     digit_weight: float = 1.0
     batch_size: int = 50
-    systems: tuple[str, ...] = ("unguided", "voice", "composite")
+    systems: tuple[str, ...] = tuple(SYSTEMS)
     real_baselines: bool = True  # cosines of real clips to the references (Griffin-Lim over the whole split)
 
-    def profile(self) -> GuidanceProfile:
+    def profile(self, voice_kind: str | None) -> GuidanceProfile:
         base = DEFAULT_PROFILES["noisy"].with_sampler(steps=self.steps)
-        return base.model_copy(update={"name": "voice-eval", "guide": self.digit, "per_guide": {"digit": self.digit, "speaker": self.voice}})
+        per_guide = {"digit": self.digit}
+        if voice_kind is not None:
+            per_guide["speaker"] = self.stats if voice_kind == "stats" else self.encoder
+        return base.model_copy(update={"name": "voice-eval", "guide": self.digit, "per_guide": per_guide})
 
 
 def pick_references(clips: list[Clip], split: str, per_speaker: int) -> list[Clip]:
@@ -98,47 +118,65 @@ def evaluate_voice(
     cfg: VoiceEvalConfig,
     out: Path | None = None,
     data_root: str | None = None,
-    guide: VoiceGuide | None = None,
+    guides: dict[str, ReferenceGuide] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-    """Run the voice/composite protocol; write report.json, report.md and a few WAVs under `out` when given."""
+    """Run the voice/composite protocol; write report.json, report.md and a few WAVs under `out` when given.
+
+    `guides` maps "stats" and "encoder" to voice guides (built here when left out); the encoder one
+    also measures every system's cosines.
+    """
     spec = models.spec
     for j in (judge_digit, judge_speaker):
         spec.check_compatible(j.spec, what=f"judge {j.name}")
     if list(judge_speaker.labels) != FSDD_SPEAKERS:
         raise ValueError(f"speaker judge labels {judge_speaker.labels} are not FSDD's speakers {FSDD_SPEAKERS}")
+    unknown = [name for name in cfg.systems if name not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown voice evaluation system {unknown[0]!r}; known: {', '.join(SYSTEMS)}")
     clips = fsdd_split(list_fsdd(resolve_fsdd_root(data_root)), cfg.split)
     refs = pick_references(clips, cfg.split, cfg.refs_per_speaker)
-    guide = guide or VoiceGuide(spec, device=models.device)
-    guide.gradient_blur = cfg.gradient_blur
+    guides = dict(guides or {})
+    guides.setdefault("encoder", VoiceGuide(spec, device=models.device))
+    guides.setdefault("stats", VoiceStatsGuide(spec, device=models.device))
+    encoder, stats = guides["encoder"], guides["stats"]
+    encoder.gradient_blur = cfg.gradient_blur
     ref_waves = _waves(refs, spec.num_samples)
-    ref_index = torch.tensor([guide.add_reference(str(c.path), w, spec.sample_rate) for c, w in zip(refs, ref_waves)])
+    ref_index = {}
+    for kind, guide in guides.items():
+        ref_index[kind] = torch.tensor([guide.add_reference(str(c.path), w, spec.sample_rate) for c, w in zip(refs, ref_waves)])
     n = cfg.samples_per_ref
-    speaker_target = ref_index.repeat_interleave(n)  # row -> reference
-    ref_speaker = torch.tensor([FSDD_SPEAKERS.index(refs[i].speaker) for i in range(len(refs))]).repeat_interleave(n)
-    digit_target = (torch.arange(len(speaker_target)) * 7 + ref_index.repeat_interleave(n)) % len(DIGITS)  # every digit, spread over refs
-    noise = make_noise(len(speaker_target), spec, cfg.seed)
-    profile = cfg.profile()
-    requests = {
-        "unguided": ("none", {}),
-        "voice": ("none", {"speaker": speaker_target}),
-        "composite": (cfg.digit_kind, {"digit": digit_target, "speaker": speaker_target}),
-    }
+    row_ref = torch.arange(len(refs)).repeat_interleave(n)  # row -> reference
+    ref_speaker = torch.tensor([FSDD_SPEAKERS.index(refs[i].speaker) for i in range(len(refs))])[row_ref]
+    digit_target = (torch.arange(len(row_ref)) * 7 + row_ref) % len(DIGITS)  # every digit, spread over refs
+    noise = make_noise(len(row_ref), spec, cfg.seed)
     weights = {"digit": cfg.digit_weight, "speaker": cfg.voice_weight}
     report: dict = {
         "protocol": f"FSDD {cfg.split} split references ({len(refs)} clips, {cfg.refs_per_speaker} per speaker), "
         f"{n} samples per reference; generated audio is vocoded (Griffin-Lim) before scoring",
-        "config": {**asdict(cfg), "voice": cfg.voice.model_dump(), "digit": cfg.digit.model_dump()},
+        "config": {
+            **asdict(cfg),
+            **{k: getattr(cfg, k).model_dump() for k in ("stats", "encoder", "digit")},
+            "stats_guide": {"frame_sharpness": stats.frame_sharpness, "spread_weight": stats.spread_weight},
+        },
         "references": [c.path.name for c in refs],
-        "real_cosines": real_cosines(guide, refs, clips, spec) if cfg.real_baselines else None,
+        "real_cosines": real_cosines(encoder, refs, clips, spec) if cfg.real_baselines else None,
         "systems": [],
     }
     for idx, name in enumerate(cfg.systems):
         if progress:
             progress(name, idx, len(cfg.systems))
-        kind, targets = requests[name]
+        voice_kind, with_digit = SYSTEMS[name]
+        targets: dict[str, torch.Tensor] = {"digit": digit_target} if with_digit else {}
+        extra = {}
+        if voice_kind is not None:
+            targets["speaker"] = ref_index[voice_kind][row_ref]
+            extra["speaker"] = guides[voice_kind]
         started = time.time()
-        mels = sample_mels(models, kind, targets, profile, noise, seed=cfg.seed, batch_size=cfg.batch_size, extra_guides={"speaker": guide}, weights=weights)
+        mels = sample_mels(
+            models, cfg.digit_kind if with_digit else "none", targets, cfg.profile(voice_kind), noise,
+            seed=cfg.seed, batch_size=cfg.batch_size, extra_guides=extra, weights=weights,
+        )
         seconds = (time.time() - started) / len(mels)
         waves = vocode(mels, spec)
         heard = hear(waves, spec)
@@ -146,17 +184,17 @@ def evaluate_voice(
         _, dig_logits = judge_outputs(judge_digit.model, heard)
         speaker_ok = spk_logits.argmax(1) == ref_speaker
         digit_ok = dig_logits.argmax(1) == digit_target
-        cos = (guide.embed_waves(waves, spec.sample_rate).cpu() * guide.references[speaker_target].cpu()).sum(1)
+        cos = (encoder.embed_waves(waves, spec.sample_rate).cpu() * encoder.references[ref_index["encoder"][row_ref]].cpu()).sum(1)
         with torch.no_grad():
-            guide_cos = guide.cosine(mels, speaker_target).cpu()
+            distance = stats.distance(heard.to(stats.device), ref_index["stats"][row_ref]).cpu()
         report["systems"].append(
             {
                 "name": name,
                 "speaker_rate": float(speaker_ok.double().mean()),
-                "digit_rate": float(digit_ok.double().mean()) if name == "composite" else None,
-                "both_rate": float((speaker_ok & digit_ok).double().mean()) if name == "composite" else None,
+                "digit_rate": float(digit_ok.double().mean()) if with_digit else None,
+                "both_rate": float((speaker_ok & digit_ok).double().mean()) if with_digit else None,
                 "cosine_to_reference": float(cos.mean()),
-                "guide_cosine": float(guide_cos.mean()),
+                "stats_distance": float(distance.mean()),
                 "per_speaker_rate": [float(speaker_ok[ref_speaker == s].double().mean()) for s in range(len(FSDD_SPEAKERS))],
                 "seconds_per_sample": seconds,
             }
@@ -172,31 +210,50 @@ def evaluate_voice(
     return report
 
 
+def _settings_text(g: dict) -> str:
+    scaling = "norm-scaled" if g["norm_scaling"] else "plain"
+    return f"{scaling} {g['scale']:g}, sigma {g['sigma_lo']:g}-{g['sigma_hi']:g}"
+
+
 def markdown_report(report: dict) -> str:
     rc = report["real_cosines"] or {k: float("nan") for k in ("same_raw", "other_raw", "same_vocoded", "other_vocoded")}
     cfg = report["config"]
+    sg = cfg["stats_guide"]
     lines = [
         "# Voice and composite guidance",
         "",
         report["protocol"] + ".",
-        f"Voice guide: scale {cfg['voice']['scale']:g}, norm scaling {cfg['voice']['norm_scaling']}, sigma {cfg['voice']['sigma_lo']:g}-{cfg['voice']['sigma_hi']:g}, "
-        f"gradient blur {cfg['gradient_blur']}, through the denoiser {cfg['voice']['through_denoiser']}, weight {cfg['voice_weight']:g}; digit guide ({cfg['digit_kind']}): scale {cfg['digit']['scale']:g}, sigma {cfg['digit']['sigma_lo']:g}-{cfg['digit']['sigma_hi']:g}, "
-        f"weight {cfg['digit_weight']:g}; {cfg['steps']} steps, seed {cfg['seed']}.",
         "",
-        "| system | judge: reference speaker | judge: digit | judge: both | encoder cosine to reference (vocoded) | guide's cosine (log-Mel) | s/sample |",
+        f"- stats guide (the reference's spectral statistics): {_settings_text(cfg['stats'])}, frame sharpness "
+        f"{sg['frame_sharpness']:g}, spread weight {sg['spread_weight']:g};",
+        f"- encoder guide (resemblyzer): {_settings_text(cfg['encoder'])}, gradient blur {cfg['gradient_blur']};",
+        f"- digit guide in composites ({cfg['digit_kind']}): {_settings_text(cfg['digit'])}; weights voice "
+        f"{cfg['voice_weight']:g}, digit {cfg['digit_weight']:g};",
+        f"- {cfg['steps']} Heun steps, noise seed {cfg['seed']}, the same noise for every system.",
+        "",
+        "| system | judge: reference speaker | judge: digit | judge: both | encoder cosine to reference (vocoded) | stats distance | s/sample |",
         "|---|---|---|---|---|---|---|",
     ]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     for s in report["systems"]:
         lines.append(
             f"| {s['name']} | {pct(s['speaker_rate'])} | {pct(s['digit_rate'])} | {pct(s['both_rate'])} | "
-            f"{s['cosine_to_reference']:.3f} | {s['guide_cosine']:.3f} | {s['seconds_per_sample']:.2f} |"
+            f"{s['cosine_to_reference']:.3f} | {s['stats_distance']:.3f} | {s['seconds_per_sample']:.2f} |"
         )
     lines += [
         "",
-        "Chance for the speaker judge is 16.7% (6 speakers).",
+        "Chance for the speaker judge is 16.7% (6 speakers); for digit and speaker both, 1.7%.",
         "",
-        "| real clips of the split | cosine to reference (raw) | (vocoded) |",
+        "Rate to the reference speaker, per reference speaker:",
+        "",
+        "| system | " + " | ".join(FSDD_SPEAKERS) + " |",
+        "|---|" + "---|" * len(FSDD_SPEAKERS),
+    ]
+    for s in report["systems"]:
+        lines.append(f"| {s['name']} | " + " | ".join(pct(v) for v in s["per_speaker_rate"]) + " |")
+    lines += [
+        "",
+        "| real clips of the split | encoder cosine to reference (raw) | (vocoded) |",
         "|---|---|---|",
         f"| same speaker | {rc['same_raw']:.3f} | {rc['same_vocoded']:.3f} |",
         f"| other speakers | {rc['other_raw']:.3f} | {rc['other_vocoded']:.3f} |",

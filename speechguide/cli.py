@@ -210,6 +210,7 @@ def generate(
     url: Optional[str] = typer.Option(None, help="Generate through a running Serve app (e.g. http://127.0.0.1:8000)."),
     hf_guide: Optional[str] = typer.Option(None, "--hf-guide", help="Hugging Face audio classifier as the digit guide: a local directory (read offline) or a hub id; uses the 'hf' profile."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help="--hf-guide label names to targets: seven=7,... or a JSON file (digit words zero..nine and 0..9 are built in)."),
+    voice_guide: str = typer.Option("stats", "--voice-guide", help="For speaker=REF.wav targets: stats (the reference's spectral statistics) | encoder (resemblyzer's speaker encoder)."),
 ) -> None:
     """Generate speech of the requested class(es), in-process or through a Serve app; write WAVs plus a manifest."""
     import json
@@ -239,6 +240,10 @@ def generate(
         targets = [Target.parse(t) for t in target]
     except ValueError as exc:
         fail(str(exc))
+    from guidance.guides import VOICE_GUIDE_KINDS
+
+    if voice_guide not in VOICE_GUIDE_KINDS:
+        fail(f"--voice-guide must be one of {', '.join(VOICE_GUIDE_KINDS)}, got {voice_guide!r}")
     unknown = sorted({t.guide for t in targets} - {"digit", "speaker"})
     if unknown:
         fail(f"unknown guide {unknown[0]!r} in --target; this build guides with: digit, speaker")
@@ -254,7 +259,11 @@ def generate(
     if weight or any(t.guide == "speaker" for t in targets):  # composite / voice targets: one term per guide
         from speechguide.voice_cli import generate_composite
 
-        generate_composite(targets, num, seed, out, guide, prof, weight or [], models_dir, device, generator, subnet, url, hf_guide, label_map)
+        digit_scale_set = scale is not None or profile is not None
+        generate_composite(
+            targets, num, seed, out, guide, prof, weight or [], models_dir, device, generator, subnet, url, hf_guide, label_map,
+            voice_guide=voice_guide, digit_scale_set=digit_scale_set,
+        )
         return
     if url is not None:
         _generate_remote(url, targets, num, seed, guide, prof if profile is not None else None, scale, steps, sampler, out)

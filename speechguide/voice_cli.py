@@ -51,6 +51,8 @@ def generate_composite(
     url: Optional[str],
     hf_guide: Optional[str] = None,
     label_map: Optional[str] = None,
+    voice_guide: str = "stats",
+    digit_scale_set: bool = False,
 ) -> None:
     """Generate for every combination of the digit and speaker targets (each guide a term with its own
     settings and weight), write WAVs and manifest.json with every guide's score per sample."""
@@ -60,7 +62,7 @@ def generate_composite(
     import torch
 
     from guidance.data import write_wav
-    from guidance.guides.voice import VoiceGuide, read_reference, shipped_weights_path
+    from guidance.guides import VoiceGuide, make_voice_guide, read_reference
     from guidance.pipeline import guide_settings, make_noise, sample_mels, vocode
     from speechguide.cli import _file_version, _models_and_digit_guide, fail, write_manifest
 
@@ -80,8 +82,15 @@ def generate_composite(
         classes = [digit_guide.label_index(t.label) for t in digit_targets]
     except KeyError as exc:
         fail(exc.args[0])
-    voice = VoiceGuide(models.spec, device=models.device)
+    voice = make_voice_guide(voice_guide, models.spec, models.device)
+    encoder = voice if isinstance(voice, VoiceGuide) else VoiceGuide(models.spec, device=models.device)  # scores the written audio
     refs = [voice.add_reference(label, wave, models.spec.sample_rate) for label, wave in references]
+    for label, wave in references:
+        encoder.add_reference(label, wave, models.spec.sample_rate)
+    if classes and refs and not digit_scale_set and guide == "noisy":
+        from guidance.voice_eval import COMPOSITE_DIGIT_SCALE
+
+        prof = prof.with_guide(scale=COMPOSITE_DIGIT_SCALE)  # the voice term pulls against the digit guide
     prof = prof.model_copy(update={"per_guide": {**prof.per_guide, "speaker": guide_settings(prof, "speaker", voice)}})
 
     groups = list(itertools.product(classes or [None], refs or [None]))
@@ -97,9 +106,9 @@ def generate_composite(
     dev_mels = mels.to(models.device)
     probs = digit_guide.probabilities(dev_mels).cpu() if classes else None
     with torch.no_grad():
-        cos_mel = voice.cosine(dev_mels, named["speaker"]).cpu() if refs else None
+        guide_score = voice.score(dev_mels, named["speaker"]).cpu() if refs else None
         heard = torch.nan_to_num(waves).clamp(-1, 1)  # what write_wav stores
-        cos_wav = (voice.embed_waves(heard, models.spec.sample_rate).cpu() * voice.references.cpu()[named["speaker"]]).sum(1) if refs else None
+        cos_wav = (encoder.embed_waves(heard, models.spec.sample_rate).cpu() * encoder.references.cpu()[named["speaker"]]).sum(1) if refs else None
 
     out.mkdir(parents=True, exist_ok=True)
     samples, counts = [], {}
@@ -115,11 +124,13 @@ def generate_composite(
         if probs is not None:
             scores["guide_target_probability"] = round(float(probs[i, cls]), 4)
             scores["guide_prediction"] = digit_guide.labels[int(probs[i].argmax())]
-        if cos_mel is not None:
-            scores["speaker_cosine"] = round(float(cos_mel[i]), 4)  # the voice guide's own score (log-Mel through the adapter)
+        if guide_score is not None:
+            if voice_guide == "encoder":
+                scores["speaker_cosine"] = round(float(guide_score[i]), 4)  # the guide's own score (log-Mel through the adapter)
+            else:
+                scores["speaker_stats_distance"] = round(-float(guide_score[i]), 4)  # the guide's own score (0 = the reference's statistics)
             scores["speaker_cosine_wav"] = round(float(cos_wav[i]), 4)  # the encoder on the written waveform
         samples.append({"file": name, "target": wanted[0], "targets": wanted, "scores": scores})
-    weights_path = shipped_weights_path()
     manifest = {
         "request": {
             "targets": [f"{t.guide}={t.label}" for t in targets],
@@ -127,6 +138,7 @@ def generate_composite(
             "seed": seed,
             "guide": guide,
             "generator": generator,
+            "voice_guide": voice_guide if refs else None,
             "weights": {name: weights.get(name, 1.0) for name in {t.guide for t in targets}},
             "device": str(models.device),
         },
@@ -135,9 +147,7 @@ def generate_composite(
             "guide": None
             if guide == "none" or not classes
             else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
-            "speaker_guide": None
-            if not refs
-            else {"name": "resemblyzer-voice-encoder", "version": _file_version(weights_path), "alias": None, "frozen": True},
+            "speaker_guide": None if not refs else speaker_guide_record(voice_guide, voice),
         },
         "profile": json.loads(prof.model_dump_json()),
         "sample_rate": models.spec.sample_rate,
@@ -146,53 +156,71 @@ def generate_composite(
     write_manifest(out, manifest)
 
 
+def speaker_guide_record(kind: str, guide) -> dict:
+    """What the manifest says about the voice guide: the shipped encoder's file version, or the statistics' settings."""
+    from guidance.guides.voice import shipped_weights_path
+    from speechguide.cli import _file_version
+
+    if kind == "encoder":
+        return {"name": "resemblyzer-voice-encoder", "kind": kind, "version": _file_version(shipped_weights_path()), "alias": None, "frozen": True}
+    return {
+        "name": "reference-spectral-statistics", "kind": kind, "trained": False,
+        "frame_sharpness": guide.frame_sharpness, "spread_weight": guide.spread_weight,
+    }
+
+
 def evaluate_voice_command(
     out: Path = typer.Option(Path("reports/voice"), "--out", help="Report directory."),
     split: str = typer.Option("test", help="test (final reports) | val (exploration, tuning)."),
     refs_per_speaker: int = typer.Option(3, help="Reference clips per FSDD speaker (fixed by rule, not by result)."),
     samples_per_ref: int = typer.Option(4, help="Generated samples per reference and system."),
     seed: int = typer.Option(0, help="Noise seed (the same noise for every system)."),
-    steps: int = typer.Option(10, help="Sampler steps."),
-    voice_scale: float = typer.Option(0.1, help="Voice guide scale (norm-scaled fraction of the denoiser step)."),
+    steps: int = typer.Option(18, help="Sampler steps."),
+    stats_scale: float = typer.Option(0.1, help="Stats voice guide scale (norm-scaled fraction of the denoiser step)."),
+    encoder_scale: float = typer.Option(0.1, help="Encoder voice guide scale (norm-scaled fraction of the denoiser step)."),
+    encoder_blur: int = typer.Option(7, help="Box blur (bins x frames) applied to the encoder guide's gradient; 1 = none."),
+    encoder_through_denoiser: bool = typer.Option(False, help="Backpropagate the encoder guide through the denoiser."),
     voice_sigma_lo: float = typer.Option(1.0, help="Voice guidance is off below this sigma."),
     voice_sigma_hi: float = typer.Option(80.0, help="Voice guidance is off above this sigma."),
-    voice_blur: int = typer.Option(7, help="Box blur (bins x frames) applied to the voice guide's gradient; 1 = none."),
-    voice_through_denoiser: bool = typer.Option(False, help="Backpropagate the voice guide through the denoiser."),
-    digit_scale: float = typer.Option(10.0, help="Digit guide scale (noise-conditioned classifier, plain gamma)."),
+    digit_scale: Optional[float] = typer.Option(None, help="Digit guide scale in composites (noise-conditioned classifier, plain gamma; default: the val-picked composite scale, 20)."),
     digit_sigma_hi: float = typer.Option(80.0, help="Digit guidance is off above this sigma."),
-    voice_weight: float = typer.Option(1.0, help="Weight of the voice term in the composite."),
-    systems: str = typer.Option("unguided,voice,composite", help="Comma-separated subset of unguided,voice,composite."),
+    voice_weight: float = typer.Option(1.0, help="Weight of the voice term in composites."),
+    systems: str = typer.Option(",".join(("unguided", "stats", "encoder", "stats+digit", "encoder+digit")), help="Comma-separated subset of the systems."),
     models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
     data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
 ) -> None:
-    """Voice guidance (zero-shot, resemblyzer's encoder) and digit + speaker composites on FSDD references."""
+    """Zero-shot voice guidance (reference spectral statistics; resemblyzer's encoder) and digit + speaker composites on FSDD references."""
     import math
+
+    from rich.progress import Progress
 
     from guidance.data import resolve_fsdd_root
     from guidance.guides import GuideSettings
     from guidance.models import load_model
     from guidance.pipeline import ModelPaths
-    from guidance.voice_eval import VoiceEvalConfig, evaluate_voice
+    from guidance.voice_eval import COMPOSITE_DIGIT_SCALE, SYSTEMS, VoiceEvalConfig, evaluate_voice
     from speechguide.cli import _load_models, fail
+
+    digit_scale = COMPOSITE_DIGIT_SCALE if digit_scale is None else digit_scale
 
     if split not in ("test", "val"):
         fail(f"--split must be 'test' or 'val', got {split!r}")
-    for name, value, hi in (("voice-blur", voice_blur, 63), ("refs-per-speaker", refs_per_speaker, 5), ("samples-per-ref", samples_per_ref, 100), ("steps", steps, 1000)):
+    for name, value, hi in (("encoder-blur", encoder_blur, 63), ("refs-per-speaker", refs_per_speaker, 5), ("samples-per-ref", samples_per_ref, 100), ("steps", steps, 1000)):
         if not 1 <= value <= hi:
             fail(f"--{name} must be between 1 and {hi}, got {value}")
-    for name, value in (("voice-scale", voice_scale), ("digit-scale", digit_scale), ("voice-weight", voice_weight)):
+    for name, value in (("stats-scale", stats_scale), ("encoder-scale", encoder_scale), ("digit-scale", digit_scale), ("voice-weight", voice_weight)):
         if not math.isfinite(value) or value < 0:
             fail(f"--{name} must be a finite non-negative number, got {value}")
-    if voice_blur % 2 == 0:
-        fail(f"--voice-blur must be odd (1 = no blur), got {voice_blur}")
+    if encoder_blur % 2 == 0:
+        fail(f"--encoder-blur must be odd (1 = no blur), got {encoder_blur}")
     chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
-    if not chosen or any(s not in ("unguided", "voice", "composite") for s in chosen):
-        fail(f"--systems must be a subset of unguided,voice,composite, got {systems!r}")
+    if not chosen or any(s not in SYSTEMS for s in chosen):
+        fail(f"--systems must be a subset of {','.join(SYSTEMS)}, got {systems!r}")
     try:
-        voice = GuideSettings(
-            scale=voice_scale, norm_scaling=True, sigma_lo=voice_sigma_lo, sigma_hi=voice_sigma_hi, through_denoiser=voice_through_denoiser
-        )
+        window = {"norm_scaling": True, "sigma_lo": voice_sigma_lo, "sigma_hi": voice_sigma_hi, "input": "x0_hat"}
+        stats = GuideSettings(scale=stats_scale, **window)
+        encoder = GuideSettings(scale=encoder_scale, through_denoiser=encoder_through_denoiser, **window)
         digit = GuideSettings(scale=digit_scale, sigma_hi=digit_sigma_hi)
     except ValueError as exc:
         fail(" ".join(str(exc).split())[:300])
@@ -209,9 +237,15 @@ def evaluate_voice_command(
         fail(str(exc))
     cfg = VoiceEvalConfig(
         split=split, refs_per_speaker=refs_per_speaker, samples_per_ref=samples_per_ref, seed=seed, steps=steps,
-        voice=voice, digit=digit, voice_weight=voice_weight, systems=chosen, gradient_blur=voice_blur,
+        stats=stats, encoder=encoder, digit=digit, voice_weight=voice_weight, systems=chosen, gradient_blur=encoder_blur,
     )
-    evaluate_voice(models, judge_digit, judge_speaker, cfg, out, data_root=str(root))
+    with Progress(transient=True) as bar:
+        task = bar.add_task("systems", total=len(chosen))
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, description=f"sampling {name}")
+
+        evaluate_voice(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"report written to {out}")
 

@@ -64,18 +64,23 @@ def test_generate_composite_writes_wavs_and_both_scores(tiny_models_dir, fsdd_ro
     assert sorted(p.name for p in out.glob("*.wav")) == ["7_000.wav", "7_001.wav"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["request"]["weights"] == {"digit": 1.0, "speaker": 2.0}
-    assert manifest["models"]["speaker_guide"]["name"] == "resemblyzer-voice-encoder"
+    assert manifest["request"]["voice_guide"] == "stats"  # the default voice guide
+    assert manifest["models"]["speaker_guide"]["name"] == "reference-spectral-statistics"
     assert manifest["profile"]["per_guide"]["speaker"]["norm_scaling"] is True
+    assert manifest["profile"]["guide"]["scale"] == 20.0  # the composite's digit scale when --scale is not given
     for s in manifest["samples"]:
         assert [t["guide"] for t in s["targets"]] == ["digit", "speaker"]
         assert 0 <= s["scores"]["guide_target_probability"] <= 1
-        assert -1 <= s["scores"]["speaker_cosine"] <= 1 and -1 <= s["scores"]["speaker_cosine_wav"] <= 1
-    # speaker only: files are named by sample
+        assert s["scores"]["speaker_stats_distance"] >= 0 and -1 <= s["scores"]["speaker_cosine_wav"] <= 1
+    # speaker only, with the encoder guide: files are named by sample
     out2 = tmp_path / "s"
-    r = run_cli("generate", "--target", f"speaker={ref}", "--num", "1", "--steps", "2", "--out", str(out2), "--models-dir", str(tiny_models_dir))
+    r = run_cli("generate", "--target", f"speaker={ref}", "--voice-guide", "encoder", "--num", "1", "--steps", "2",
+                "--out", str(out2), "--models-dir", str(tiny_models_dir))
     assert r.returncode == 0, r.stderr
     assert [p.name for p in out2.glob("*.wav")] == ["sample_000.wav"]
-    assert json.loads((out2 / "manifest.json").read_text())["models"]["guide"] is None
+    manifest = json.loads((out2 / "manifest.json").read_text())
+    assert manifest["models"]["guide"] is None and manifest["models"]["speaker_guide"]["name"] == "resemblyzer-voice-encoder"
+    assert -1 <= manifest["samples"][0]["scores"]["speaker_cosine"] <= 1
 
 
 @pytest.mark.parametrize(
@@ -85,6 +90,7 @@ def test_generate_composite_writes_wavs_and_both_scores(tiny_models_dir, fsdd_ro
         (["--target", "speaker=README.md"], "not a readable WAV"),
         (["--target", "digit=7", "--weight", "speaker=2"], "no --target names the guide 'speaker'"),
         (["--target", "digit=7", "--target", "speaker=README.md", "--weight", "speaker=-1"], "--weight must look like"),
+        (["--target", "speaker=README.md", "--voice-guide", "nope"], "--voice-guide must be one of stats, encoder"),
     ],
 )
 def test_bad_composite_requests_exit_2_with_one_line(args, says, tmp_path):

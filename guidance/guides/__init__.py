@@ -4,10 +4,13 @@ from guidance.guides.base import Guide, GuidedDenoiser, GuideTerm, guide_gradien
 from guidance.guides.classifier import ClassifierGuide
 from guidance.guides.hf import HFAudioGuide
 from guidance.guides.profile import DEFAULT_PROFILES, GuidanceProfile, GuideSettings, SamplerSettings
+from guidance.guides.reference import VOICE_GUIDE_KINDS, ReferenceGuide, make_voice_guide, read_reference
 from guidance.guides.voice import VoiceGuide
+from guidance.guides.voice_stats import VoiceStatsGuide
 
 __all__ = [
     "DEFAULT_PROFILES",
+    "VOICE_GUIDE_KINDS",
     "ClassifierGuide",
     "Guide",
     "GuideSettings",
@@ -15,7 +18,11 @@ __all__ = [
     "GuidanceProfile",
     "GuidedDenoiser",
     "HFAudioGuide",
+    "ReferenceGuide",
     "SamplerSettings",
     "VoiceGuide",
+    "VoiceStatsGuide",
     "guide_gradient",
+    "make_voice_guide",
+    "read_reference",
 ]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from guidance.features import FeatureSpec, fit_length
+from guidance.features import FeatureSpec
 from guidance.guides.adapters import EncoderFrontEnd, LogMelToEncoderMel, reference_mel
-from guidance.guides.base import Guide
+from guidance.guides.reference import ReferenceGuide
 from guidance.guides.profile import GuideSettings
 
 HIDDEN = 256
@@ -74,26 +74,21 @@ DEFAULT_VOICE_SETTINGS = GuideSettings(scale=0.1, norm_scaling=True, sigma_lo=1.
 DEFAULT_GRADIENT_BLUR = 7
 
 
-class VoiceGuide(Guide):
-    """Cosine similarity to reference voices; the target index picks the reference.
-
-    Labels are the references' names (the CLI uses the WAV paths); `add_reference` appends one.
-    """
+class VoiceGuide(ReferenceGuide):
+    """Cosine similarity of speaker-encoder embeddings to reference voices; the target index picks the reference."""
 
     name = "speaker"
-    needs_sigma = False
+    kind = "encoder"
     default_settings = DEFAULT_VOICE_SETTINGS
 
     def __init__(
         self, spec: FeatureSpec, encoder: SpeakerEncoder | None = None, device: str | torch.device = "cpu",
         gradient_blur: int = DEFAULT_GRADIENT_BLUR,
     ) -> None:
-        self.spec = spec
+        super().__init__(spec, device)
         self.gradient_blur = gradient_blur
-        self.device = torch.device(device)
         self.encoder = (encoder or SpeakerEncoder.shipped(self.device)).to(self.device).eval().requires_grad_(False)
         self.adapter = LogMelToEncoderMel(spec).to(self.device)
-        self.labels: list[str] = []
         self.references = torch.empty(0, EMBEDDING, device=self.device)
 
     def embed_mels(self, mels: torch.Tensor) -> torch.Tensor:
@@ -107,19 +102,16 @@ class VoiceGuide(Guide):
         with torch.no_grad():
             return self.encoder(reference_mel(waves.to(self.device)))
 
-    def add_reference(self, name: str, wave: torch.Tensor, sample_rate: int) -> int:
-        """Embed a reference clip (cut or padded to the model's clip length, as the samples are) and return its index."""
-        if name in self.labels:
-            return self.labels.index(name)
-        wave = fit_length(wave.reshape(-1), self.spec.num_samples)
-        emb = self.embed_waves(wave.unsqueeze(0), sample_rate)
-        self.references = torch.cat([self.references, emb])
-        self.labels.append(name)
-        return len(self.labels) - 1
+    def reference_features(self, wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        return self.embed_waves(wave, sample_rate)
 
     def log_prob(self, inp: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
         cos = self.cosine(low_pass_gradient(inp, self.gradient_blur), target)
         return cos / temperature.to(cos.device)
+
+    def score(self, mels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The guide's own closeness to the reference: the cosine (higher is closer)."""
+        return self.cosine(mels, target)
 
     def cosine(self, mels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B,) cosine between each sample's embedding and its target reference's."""
@@ -137,29 +129,3 @@ def low_pass_gradient(x: torch.Tensor, size: int) -> torch.Tensor:
         raise ValueError(f"gradient blur must be an odd number of bins, got {size}")
     blurred = torch.nn.functional.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
     return blurred + (x - blurred).detach()
-
-
-def read_reference(path: Path, sample_rate: int = EncoderFrontEnd().sample_rate) -> torch.Tensor:
-    """A reference voice clip: a readable, non-silent WAV file, as mono float at `sample_rate` (peak 0.9).
-
-    Raises ValueError with one line saying what is wrong (missing, not a WAV, empty or silent).
-    """
-    import soundfile
-
-    from guidance.data import load_wave
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"reference WAV {path} does not exist")
-    try:
-        info = soundfile.info(str(path))
-    except (RuntimeError, soundfile.LibsndfileError) as exc:
-        raise ValueError(f"reference {path} is not a readable WAV file") from exc
-    if info.format != "WAV":
-        raise ValueError(f"reference {path} is a {info.format} file, not a WAV")
-    if info.frames == 0:
-        raise ValueError(f"reference WAV {path} holds no audio")
-    wave = load_wave(path, sample_rate)
-    if not bool(wave.abs().max() > 1e-6) or not torch.isfinite(wave).all():
-        raise ValueError(f"reference WAV {path} is silent")
-    return wave
