@@ -230,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads in-process (default 1, like each Serve replica: with other jobs on the cores, "
         "2 threads were measured 100x slower here from OpenMP contention)",
     )
+    parser.add_argument(
+        "--replica-threads", type=int, default=0,
+        help="torch threads of every model replica, batched and unbatched alike (default: the config's, 1 per replica)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     levels = [int(v) for v in args.concurrency.split(",")]
@@ -274,13 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     try:
-        systems = [("serve batched", DEFAULT_CONFIG_PATH, None), ("serve unbatched", DEFAULT_CONFIG_PATH, {"max_batch_size": 1})]
+        threads = {"torch_threads": args.replica_threads} if args.replica_threads else {}
+        per_request = {"step_merging": {"enabled": False}}  # (c): no merging anywhere, one call per request and step
+        systems = [
+            ("serve batched", DEFAULT_CONFIG_PATH, threads, None),
+            ("serve unbatched", DEFAULT_CONFIG_PATH, {**threads, "max_batch_size": 1}, per_request),
+        ]
         if fused:
-            systems.append(("serve fused", FUSED_CONFIG_PATH, None))
-        for name, config_path, tuning in systems:
+            systems.append(("serve fused", FUSED_CONFIG_PATH, threads, None))
+        for name, config_path, tuning, app_args in systems:
             if name == "serve fused":  # the split app's deployments give way to the fused app's
                 serve.delete("speechguide")
-            deploy(prepare_config(config_path, root, port=port, user_config=tuning), timeout_s=300)
+            deploy(prepare_config(config_path, root, port=port, user_config=tuning or None, args=app_args), timeout_s=300)
             kind = "noisy" if name == "serve fused" else args.guide_kind
             model_deps = ("Fused",) if name == "serve fused" else ("Denoiser", "Classifier")
             asyncio.run(bench_serve(url, "warm-up", 2, 2, 2, kind))

@@ -80,6 +80,15 @@ class RegistryArgs(_Strict):
         return self
 
 
+class StepMerging(_Strict):
+    """How the ingress sends its concurrent requests' step calls (`serve.merge.CallMerger`)."""
+
+    enabled: bool = Field(True, description="one handle call per deployment for all the calls waiting together")
+    max_items: int = Field(64, ge=1, le=1024, description="request calls carried by one merged call")
+    max_in_flight: int = Field(1, ge=1, le=64, description="merged calls in flight per deployment and ingress replica")
+    wait_s: float = Field(0.02, ge=0, le=1, description="how long a merged call waits for the rest of the requests sampling here")
+
+
 class AppArgs(_Strict):
     """Arguments of `build_app` (the `args:` of an application in the Serve config file)."""
 
@@ -90,6 +99,7 @@ class AppArgs(_Strict):
     request_timeout_s: float = Field(120.0, gt=0, le=3600)
     retry_s: float = Field(30.0, ge=0, le=600, description="how long a step call is retried while a replica restarts")
     tuning: Optional[DeploymentTuning] = Field(None, description="default user_config of both model deployments")
+    step_merging: StepMerging = Field(default_factory=StepMerging, description="step batching on the ingress side")
     registry: Optional[RegistryArgs] = Field(None, description="MLflow registry: profiles by alias, guide models (multiplexed)")
     generator: Literal["unet", "score-subnet"] = Field(
         "unet",

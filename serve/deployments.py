@@ -220,6 +220,10 @@ class Denoiser(_Batcher):
         model = await self.registry_denoiser(model_id) if model_id else self.model
         return await self.coalescer.submit([(item, model) for item in items])
 
+    async def denoise_many(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """`denoise` for calls an ingress already merged (`serve.merge.CallMerger`): one handle call, one forward."""
+        return await self.coalescer.submit([(item, self.model) for item in items])
+
     async def describe_model(self, model_id: str) -> dict:
         """Loads a registered denoiser here (so the first request finds it warm) and describes it."""
         await self.registry_denoiser(model_id)
@@ -321,6 +325,13 @@ class Classifier(_Batcher):
         guides = {kind: await self._guide_named(kind) for kind in {c.kind for c in calls}}
         return await self.coalescer.submit([(c, guides[c.kind]) for c in calls])
 
+    async def guide_many(self, calls: list[GuideCall]) -> list[GuideResult]:
+        """`guide` for built-in-guide calls an ingress already merged: one handle call, merged passes."""
+        unknown = sorted({c.kind for c in calls} - set(self.guides))
+        if unknown:
+            raise ValueError(f"guide_many serves the built-in guides {sorted(self.guides)}, not {unknown}")
+        return await self.coalescer.submit([(c, self.guides[c.kind]) for c in calls])
+
     async def describe_model(self, model_id: str) -> dict:
         """Labels and kind of a registered guide (loads it here, so later calls find it warm)."""
         g = await self._guide_named(model_id)
@@ -406,6 +417,10 @@ class Fused(_Batcher):
     )
     async def step(self, calls: list) -> list:
         """Guided D for each `serve.fused.FusedCall`; concurrent requests' calls share one backbone pass."""
+        return await self.coalescer.submit(calls)
+
+    async def step_many(self, calls: list) -> list:
+        """`step` for calls an ingress already merged: one handle call, one backbone pass."""
         return await self.coalescer.submit(calls)
 
     async def probabilities(self, kind: str, mels: np.ndarray) -> np.ndarray:

@@ -52,12 +52,14 @@ from guidance.pipeline import make_noise
 from serve.config import AppArgs
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
 from serve.fused import FusedCall, FusedResult, fused_denoiser
+from serve.merge import CallMerger
 from serve.steps import GuideCall, GuidePlan, GuideResult, StepStats, drive_sampler, from_wire, to_wire
 
 log = logging.getLogger("ray.serve")
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
 RETRYABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
 SUPPORTED_GUIDES = ("digit",)
+BUILTIN_GUIDES = ("noisy", "clean")  # the Classifier deployment's own; registry guides go multiplexed, call by call
 MAX_SIGMA = 1000.0  # EDM's default is 80; far larger only overflows
 
 api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
@@ -167,6 +169,8 @@ class SpeechIngress:
             for key, err in self.registry.errors.items():
                 log.warning("registry: %s: %s", key, err)
         self._poller: Optional[asyncio.Task] = None
+        self._mergers: dict[str, CallMerger] = {}
+        self._sampling = 0  # requests of this replica between their first and last step call
         self._guide_handles: dict[str, DeploymentHandle] = {}
         self._guide_descriptions: dict[str, dict] = {}
         self._catalog: Optional[Catalog] = None
@@ -192,8 +196,26 @@ class SpeechIngress:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 2.0)
 
+    def _merger(self, what: str, method: Any) -> Optional[CallMerger]:
+        """The step-call merger for a deployment method (None when step merging is off)."""
+        merging = self.args.step_merging
+        if not merging.enabled:
+            return None
+        merger = self._mergers.get(what)
+        if merger is None:
+
+            async def send(items: list) -> list:
+                return await self._remote(what, method, items)
+
+            merger = self._mergers[what] = CallMerger(
+                send, merging.max_items, merging.max_in_flight, merging.wait_s, expected=lambda: self._sampling
+            )
+        return merger
+
     async def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, handle: Optional[DeploymentHandle] = None) -> torch.Tensor:
-        out = await self._remote("denoiser", (handle or self.denoiser).denoise, (to_wire(x), to_wire(sigma)))
+        item = (to_wire(x), to_wire(sigma))
+        merger = self._merger("denoiser", self.denoiser.denoise_many) if handle is None else None  # registry models: per call
+        out = await (merger.submit(item) if merger else self._remote("denoiser", (handle or self.denoiser).denoise, item))
         return from_wire(out).to(x.dtype)
 
     async def _registry_denoiser(self) -> Optional[tuple[DeploymentHandle, dict]]:
@@ -226,10 +248,12 @@ class SpeechIngress:
 
     async def _fused_step(self, call: FusedCall) -> FusedResult:
         assert self.fused is not None
-        return await self._remote("fused generator", self.fused.step, call)
+        merger = self._merger("fused generator", self.fused.step_many)
+        return await (merger.submit(call) if merger else self._remote("fused generator", self.fused.step, call))
 
     async def _guide(self, call: GuideCall) -> GuideResult:
-        return await self._remote("classifier", self._classifier_for(call.kind).guide, call)
+        merger = self._merger("classifier", self.classifier.guide_many) if call.kind in BUILTIN_GUIDES else None
+        return await (merger.submit(call) if merger else self._remote("classifier", self._classifier_for(call.kind).guide, call))
 
     def _classifier_for(self, kind: str) -> DeploymentHandle:
         """The classifier handle for a guide: built-in kinds plainly, registry models multiplexed by id."""
@@ -432,10 +456,13 @@ class SpeechIngress:
         else:
             sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide)
         t_valid = time.perf_counter()
+        self._sampling += 1
         try:
             mels, stats = await asyncio.wait_for(sampling, timeout=self.args.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(503, f"sampling took longer than {self.args.request_timeout_s:g} s; retry later", retry_after=5) from None
+        finally:
+            self._sampling -= 1
         if self.fused is not None:
             stats.guide_calls, stats.last_guide_prob = fused_stats.guide_calls, fused_stats.last_guide_prob
         t_sampled = time.perf_counter()

@@ -1,0 +1,105 @@
+"""Step batching on the caller's side: the step calls of an ingress replica's concurrent requests travel
+to a deployment as one call.
+
+The deployments already merge whatever reaches them into one forward (`@serve.batch` and the
+replica's coalescer), but each request still pays its own handle call per step: on a small CPU machine
+the routing, serialisation and event-loop work of 16 calls per step competes with the forward for the
+same cores. Here calls that wait while a merged call is in flight are sent together as the next one, the
+way an LLM server's engine loop runs one decode step for every sequence it holds. With one call in
+flight, concurrent requests fall into lockstep and each step costs one round trip for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable, Generic, Optional, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class CallMerger(Generic[Item, Result]):
+    """`submit(item)` answers `send([items...])[i]`; items waiting together share one `send`.
+
+    At most `max_in_flight` sends run at once and each carries at most `max_items` items. A failed
+    send fails exactly the items it carried; later sends go on.
+
+    When a send could go out, it waits up to `wait_s` for the rest of its cohort: `expected()` says how
+    many callers may submit (the requests sampling on this replica). The requests woken by one answer
+    reach their next call a few event-loop turns apart; without the wait the first of them would go
+    alone and the others would queue behind it, so batches would halve instead of staying whole.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[Item]], Awaitable[list[Result]]],
+        max_items: int = 64,
+        max_in_flight: int = 1,
+        wait_s: float = 0.002,
+        expected: Optional[Callable[[], int]] = None,
+    ) -> None:
+        if max_items < 1 or max_in_flight < 1 or wait_s < 0:
+            raise ValueError(f"max_items and max_in_flight must be >= 1 and wait_s >= 0, got {max_items}, {max_in_flight}, {wait_s}")
+        self.send = send
+        self.max_items = max_items
+        self.max_in_flight = max_in_flight
+        self.wait_s = wait_s
+        self.expected = expected
+        self.pending: list[tuple[Item, asyncio.Future]] = []
+        self.oldest = 0.0  # when the oldest pending item arrived
+        self.freed = 0.0  # when a send last came back (items that waited for it then wait for its cohort)
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.in_flight = 0
+        self.sends = 0
+        self.items = 0
+
+    async def submit(self, item: Item) -> Result:
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        if not self.pending:
+            self.oldest = time.monotonic()
+        self.pending.append((item, future))
+        self._launch()
+        return await future
+
+    def _cohort_waiting(self) -> float:
+        """Seconds still to wait for more items before sending (0: send now)."""
+        if self.wait_s <= 0 or self.expected is None or len(self.pending) >= min(self.max_items, self.expected()):
+            return 0.0
+        return max(0.0, max(self.oldest, self.freed) + self.wait_s - time.monotonic())
+
+    def _launch(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        loop = asyncio.get_running_loop()
+        while self.pending and self.in_flight < self.max_in_flight:
+            remaining = self._cohort_waiting()
+            if remaining > 0:
+                self.timer = loop.call_later(remaining, self._launch)
+                return
+            take, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
+            self.oldest = time.monotonic()
+            self.in_flight += 1
+            loop.create_task(self._send(take))
+
+    async def _send(self, take: list[tuple[Any, asyncio.Future]]) -> None:
+        try:
+            results = await self.send([item for item, _ in take])
+            if len(results) != len(take):
+                raise RuntimeError(f"a merged call answered {len(results)} results for {len(take)} items")
+            for (_, future), result in zip(take, results):
+                if not future.done():
+                    future.set_result(result)
+            self.sends += 1
+            self.items += len(take)
+        except BaseException as exc:  # every caller of this send gets the error; the merger lives on
+            for _, future in take:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self.in_flight -= 1
+            self.freed = time.monotonic()
+            self._launch()
