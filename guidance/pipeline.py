@@ -41,6 +41,7 @@ class ModelPaths:
     judge_digit: str = "judge-digit.safetensors"
     judge_speaker: str = "judge-speaker.safetensors"
     score_subnet: str = "score-subnet-all.safetensors"
+    word_spectra: str = "word-spectra.safetensors"
 
     def path(self, name: str) -> Path:
         return self.root / getattr(self, name)

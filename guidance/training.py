@@ -397,3 +397,17 @@ _denoiser_trainer = _DenoiserTrainer
 _score_subnet_trainer = _ScoreSubnetTrainer
 _classifier_trainer = _ClassifierTrainer
 _judge_trainer = _JudgeTrainer
+
+
+def fit_word_spectra(spec: FeatureSpec, out: Path, data_root: str | None = None) -> Path:
+    """Measure what each digit adds to the spectral statistics, over the training split (all speakers) and save it."""
+    from guidance.models.word_spectra import WordSpectra
+
+    train_set = fsdd_features("train", spec, root=data_root)
+    model = WordSpectra.fit(train_set.mels, train_set.digits, len(DIGITS))
+    card = {
+        "data": f"FSDD train split, {len(train_set.mels)} clips of all speakers (test takes 0-4 never used)",
+        "fitted": "per-digit mean of the spectral statistics minus the mean over digits; no optimisation",
+        "train_steps": 0,
+    }
+    return save_model(out, model, "word-spectra", model.network_config(), spec, list(DIGITS), "digit", card)

@@ -120,11 +120,14 @@ def evaluate_voice(
     data_root: str | None = None,
     guides: dict[str, ReferenceGuide] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    word_offsets: torch.Tensor | None = None,
 ) -> dict:
     """Run the voice/composite protocol; write report.json, report.md and a few WAVs under `out` when given.
 
     `guides` maps "stats" and "encoder" to voice guides (built here when left out); the encoder one
-    also measures every system's cosines.
+    also measures every system's cosines. With `word_offsets` (the word-spectra model's table) the
+    stats + digit composite retargets each reference to the digit asked for (`VoiceStatsGuide.for_word`),
+    the reference's own digit as the clean classifier hears it.
     """
     spec = models.spec
     for j in (judge_digit, judge_speaker):
@@ -157,7 +160,9 @@ def evaluate_voice(
         "config": {
             **asdict(cfg),
             **{k: getattr(cfg, k).model_dump() for k in ("stats", "encoder", "digit")},
-            "stats_guide": {"frame_sharpness": stats.frame_sharpness, "spread_weight": stats.spread_weight},
+            "stats_guide": {
+                "frame_sharpness": stats.frame_sharpness, "spread_weight": stats.spread_weight, "word_spectra": word_offsets is not None,
+            },
         },
         "references": [c.path.name for c in refs],
         "real_cosines": real_cosines(encoder, refs, clips, spec) if cfg.real_baselines else None,
@@ -172,6 +177,11 @@ def evaluate_voice(
         if voice_kind is not None:
             targets["speaker"] = ref_index[voice_kind][row_ref]
             extra["speaker"] = guides[voice_kind]
+            if voice_kind == "stats" and with_digit and word_offsets is not None:
+                said = reference_words(models, ref_waves)
+                targets["speaker"] = torch.tensor(
+                    [stats.for_word(int(ref_index["stats"][r]), int(said[r]), int(d), word_offsets) for r, d in zip(row_ref, digit_target)]
+                )
         started = time.time()
         mels = sample_mels(
             models, cfg.digit_kind if with_digit else "none", targets, cfg.profile(voice_kind), noise,
@@ -210,6 +220,13 @@ def evaluate_voice(
     return report
 
 
+def reference_words(models: ModelSet, waves: torch.Tensor) -> torch.Tensor:
+    """The digit each reference clip says, as the clean classifier hears it (no label is read)."""
+    with torch.no_grad():
+        mels = LogMel(models.spec)(waves).to(models.device)
+        return models.guides["clean"].probabilities(mels).argmax(1).cpu()
+
+
 def _settings_text(g: dict) -> str:
     scaling = "norm-scaled" if g["norm_scaling"] else "plain"
     return f"{scaling} {g['scale']:g}, sigma {g['sigma_lo']:g}-{g['sigma_hi']:g}"
@@ -225,7 +242,8 @@ def markdown_report(report: dict) -> str:
         report["protocol"] + ".",
         "",
         f"- stats guide (the reference's spectral statistics): {_settings_text(cfg['stats'])}, frame sharpness "
-        f"{sg['frame_sharpness']:g}, spread weight {sg['spread_weight']:g};",
+        f"{sg['frame_sharpness']:g}, spread weight {sg['spread_weight']:g}; in stats+digit the reference is retargeted "
+        f"to the digit asked for: {'yes (word-spectra model)' if sg.get('word_spectra') else 'no'};",
         f"- encoder guide (resemblyzer): {_settings_text(cfg['encoder'])}, gradient blur {cfg['gradient_blur']};",
         f"- digit guide in composites ({cfg['digit_kind']}): {_settings_text(cfg['digit'])}; weights voice "
         f"{cfg['voice_weight']:g}, digit {cfg['digit_weight']:g};",

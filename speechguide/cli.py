@@ -39,7 +39,7 @@ def _root() -> None:
 
 @app.command()
 def train(
-    role: str = typer.Argument(..., help="denoiser | classifier | noisy-classifier | judge | score-subnet"),
+    role: str = typer.Argument(..., help="denoiser | classifier | noisy-classifier | judge | score-subnet | word-spectra (what each digit adds to the voice guide's spectral statistics; averaged, not optimised)"),
     out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors)."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (default per role)."),
     batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
@@ -60,8 +60,8 @@ def train(
     from guidance.training import TRAIN_DEFAULTS, train as run_training
     from guidance.spec import project_spec
 
-    if role not in TRAIN_DEFAULTS:
-        fail(f"unknown role {role!r}; choose one of {', '.join(TRAIN_DEFAULTS)}")
+    if role not in TRAIN_DEFAULTS and role != "word-spectra":
+        fail(f"unknown role {role!r}; choose one of {', '.join([*TRAIN_DEFAULTS, 'word-spectra'])}")
     if task not in ("digit", "speaker"):
         fail(f"--task must be 'digit' or 'speaker', got {task!r}")
     if role == "denoiser" and task != "digit":
@@ -77,6 +77,12 @@ def train(
         root = resolve_fsdd_root(data_dir, download=download)
     except FileNotFoundError as exc:
         fail(str(exc))
+    if role == "word-spectra":
+        from guidance.training import fit_word_spectra
+
+        path = fit_word_spectra(project_spec(root), out, data_root=str(root))
+        typer.echo(f"wrote {path}")
+        return
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
     overrides.update(_score_subnet_options(role, task, backbone, digits))
     cfg = dataclasses.replace(TRAIN_DEFAULTS[role], task=task, **overrides)

@@ -62,6 +62,7 @@ def generate_composite(
     import torch
 
     from guidance.data import write_wav
+    from guidance.features import fit_length
     from guidance.guides import VoiceGuide, make_voice_guide, read_reference
     from guidance.pipeline import guide_settings, make_noise, sample_mels, vocode
     from speechguide.cli import _file_version, _models_and_digit_guide, fail, write_manifest
@@ -100,6 +101,14 @@ def generate_composite(
         named["digit"] = torch.tensor([d for d, _ in rows])
     if refs:
         named["speaker"] = torch.tensor([r for _, r in rows])
+    offsets = word_offsets_for(voice_guide, bool(classes and refs), models_dir, models.spec)
+    if offsets is not None:  # a reference saying one digit stands for its speaker saying the one asked for
+        from guidance.features import LogMel
+
+        with torch.no_grad():
+            ref_mels = LogMel(models.spec)(torch.stack([fit_length(w, models.spec.num_samples) for _, w in references]))
+            said = digit_guide.probabilities(ref_mels.to(models.device)).argmax(1).cpu()
+        named["speaker"] = torch.tensor([voice.for_word(r, int(said[r]), d, offsets) for d, r in rows])
     noise = make_noise(len(rows), models.spec, seed)
     mels = sample_mels(models, guide, named, prof, noise, seed=seed, extra_guides={"speaker": voice}, weights=weights)
     waves = vocode(mels, models.spec)
@@ -108,7 +117,7 @@ def generate_composite(
     with torch.no_grad():
         guide_score = voice.score(dev_mels, named["speaker"]).cpu() if refs else None
         heard = torch.nan_to_num(waves).clamp(-1, 1)  # what write_wav stores
-        cos_wav = (encoder.embed_waves(heard, models.spec.sample_rate).cpu() * encoder.references.cpu()[named["speaker"]]).sum(1) if refs else None
+        cos_wav = (encoder.embed_waves(heard, models.spec.sample_rate).cpu() * encoder.references.cpu()[[r for _, r in rows]]).sum(1) if refs else None
 
     out.mkdir(parents=True, exist_ok=True)
     samples, counts = [], {}
@@ -147,13 +156,24 @@ def generate_composite(
             "guide": None
             if guide == "none" or not classes
             else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
-            "speaker_guide": None if not refs else speaker_guide_record(voice_guide, voice),
+            "speaker_guide": None if not refs else {**speaker_guide_record(voice_guide, voice), **({"word_spectra": True} if offsets is not None else {})},
         },
         "profile": json.loads(prof.model_dump_json()),
         "sample_rate": models.spec.sample_rate,
         "samples": samples,
     }
     write_manifest(out, manifest)
+
+
+def word_offsets_for(voice_guide: str, composite: bool, models_dir: Optional[Path], spec):
+    """The word-spectra table for a stats-guided digit + speaker composite, when the models directory has it."""
+    if voice_guide != "stats" or not composite:
+        return None
+    from guidance.models import load_model
+    from guidance.pipeline import ModelPaths
+
+    path = (ModelPaths(root=models_dir) if models_dir else ModelPaths()).path("word_spectra")
+    return load_model(path, spec, "word-spectra").model.offsets if path.is_file() else None
 
 
 def speaker_guide_record(kind: str, guide) -> dict:
@@ -185,6 +205,7 @@ def evaluate_voice_command(
     digit_scale: Optional[float] = typer.Option(None, help="Digit guide scale in composites (noise-conditioned classifier, plain gamma; default: the val-picked composite scale, 20)."),
     digit_sigma_hi: float = typer.Option(80.0, help="Digit guidance is off above this sigma."),
     voice_weight: float = typer.Option(1.0, help="Weight of the voice term in composites."),
+    word_spectra: bool = typer.Option(True, "--word-spectra/--no-word-spectra", help="stats+digit: retarget each reference to the digit asked for (models/word-spectra.safetensors)."),
     systems: str = typer.Option(",".join(("unguided", "stats", "encoder", "stats+digit", "encoder+digit")), help="Comma-separated subset of the systems."),
     models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
     data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
@@ -239,13 +260,19 @@ def evaluate_voice_command(
         split=split, refs_per_speaker=refs_per_speaker, samples_per_ref=samples_per_ref, seed=seed, steps=steps,
         stats=stats, encoder=encoder, digit=digit, voice_weight=voice_weight, systems=chosen, gradient_blur=encoder_blur,
     )
+    offsets = None
+    if word_spectra:
+        try:
+            offsets = load_model(paths.path("word_spectra"), models.spec, "word-spectra").model.offsets
+        except (FileNotFoundError, ValueError) as exc:
+            fail(f"{exc} (build it with `speechguide train word-spectra`, or pass --no-word-spectra)")
     with Progress(transient=True) as bar:
         task = bar.add_task("systems", total=len(chosen))
 
         def on_progress(name: str, done: int, total: int) -> None:
             bar.update(task, completed=done, description=f"sampling {name}")
 
-        evaluate_voice(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress)
+        evaluate_voice(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress, word_offsets=offsets)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"report written to {out}")
 

@@ -56,16 +56,23 @@ def test_build_guide_terms_gives_each_guide_its_settings_and_weight():
 
 @pytest.mark.slow
 def test_generate_composite_writes_wavs_and_both_scores(tiny_models_dir, fsdd_root, tmp_path):
+    import shutil
+
+    from guidance.pipeline import ModelPaths
+
     ref = fsdd_root / "recordings" / "4_theo_0.wav"
     out = tmp_path / "c"
+    models = shutil.copytree(tiny_models_dir, tmp_path / "models")  # plus the committed word-spectra table
+    shutil.copy(ModelPaths().path("word_spectra"), models / "word-spectra.safetensors")
     r = run_cli("generate", "--target", "digit=7", "--target", f"speaker={ref}", "--weight", "speaker=2", "--num", "2",
-                "--steps", "3", "--seed", "1", "--out", str(out), "--models-dir", str(tiny_models_dir))
+                "--steps", "3", "--seed", "1", "--out", str(out), "--models-dir", str(models))
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.glob("*.wav")) == ["7_000.wav", "7_001.wav"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["request"]["weights"] == {"digit": 1.0, "speaker": 2.0}
     assert manifest["request"]["voice_guide"] == "stats"  # the default voice guide
     assert manifest["models"]["speaker_guide"]["name"] == "reference-spectral-statistics"
+    assert manifest["models"]["speaker_guide"]["word_spectra"] is True  # the reference is retargeted to digit 7
     assert manifest["profile"]["per_guide"]["speaker"]["norm_scaling"] is True
     assert manifest["profile"]["guide"]["scale"] == 20.0  # the composite's digit scale when --scale is not given
     for s in manifest["samples"]:

@@ -19,25 +19,12 @@ import torchaudio
 from guidance.features import FeatureSpec, LogMel
 from guidance.guides.profile import GuideSettings
 from guidance.guides.reference import ReferenceGuide
+from guidance.spectral_stats import DEFAULT_FRAME_SHARPNESS, spectral_statistics
 
 # Picked on the validation split (reports/voice-val-sweep.md): frames weighted by softmax(0.5 * loudness),
 # spread weighted 0.3 against the mean, norm-scaled 0.1 of the denoiser's step for sigma 1..80.
-DEFAULT_FRAME_SHARPNESS = 0.5
 DEFAULT_SPREAD_WEIGHT = 0.3
 DEFAULT_STATS_SETTINGS = GuideSettings(scale=0.1, norm_scaling=True, sigma_lo=1.0, sigma_hi=80.0, input="x0_hat")
-
-
-def spectral_statistics(mels: torch.Tensor, frame_sharpness: float = DEFAULT_FRAME_SHARPNESS) -> torch.Tensor:
-    """(B, 1, M, T) normalized log-Mels -> (B, 2, M): per-band weighted mean and standard deviation over frames.
-
-    Frame weights are softmax(frame_sharpness * mean loudness of the frame), held constant under
-    differentiation so the gradient reshapes the spectrum rather than moving which frames count.
-    """
-    m = mels.flatten(1, -2) if mels.dim() == 4 else mels  # (B, M, T)
-    weights = torch.softmax(frame_sharpness * m.mean(1, keepdim=True).detach(), dim=-1)
-    mean = (m * weights).sum(-1)
-    spread = (((m - mean.unsqueeze(-1)) ** 2) * weights).sum(-1).clamp_min(1e-6).sqrt()
-    return torch.stack([mean, spread], dim=1)
 
 
 class VoiceStatsGuide(ReferenceGuide):
@@ -79,3 +66,19 @@ class VoiceStatsGuide(ReferenceGuide):
     def score(self, mels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The guide's own closeness to the reference: minus the distance (higher is closer)."""
         return -self.distance(mels, target)
+
+    def for_word(self, reference: int, said: int, word: int, offsets: torch.Tensor) -> int:
+        """A target row for reference `reference` (a clip of the word `said`) saying `word` instead.
+
+        The row is the reference's statistics minus what `said` adds to them plus what `word` adds
+        (`offsets`, from `guidance.spectral_stats.word_offsets`, e.g. the committed word-spectra model).
+        Without it a composite pulls the sample towards the reference's word as well as its voice.
+        """
+        label = f"{self.labels[reference]}|{said}->{word}"
+        if label in self.labels:
+            return self.labels.index(label)
+        offsets = offsets.to(self.device)
+        row = self.references[reference] - offsets[said] + offsets[word]
+        self.references = torch.cat([self.references, row.unsqueeze(0)])
+        self.labels.append(label)
+        return len(self.labels) - 1

@@ -43,11 +43,18 @@ def _build_score_subnet(cfg: dict) -> torch.nn.Module:
     return build_single_backbone(cfg)
 
 
+def _build_word_spectra(cfg: dict) -> torch.nn.Module:
+    from guidance.models.word_spectra import WordSpectra, WordSpectraConfig
+
+    return WordSpectra(_from_dict(WordSpectraConfig, cfg))
+
+
 MODEL_BUILDERS: dict[str, Callable[[dict], torch.nn.Module]] = {
     "denoiser-unet": _build_unet_denoiser,
     "classifier": lambda cfg: LogMelClassifier(_from_dict(ClassifierConfig, cfg)),
     "judge": lambda cfg: TDNNJudge(_from_dict(JudgeConfig, cfg)),
     "score-subnet": _build_score_subnet,
+    "word-spectra": _build_word_spectra,
 }
 
 
