@@ -85,7 +85,7 @@ class StepMerging(_Strict):
 
     enabled: bool = Field(True, description="one handle call per deployment for all the calls waiting together")
     max_items: int = Field(64, ge=1, le=1024, description="request calls carried by one merged call")
-    max_in_flight: int = Field(1, ge=1, le=64, description="merged calls in flight per deployment and ingress replica")
+    max_in_flight: int = Field(2, ge=1, le=64, description="merged calls in flight per deployment and ingress replica")
     wait_s: float = Field(0.02, ge=0, le=1, description="how long a merged call waits for the rest of the requests sampling here")
 
 
