@@ -216,6 +216,8 @@ def generate(
     url: Optional[str] = typer.Option(None, help="Generate through a running Serve app (e.g. http://127.0.0.1:8000)."),
     hf_guide: Optional[str] = typer.Option(None, "--hf-guide", help="Hugging Face audio classifier as the digit guide: a local directory (read offline) or a hub id; uses the 'hf' profile."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help="--hf-guide label names to targets: seven=7,... or a JSON file (digit words zero..nine and 0..9 are built in)."),
+    guide_model: Optional[str] = typer.Option(None, "--guide-model", help="With --url: a registered classifier guides, NAME@ALIAS or NAME/VERSION (the app loads it from its model registry)."),
+    profile_name: Optional[str] = typer.Option(None, "--profile-name", help="With --url: a profile the app knows by name, e.g. a registry alias such as production or candidate."),
     voice_guide: str = typer.Option("stats", "--voice-guide", help="For speaker=REF.wav targets: stats (the reference's spectral statistics) | encoder (resemblyzer's speaker encoder)."),
 ) -> None:
     """Generate speech of the requested class(es), in-process or through a Serve app; write WAVs plus a manifest."""
@@ -250,6 +252,11 @@ def generate(
 
     if voice_guide not in VOICE_GUIDE_KINDS:
         fail(f"--voice-guide must be one of {', '.join(VOICE_GUIDE_KINDS)}, got {voice_guide!r}")
+    for name, value in (("--guide-model", guide_model), ("--profile-name", profile_name)):
+        if value is not None and url is None:
+            fail(f"{name} needs --url: registered models and named profiles are served by the Serve app")
+    if profile_name is not None and profile is not None:
+        fail("give --profile (a JSON file) or --profile-name (a profile the app knows), not both")
     unknown = sorted({t.guide for t in targets} - {"digit", "speaker"})
     if unknown:
         fail(f"unknown guide {unknown[0]!r} in --target; this build guides with: digit, speaker")
@@ -272,7 +279,10 @@ def generate(
         )
         return
     if url is not None:
-        _generate_remote(url, targets, num, seed, guide, prof if profile is not None else None, scale, steps, sampler, out)
+        _generate_remote(
+            url, targets, num, seed, guide, prof if profile is not None else None, scale, steps, sampler, out,
+            guide_model=guide_model, profile_name=profile_name,
+        )
         return
     models, digit_guide = _models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map)
     try:
@@ -358,7 +368,10 @@ def _load_hf_guide(source: str, label_map: Optional[str], models):
         fail(str(exc))
 
 
-def _generate_remote(url, targets, num, seed, guide, profile, scale, steps, sampler, out: Path) -> None:
+def _generate_remote(
+    url, targets, num, seed, guide, profile, scale, steps, sampler, out: Path,
+    guide_model: Optional[str] = None, profile_name: Optional[str] = None,
+) -> None:
     """`generate --url`: the same request through the Serve app's HTTP API, the same files written."""
     import base64
     import json
@@ -379,6 +392,10 @@ def _generate_remote(url, targets, num, seed, guide, profile, scale, steps, samp
             payload[key] = value
     if profile is not None:
         payload["profile"] = json.loads(profile.model_dump_json())
+    if profile_name is not None:
+        payload["profile"] = profile_name
+    if guide_model is not None:
+        payload["guide_model"] = guide_model
     try:
         response = generate_remote(url, payload)
     except ValueError as exc:

@@ -66,6 +66,9 @@ BAD_ARGS = [
     ["generate", "--target", "digit=7", "--out", "OUT", "--profile", "does-not-exist.json"],
     ["generate", "--out", "OUT"],
     ["generate", "--target", "digit=7", "--out", "OUT", "--bogus"],
+    ["generate", "--target", "digit=7", "--out", "OUT", "--guide-model", "classifier-noisy@production"],  # needs --url
+    ["generate", "--target", "digit=7", "--out", "OUT", "--url", "http://127.0.0.1:9", "--profile-name", "production",
+     "--profile", "does-not-matter.json"],
     ["train", "wizard", "--out", "x.safetensors"],
     ["train", "classifier", "--out", "x.pt"],
     ["train", "classifier", "--out", "x.safetensors", "--steps", "-3"],

@@ -9,7 +9,10 @@ fails), and guides with registered classifiers chosen per request (model multipl
 from __future__ import annotations
 
 import base64
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -94,13 +97,24 @@ def test_serves_the_production_profile(client, mlflow_server_uri):  # noqa: F811
     assert _generate(client, profile="noisy", steps=2)["profile"]["name"] == "noisy-default"
 
 
-def test_guide_models_from_the_registry_per_request(client):
+def test_guide_models_from_the_registry_per_request(client, tmp_path):
     builtin = _generate(client, guide_kind="noisy")
     for ref in ("classifier-noisy@production", "classifier-noisy/1", "classifier-noisy"):
         out = _generate(client, guide_model=ref)
         assert out["models"]["guide"]["name"] == "classifier-noisy" and out["models"]["guide"]["version"] == 1
         # The registered copy of the very file the app loads guides to the very same audio.
         assert out["samples"][0]["wav_base64"] == builtin["samples"][0]["wav_base64"]
+    # The CLI names them too, with a registry profile alias, and writes what the app answered.
+    out = tmp_path / "cli"
+    r = subprocess.run(
+        [sys.executable, "-m", "speechguide", "generate", "--target", "digit=4", "--url", str(client.base_url), "--steps", "2",
+         "--guide-model", "classifier-noisy@production", "--profile-name", "production", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["request"]["guide_model"] == "classifier-noisy@production" and manifest["request"]["profile"] == "production"
+    assert manifest["models"]["guide"]["name"] == "classifier-noisy" and manifest["models"]["profile"]["alias"] == "production"
     # guide_kind clean is mapped to the registry in the app's config.
     clean = _generate(client, guide_kind="clean", guidance_scale=0.5)
     assert clean["models"]["guide"] == {"name": "classifier-clean", "version": 1, "alias": "production", "noise_conditioned": False}
