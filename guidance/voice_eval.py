@@ -28,7 +28,7 @@ from guidance.features import GriffinLimVocoder, LogMel, fit_length
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings
 from guidance.guides.reference import ReferenceGuide
 from guidance.guides.voice import DEFAULT_GRADIENT_BLUR, DEFAULT_VOICE_SETTINGS, VoiceGuide
-from guidance.guides.voice_stats import DEFAULT_STATS_SETTINGS, VoiceStatsGuide
+from guidance.guides.voice_stats import DEFAULT_STATS_SETTINGS, VoiceStatsGuide, words_said
 from guidance.metrics import hear, judge_outputs
 from guidance.models import ModelFile
 from guidance.pipeline import ModelSet, make_noise, sample_mels, vocode
@@ -178,10 +178,8 @@ def evaluate_voice(
             targets["speaker"] = ref_index[voice_kind][row_ref]
             extra["speaker"] = guides[voice_kind]
             if voice_kind == "stats" and with_digit and word_offsets is not None:
-                said = reference_words(models, ref_waves)
-                targets["speaker"] = torch.tensor(
-                    [stats.for_word(int(ref_index["stats"][r]), int(said[r]), int(d), word_offsets) for r, d in zip(row_ref, digit_target)]
-                )
+                said = words_said(models.guides["clean"], ref_waves, spec, models.device)  # as the clean classifier hears them
+                targets["speaker"] = stats.retarget(targets["speaker"], said[row_ref], digit_target, word_offsets)
         started = time.time()
         mels = sample_mels(
             models, cfg.digit_kind if with_digit else "none", targets, cfg.profile(voice_kind), noise,
@@ -218,13 +216,6 @@ def evaluate_voice(
         (out / "report.json").write_text(json.dumps(report, indent=2))
         (out / "report.md").write_text(markdown_report(report))
     return report
-
-
-def reference_words(models: ModelSet, waves: torch.Tensor) -> torch.Tensor:
-    """The digit each reference clip says, as the clean classifier hears it (no label is read)."""
-    with torch.no_grad():
-        mels = LogMel(models.spec)(waves).to(models.device)
-        return models.guides["clean"].probabilities(mels).argmax(1).cpu()
 
 
 def _settings_text(g: dict) -> str:

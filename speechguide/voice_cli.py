@@ -62,8 +62,8 @@ def generate_composite(
     import torch
 
     from guidance.data import write_wav
-    from guidance.features import fit_length
     from guidance.guides import VoiceGuide, make_voice_guide, read_reference
+    from guidance.guides.voice_stats import words_said
     from guidance.pipeline import guide_settings, make_noise, sample_mels, vocode
     from speechguide.cli import _file_version, _models_and_digit_guide, fail, write_manifest
 
@@ -101,14 +101,10 @@ def generate_composite(
         named["digit"] = torch.tensor([d for d, _ in rows])
     if refs:
         named["speaker"] = torch.tensor([r for _, r in rows])
-    offsets = word_offsets_for(voice_guide, bool(classes and refs), models_dir, models.spec)
+    offsets = word_offsets_for(voice, bool(classes and refs), models_dir, models.spec)
     if offsets is not None:  # a reference saying one digit stands for its speaker saying the one asked for
-        from guidance.features import LogMel
-
-        with torch.no_grad():
-            ref_mels = LogMel(models.spec)(torch.stack([fit_length(w, models.spec.num_samples) for _, w in references]))
-            said = digit_guide.probabilities(ref_mels.to(models.device)).argmax(1).cpu()
-        named["speaker"] = torch.tensor([voice.for_word(r, int(said[r]), d, offsets) for d, r in rows])
+        said = words_said(digit_guide, [w for _, w in references], models.spec, models.device)
+        named["speaker"] = voice.retarget(named["speaker"], said[named["speaker"]], named["digit"], offsets)
     noise = make_noise(len(rows), models.spec, seed)
     mels = sample_mels(models, guide, named, prof, noise, seed=seed, extra_guides={"speaker": voice}, weights=weights)
     waves = vocode(mels, models.spec)
@@ -134,7 +130,7 @@ def generate_composite(
             scores["guide_target_probability"] = round(float(probs[i, cls]), 4)
             scores["guide_prediction"] = digit_guide.labels[int(probs[i].argmax())]
         if guide_score is not None:
-            if voice_guide == "encoder":
+            if voice.kind == "encoder":
                 scores["speaker_cosine"] = round(float(guide_score[i]), 4)  # the guide's own score (log-Mel through the adapter)
             else:
                 scores["speaker_stats_distance"] = round(-float(guide_score[i]), 4)  # the guide's own score (0 = the reference's statistics)
@@ -156,7 +152,7 @@ def generate_composite(
             "guide": None
             if guide == "none" or not classes
             else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
-            "speaker_guide": None if not refs else {**speaker_guide_record(voice_guide, voice), **({"word_spectra": True} if offsets is not None else {})},
+            "speaker_guide": None if not refs else {**speaker_guide_record(voice), **({"word_spectra": True} if offsets is not None else {})},
         },
         "profile": json.loads(prof.model_dump_json()),
         "sample_rate": models.spec.sample_rate,
@@ -165,9 +161,9 @@ def generate_composite(
     write_manifest(out, manifest)
 
 
-def word_offsets_for(voice_guide: str, composite: bool, models_dir: Optional[Path], spec):
+def word_offsets_for(voice, composite: bool, models_dir: Optional[Path], spec):
     """The word-spectra table for a stats-guided digit + speaker composite, when the models directory has it."""
-    if voice_guide != "stats" or not composite:
+    if voice.kind != "stats" or not composite:
         return None
     from guidance.models import load_model
     from guidance.pipeline import ModelPaths
@@ -176,15 +172,15 @@ def word_offsets_for(voice_guide: str, composite: bool, models_dir: Optional[Pat
     return load_model(path, spec, "word-spectra").model.offsets if path.is_file() else None
 
 
-def speaker_guide_record(kind: str, guide) -> dict:
+def speaker_guide_record(guide) -> dict:
     """What the manifest says about the voice guide: the shipped encoder's file version, or the statistics' settings."""
     from guidance.guides.voice import shipped_weights_path
     from speechguide.cli import _file_version
 
-    if kind == "encoder":
-        return {"name": "resemblyzer-voice-encoder", "kind": kind, "version": _file_version(shipped_weights_path()), "alias": None, "frozen": True}
+    if guide.kind == "encoder":
+        return {"name": "resemblyzer-voice-encoder", "kind": guide.kind, "version": _file_version(shipped_weights_path()), "alias": None, "frozen": True}
     return {
-        "name": "reference-spectral-statistics", "kind": kind, "trained": False,
+        "name": "reference-spectral-statistics", "kind": guide.kind, "trained": False,
         "frame_sharpness": guide.frame_sharpness, "spread_weight": guide.spread_weight,
     }
 

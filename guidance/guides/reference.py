@@ -20,6 +20,7 @@ class ReferenceGuide(Guide):
     """A guide whose labels are reference clips added at run time with `add_reference`."""
 
     name = "speaker"
+    kind = ""  # which voice guide ("stats", "encoder"): what manifests and reports name
     needs_sigma = False
 
     def __init__(self, spec: FeatureSpec, device: str | torch.device = "cpu") -> None:

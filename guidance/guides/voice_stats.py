@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torchaudio
 
-from guidance.features import FeatureSpec, LogMel
+from guidance.features import FeatureSpec, LogMel, fit_length
 from guidance.guides.profile import GuideSettings
 from guidance.guides.reference import ReferenceGuide
 from guidance.spectral_stats import DEFAULT_FRAME_SHARPNESS, spectral_statistics
@@ -82,3 +82,15 @@ class VoiceStatsGuide(ReferenceGuide):
         self.references = torch.cat([self.references, row.unsqueeze(0)])
         self.labels.append(label)
         return len(self.labels) - 1
+
+    def retarget(self, references: torch.Tensor, said: torch.Tensor, words: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """(B,) target rows, row i: reference `references[i]` (a clip of the word `said[i]`) saying `words[i]` (`for_word`)."""
+        return torch.tensor([self.for_word(int(r), int(s), int(w), offsets) for r, s, w in zip(references, said, words)])
+
+
+def words_said(classifier, waves: torch.Tensor, spec: FeatureSpec, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(R,) the word each reference clip (R, samples) says, as `classifier` (a guide with `probabilities`) hears
+    it: no label is read, so a user's own reference works the same as an FSDD clip."""
+    mels = LogMel(spec)(torch.stack([fit_length(w.reshape(-1), spec.num_samples) for w in waves]))
+    with torch.no_grad():
+        return classifier.probabilities(mels.to(device)).argmax(1).cpu()
