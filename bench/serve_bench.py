@@ -101,7 +101,7 @@ def bench_in_process(models: ModelSet, n: int, c: int, steps: int, kind: str, na
         noise = torch.cat([make_noise(1, models.spec, i) for i in ids])
         mels = sample_mels(models, kind, labels, profile, noise, seed=ids[0])
         t1 = time.perf_counter()
-        vocode(mels, models.spec)
+        vocode(mels, models.vocoder)
         digit.probabilities(mels.to(models.device))
         t2 = time.perf_counter()
         run.latencies_ms += [(t2 - t0) * 1e3] * len(ids)

@@ -23,7 +23,7 @@ import soundfile
 import torch
 import torchaudio
 
-from guidance.features import FeatureSpec, GriffinLimVocoder, LogMel, fit_length
+from guidance.features import FeatureSpec, GriffinLimVocoder, LogMel, Vocoder, fit_length
 
 DIGITS = [str(d) for d in range(10)]
 FSDD_SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
@@ -204,22 +204,27 @@ def fsdd_vocoded_features(
     cache_dir: Path | None = None,
     rule: SplitRule = SplitRule(),
     batch: int = 64,
+    vocoder: Vocoder | None = None,
 ) -> FeatureSet:
-    """Features of Griffin-Lim round trips (mel -> vocoder -> mel) of one split, cached.
+    """Features of vocoder round trips (mel -> vocoder -> mel) of one split, cached per vocoder.
 
     Generated speech always passes through the vocoder; these let judges hear that artefact on
-    real speech and give the evaluation a vocoder floor.
+    real speech and give the evaluation a vocoder floor. Griffin-Lim when no vocoder is given.
     """
     clips = fsdd_split(list_fsdd(resolve_fsdd_root(root)), split, rule)
+    vocoder = vocoder if vocoder is not None else GriffinLimVocoder(spec)
+    identity = getattr(vocoder, "description", {}).get("sha256", "")[:16]
+    variant = "-vocoded" + (f"-{identity}" if identity else "")  # Griffin-Lim keeps the original cache name
 
     @torch.no_grad()
     def compute() -> FeatureSet:
         clean = fsdd_features(split, spec, root, cache_dir, rule).mels
-        front, vocoder = LogMel(spec), GriffinLimVocoder(spec)
-        mels = torch.cat([front(vocoder(clean[i : i + batch])) for i in range(0, len(clean), batch)])
+        front = LogMel(spec)
+        device = next(iter(vocoder.parameters()), torch.empty(0)).device if isinstance(vocoder, torch.nn.Module) else "cpu"
+        mels = torch.cat([front(vocoder(clean[i : i + batch].to(device)).cpu()) for i in range(0, len(clean), batch)])
         return _labelled(clips, mels)
 
-    return _cached(feature_cache_path(split, spec, clips, "-vocoded", cache_dir), compute)
+    return _cached(feature_cache_path(split, spec, clips, variant, cache_dir), compute)
 
 
 SC09_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

@@ -33,6 +33,8 @@ from guidance.cost import PeakMemory, count_macs, parameter_counts
 from guidance.models.score_subnet import SingleBackboneModel
 from guidance.pipeline import ModelSet, guided_denoiser, make_noise, sample_mels, vocode
 from guidance.plots import spectrogram_grid
+from guidance.features import Vocoder
+from guidance.vocoders import describe_vocoder
 
 
 @dataclass
@@ -144,13 +146,13 @@ def evaluate(
         spec.check_compatible(ms.spec, what=f"score subnet {label}")
     test = fsdd_features(cfg.split, spec, root=data_root)
     train = fsdd_features("train", spec, root=data_root)
-    test_vocoded = fsdd_vocoded_features(cfg.split, spec, root=data_root)
+    test_vocoded = fsdd_vocoded_features(cfg.split, spec, root=data_root, vocoder=models.vocoder)
     judge = judge_digit.model
     test_emb, test_logits = judge_outputs(judge, test.mels)
     train_emb, train_logits = judge_outputs(judge, train.mels)
     voc_emb, voc_logits = judge_outputs(judge, test_vocoded.mels)
     report: dict = {
-        "protocol": f"FSDD {cfg.split} split ({_TAKES[cfg.split]}), judge-scored; generated audio is vocoded (Griffin-Lim) before judging",
+        "protocol": f"FSDD {cfg.split} split ({_TAKES[cfg.split]}), judge-scored; generated audio is vocoded ({describe_vocoder(models.vocoder)['kind']}) before judging",
         "config": {**asdict(cfg), "base_profiles": {k: json.loads(v.model_dump_json()) for k, v in cfg.base_profiles.items()}},
         "judges": {
             "digit": {
@@ -186,7 +188,7 @@ def evaluate(
         with PeakMemory(system_models.device) as memory:
             mels = sample_mels(system_models, kind, targets, profile, noise, seed=cfg.seed, batch_size=cfg.batch_size)
         elapsed = time.time() - started
-        heard = hear(vocode(mels, spec), spec)
+        heard = hear(vocode(mels, models.vocoder), spec)
         emb, logits = judge_outputs(judge, heard)
         guide_acc = None
         if kind != "none":
@@ -224,18 +226,18 @@ def evaluate(
     report["best"] = best
     if subnets:
         report["subnets"] = {label: ms.describe() for label, ms in subnets.items()}
-    _write_outputs(report, results, generated, targets, spec, out, cfg)
+    _write_outputs(report, results, generated, targets, spec, out, cfg, models.vocoder)
     return report
 
 
-def _write_outputs(report, results, generated, targets, spec, out: Path, cfg: EvalConfig) -> None:
+def _write_outputs(report, results, generated, targets, spec, out: Path, cfg: EvalConfig, vocoder: Vocoder) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shown = ["unconditional"] + [report["best"][k] for k in ("noisy", "clean") if k in report["best"]]
     shown += [r.name for r in results if r.generator == "score-subnet" and r.kind != "none"][:3]
     first = [int((targets == d).nonzero()[0]) for d in range(len(DIGITS))]
     rows = {name: generated[name][first] for name in shown}
     for name, mels in rows.items():
-        waves = vocode(mels, spec)
+        waves = vocode(mels, vocoder)
         for d, wave in enumerate(waves):
             write_wav(out / "wavs" / name.replace("@", "_") / f"{d}_000.wav", wave, spec.sample_rate)
     spectrogram_grid(rows, [f"'{d}'" for d in DIGITS], out / "spectrograms.png")

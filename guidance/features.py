@@ -101,6 +101,12 @@ class LogMel(torch.nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return (self.unnormalized(wave) - self.spec.mean) / self.spec.std
 
+    def any_length(self, wave: torch.Tensor) -> torch.Tensor:
+        """Normalized log-Mel of a waveform of any length: no centre-crop or padding to `spec.frames`
+        (vocoder training crops, and resynthesis of whole recordings)."""
+        mel = torch.log(self.mel(wave).clamp_min(self.spec.log_floor)).unsqueeze(1)
+        return (mel - self.spec.mean) / self.spec.std
+
 
 def fit_length(wave: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Centre-crop or zero-pad the last dimension to `num_samples`."""
@@ -119,7 +125,9 @@ class Vocoder(Protocol):
 
     spec: FeatureSpec
 
-    def __call__(self, mel: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, mel: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Waveforms of `length` samples (default `spec.num_samples`), peak-normalized to 0.9."""
+        ...
 
 
 class GriffinLimVocoder(torch.nn.Module):
@@ -145,7 +153,7 @@ class GriffinLimVocoder(torch.nn.Module):
         )
 
     @torch.no_grad()
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, length: int | None = None) -> torch.Tensor:
         if mel.dim() == 4:
             mel = mel.squeeze(1)
         power = torch.exp(mel.float() * self.spec.std + self.spec.mean)
@@ -154,6 +162,6 @@ class GriffinLimVocoder(torch.nn.Module):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             wave = self.griffin_lim(magnitude)
-        wave = fit_length(wave, self.spec.num_samples)
+        wave = fit_length(wave, length or self.spec.num_samples)
         peak = wave.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
         return wave / peak * 0.9

@@ -15,10 +15,11 @@ import torch
 from guidance.device import pick_device
 from guidance.diffusion import init_state, sampler_step
 from guidance.diffusion.precond import Denoiser
-from guidance.features import FeatureSpec, GriffinLimVocoder
+from guidance.features import FeatureSpec, Vocoder
 from guidance.guides import ClassifierGuide, Guide, GuidanceProfile, GuidedDenoiser, GuideSettings, GuideTerm
 from guidance.models import ModelFile, load_model
 from guidance.models.score_subnet import GuidedSingleBackbone, SingleBackboneModel, load_score_subnet
+from guidance.vocoders import DEFAULT_VOCODER, VOCODER_FILE, describe_vocoder, load_vocoder, vocode_batched
 
 GuideKind = Literal["noisy", "clean", "none", "hf"]
 GUIDE_KINDS: tuple[str, ...] = ("noisy", "clean", "none", "hf")  # hf: a Hugging Face classifier the caller puts in ModelSet.guides
@@ -42,6 +43,7 @@ class ModelPaths:
     judge_speaker: str = "judge-speaker.safetensors"
     score_subnet: str = "score-subnet-all.safetensors"
     word_spectra: str = "word-spectra.safetensors"
+    vocoder: str = VOCODER_FILE
 
     def path(self, name: str) -> Path:
         return self.root / getattr(self, name)
@@ -49,15 +51,19 @@ class ModelPaths:
 
 @dataclass
 class ModelSet:
-    """The denoiser and the guides that can steer it, all checked against one feature spec."""
+    """The denoiser, the guides that can steer it and the vocoder, all checked against one feature spec."""
 
     denoiser: ModelFile
     guides: dict[str, ClassifierGuide]  # guide kind ("noisy", "clean") -> digit guide
     spec: FeatureSpec
     device: torch.device
+    vocoder: Vocoder
 
     @classmethod
-    def load(cls, paths: ModelPaths | None = None, device: str | torch.device | None = None) -> "ModelSet":
+    def load(
+        cls, paths: ModelPaths | None = None, device: str | torch.device | None = None, vocoder: str | Path = DEFAULT_VOCODER
+    ) -> "ModelSet":
+        """`vocoder`: "neural" (the models directory's vocoder file), "griffin-lim", or a vocoder file."""
         paths = paths or ModelPaths()
         dev = pick_device(str(device) if device else None)
         denoiser = load_model(paths.path("denoiser"), kind="denoiser-unet", device=dev)
@@ -66,19 +72,24 @@ class ModelSet:
             "noisy": ClassifierGuide.from_file(load_model(paths.path("noisy_classifier"), spec, "classifier", dev)),
             "clean": ClassifierGuide.from_file(load_model(paths.path("clean_classifier"), spec, "classifier", dev)),
         }
-        return cls(denoiser, guides, spec, dev)
+        return cls(denoiser, guides, spec, dev, load_vocoder(vocoder, spec, paths.root, dev))
 
     @classmethod
     def from_score_subnet(
-        cls, path: Path, device: str | torch.device | None = None, backbone: Path | None = None
+        cls,
+        path: Path,
+        device: str | torch.device | None = None,
+        backbone: Path | None = None,
+        vocoder: str | Path = DEFAULT_VOCODER,
     ) -> "ModelSet":
         """The single-backbone generator: the ScoreSubnet is the denoiser and its own frozen backbone the
-        "noisy" digit guide (so guided sampling shares one backbone pass per step)."""
+        "noisy" digit guide (so guided sampling shares one backbone pass per step). A neural vocoder is
+        read from the subnet file's directory."""
         dev = pick_device(str(device) if device else None)
         subnet = load_score_subnet(Path(path), backbone=backbone, device=dev)
         subnet.model.requires_grad_(False)
         guide = ClassifierGuide(subnet.model.backbone, subnet.labels, subnet.task or "digit")
-        return cls(subnet, {"noisy": guide}, subnet.spec, dev)
+        return cls(subnet, {"noisy": guide}, subnet.spec, dev, load_vocoder(vocoder, subnet.spec, Path(path).parent, dev))
 
     def describe(self) -> dict:
         return {
@@ -87,6 +98,7 @@ class ModelSet:
                 f"guide_{k}": {"name": g.name, "labels": g.labels, "noise_conditioned": g.needs_sigma}
                 for k, g in self.guides.items()
             },
+            "vocoder": describe_vocoder(self.vocoder),
         }
 
 
@@ -197,6 +209,6 @@ def sample_mels(
     return torch.cat(out) if out else torch.empty(0, 1, models.spec.n_mels, models.spec.frames)
 
 
-def vocode(mels: torch.Tensor, spec: FeatureSpec, batch_size: int = 64) -> torch.Tensor:
-    vocoder = GriffinLimVocoder(spec)
-    return torch.cat([vocoder(mels[i : i + batch_size]) for i in range(0, len(mels), batch_size)])
+def vocode(mels: torch.Tensor, vocoder: Vocoder, batch_size: int = 64) -> torch.Tensor:
+    """Waveforms (N, samples) of log-Mels through the model set's vocoder (`ModelSet.vocoder`)."""
+    return vocode_batched(vocoder, mels, batch_size)

@@ -34,7 +34,7 @@ from guidance.models import (
 from guidance.models.checkpoint import config_dict
 from guidance.tracking import tracked_run
 
-ModelRole = Literal["denoiser", "classifier", "noisy-classifier", "judge", "score-subnet"]
+ModelRole = Literal["denoiser", "classifier", "noisy-classifier", "judge", "score-subnet", "vocoder"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ TRAIN_DEFAULTS: dict[str, TrainConfig] = {
     "judge": TrainConfig(steps=2000, lr=2e-3, weight_decay=1e-4, feature_noise=0.1, spec_mask=True, seed=1234),
     # As many steps as the U-Net denoiser, so FD compares at equal optimisation steps (~50 CPU-minutes).
     "score-subnet": TrainConfig(steps=4000, lr=2e-3, ema_decay=0.998, max_shift=4, gain_db=3.0, eval_every=250, seed=5),
+    # Waveform augmentation: max_shift in hops, gain_db downwards only, feature_noise the largest noise level.
+    "vocoder": TrainConfig(steps=5000, batch_size=16, lr=1e-3, weight_decay=1e-4, ema_decay=0.999, max_shift=2, gain_db=12.0, feature_noise=0.1, eval_every=500, seed=7),
 }
 
 
@@ -176,6 +178,7 @@ def train(
         "noisy-classifier": _classifier_trainer,
         "judge": _judge_trainer,
         "score-subnet": _score_subnet_trainer,
+        "vocoder": _vocoder_trainer,
     }
     trainer = builders[role](role, cfg, spec, train_set, val_set, device, gen, floor, network_config, data_root)
     params = {"role": role, **dataclasses.asdict(cfg), "network": trainer.network_config, "device": str(device)}
@@ -397,6 +400,12 @@ _denoiser_trainer = _DenoiserTrainer
 _score_subnet_trainer = _ScoreSubnetTrainer
 _classifier_trainer = _ClassifierTrainer
 _judge_trainer = _JudgeTrainer
+
+
+def _vocoder_trainer(*args):
+    from guidance.vocoder_training import VocoderTrainer  # lazy: it imports this module's batch shuffler
+
+    return VocoderTrainer(*args)
 
 
 def fit_word_spectra(spec: FeatureSpec, out: Path, data_root: str | None = None) -> Path:

@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 
 from guidance.data import DIGITS, FSDD_SPEAKERS, Clip, fsdd_split, list_fsdd, load_wave, resolve_fsdd_root, write_wav
-from guidance.features import GriffinLimVocoder, LogMel, fit_length
+from guidance.features import LogMel, Vocoder, fit_length
+from guidance.vocoders import describe_vocoder
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings
 from guidance.guides.reference import ReferenceGuide
 from guidance.guides.voice import DEFAULT_GRADIENT_BLUR, DEFAULT_VOICE_SETTINGS, VoiceGuide
@@ -92,12 +93,12 @@ def _waves(clips: list[Clip], num_samples: int) -> torch.Tensor:
     return torch.stack([fit_length(load_wave(c.path, 16000), num_samples) for c in clips])
 
 
-def real_cosines(guide: VoiceGuide, refs: list[Clip], clips: list[Clip], spec) -> dict:
-    """Mean cosine of each reference to real clips (raw and Griffin-Lim round trips) of its own speaker
+def real_cosines(guide: VoiceGuide, refs: list[Clip], clips: list[Clip], spec, vocoder: Vocoder) -> dict:
+    """Mean cosine of each reference to real clips (raw and vocoder round trips) of its own speaker
     (other clips than the reference) and of the other speakers, over the same split."""
     waves = _waves(clips, spec.num_samples)
     raw = guide.embed_waves(waves, spec.sample_rate)
-    vocoded = guide.embed_waves(GriffinLimVocoder(spec)(LogMel(spec)(waves)), spec.sample_rate)
+    vocoded = guide.embed_waves(vocode(LogMel(spec)(waves), vocoder), spec.sample_rate)
     speakers = torch.tensor([FSDD_SPEAKERS.index(c.speaker) for c in clips])
     out: dict[str, list[float]] = {"same_raw": [], "other_raw": [], "same_vocoded": [], "other_vocoded": []}
     for i, ref in enumerate(refs):
@@ -156,7 +157,7 @@ def evaluate_voice(
     weights = {"digit": cfg.digit_weight, "speaker": cfg.voice_weight}
     report: dict = {
         "protocol": f"FSDD {cfg.split} split references ({len(refs)} clips, {cfg.refs_per_speaker} per speaker), "
-        f"{n} samples per reference; generated audio is vocoded (Griffin-Lim) before scoring",
+        f"{n} samples per reference; generated audio is vocoded ({describe_vocoder(models.vocoder)['kind']}) before scoring",
         "config": {
             **asdict(cfg),
             **{k: getattr(cfg, k).model_dump() for k in ("stats", "encoder", "digit")},
@@ -165,7 +166,7 @@ def evaluate_voice(
             },
         },
         "references": [c.path.name for c in refs],
-        "real_cosines": real_cosines(encoder, refs, clips, spec) if cfg.real_baselines else None,
+        "real_cosines": real_cosines(encoder, refs, clips, spec, models.vocoder) if cfg.real_baselines else None,
         "systems": [],
     }
     for idx, name in enumerate(cfg.systems):
@@ -186,7 +187,7 @@ def evaluate_voice(
             seed=cfg.seed, batch_size=cfg.batch_size, extra_guides=extra, weights=weights,
         )
         seconds = (time.time() - started) / len(mels)
-        waves = vocode(mels, spec)
+        waves = vocode(mels, models.vocoder)
         heard = hear(waves, spec)
         _, spk_logits = judge_outputs(judge_speaker.model, heard)
         _, dig_logits = judge_outputs(judge_digit.model, heard)

@@ -46,7 +46,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from guidance.features import FeatureSpec, GriffinLimVocoder
+from guidance.features import FeatureSpec, Vocoder
+from guidance.vocoders import load_vocoder
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.pipeline import make_noise
 from serve.config import AppArgs
@@ -174,7 +175,7 @@ class SpeechIngress:
         self._guide_handles: dict[str, DeploymentHandle] = {}
         self._guide_descriptions: dict[str, dict] = {}
         self._catalog: Optional[Catalog] = None
-        self._vocoder: Optional[GriffinLimVocoder] = None
+        self._vocoder: Optional[Vocoder] = None
         # Griffin-Lim seeds torch's global RNG for its phase; one vocoding at a time keeps audio reproducible.
         self._vocoder_lock = threading.Lock()
 
@@ -327,14 +328,18 @@ class SpeechIngress:
         if self._catalog is None and self.fused is not None:
             desc = await self._remote("fused generator", self.fused.describe)
             self._catalog = Catalog(FeatureSpec.from_dict(desc["denoiser"]["feature_spec"]), desc["denoiser"], desc["guides"])
-            self._vocoder = GriffinLimVocoder(self._catalog.spec)
+            self._vocoder = self._load_vocoder(self._catalog.spec)
         if self._catalog is None:
             den, guides = await asyncio.gather(
                 self._remote("denoiser", self.denoiser.describe), self._remote("classifier", self.classifier.describe)
             )
             self._catalog = Catalog(FeatureSpec.from_dict(den["feature_spec"]), den, guides)
-            self._vocoder = GriffinLimVocoder(self._catalog.spec)
+            self._vocoder = self._load_vocoder(self._catalog.spec)
         return self._catalog
+
+    def _load_vocoder(self, spec: FeatureSpec) -> Vocoder:
+        """The app's vocoder on the ingress's CPU, checked against the deployments' feature spec."""
+        return load_vocoder(self.args.vocoder, spec, Path(self.args.models_dir) if self.args.models_dir else None)
 
     # ---- request checks -----------------------------------------------------------------------
 

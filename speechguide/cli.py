@@ -39,7 +39,7 @@ def _root() -> None:
 
 @app.command()
 def train(
-    role: str = typer.Argument(..., help="denoiser | classifier | noisy-classifier | judge | score-subnet | word-spectra (what each digit adds to the voice guide's spectral statistics; averaged, not optimised)"),
+    role: str = typer.Argument(..., help="denoiser | classifier | noisy-classifier | judge | score-subnet | vocoder (log-Mel to waveform) | word-spectra (what each digit adds to the voice guide's spectral statistics; averaged, not optimised)"),
     out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors)."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (default per role)."),
     batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
@@ -144,13 +144,24 @@ def _read_profile(path: Path, option: str):
         fail(f"{option} {path} is not a valid guidance profile: {' '.join(str(exc).split())[:300]}")
 
 
-def _load_models(models_dir: Optional[Path], device: Optional[str]):
+VOCODER_HELP = "neural (the models directory's vocoder.safetensors, default) | griffin-lim | a vocoder file."
+
+
+def _check_vocoder(vocoder: str) -> None:
+    from guidance.vocoders import VOCODER_CHOICES
+
+    if vocoder not in VOCODER_CHOICES and not vocoder.endswith(".safetensors"):
+        fail(f"--vocoder must be one of {', '.join(VOCODER_CHOICES)} or a .safetensors file, got {vocoder!r}")
+
+
+def _load_models(models_dir: Optional[Path], device: Optional[str], vocoder: str = "neural"):
     from guidance.pipeline import ModelPaths, ModelSet
 
+    _check_vocoder(vocoder)
     paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
     try:
-        return ModelSet.load(paths, device)
-    except ValueError as exc:
+        return ModelSet.load(paths, device, vocoder=vocoder)
+    except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
 
 
@@ -166,21 +177,25 @@ def _check_generator(generator: str, subnet: Optional[Path], guide: str) -> None
         fail("--generator score-subnet guides with its own noise-conditioned backbone: use --guide noisy or none")
 
 
-def _load_subnet(subnet: Optional[Path], models_dir: Optional[Path], device: Optional[str]):
+def _load_subnet(subnet: Optional[Path], models_dir: Optional[Path], device: Optional[str], vocoder: str = "neural"):
     """The single-backbone generator as a model set (its backbone is found next to the subnet file)."""
     from guidance.pipeline import ModelPaths, ModelSet
 
+    _check_vocoder(vocoder)
     paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
     path = subnet or paths.path("score_subnet")
     try:
-        return ModelSet.from_score_subnet(path, device)
-    except ValueError as exc:
+        return ModelSet.from_score_subnet(path, device, vocoder=vocoder)
+    except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
 
 
-def _models_and_digit_guide(generator, subnet, models_dir, device, guide: str, hf_guide, label_map):
+def _models_and_digit_guide(generator, subnet, models_dir, device, guide: str, hf_guide, label_map, vocoder: str = "neural"):
     """The generator's models and the guide that steers digit targets (noisy, clean or a Hugging Face one)."""
-    models = _load_models(models_dir, device) if generator == "unet" else _load_subnet(subnet, models_dir, device)
+    if generator == "unet":
+        models = _load_models(models_dir, device, vocoder)
+    else:
+        models = _load_subnet(subnet, models_dir, device, vocoder)
     if guide == "hf":
         models.guides["hf"] = _load_hf_guide(hf_guide, label_map, models)
     return models, models.guides[guide if guide in ("clean", "hf") else "noisy"]
@@ -219,6 +234,7 @@ def generate(
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help="With --url: a registered classifier guides, NAME@ALIAS or NAME/VERSION (the app loads it from its model registry)."),
     profile_name: Optional[str] = typer.Option(None, "--profile-name", help="With --url: a profile the app knows by name, e.g. a registry alias such as production or candidate."),
     voice_guide: str = typer.Option("stats", "--voice-guide", help="For speaker=REF.wav targets: stats (the reference's spectral statistics) | encoder (resemblyzer's speaker encoder)."),
+    vocoder: str = typer.Option("neural", "--vocoder", help=VOCODER_HELP),
 ) -> None:
     """Generate speech of the requested class(es), in-process or through a Serve app; write WAVs plus a manifest."""
     import json
@@ -229,6 +245,7 @@ def generate(
     from guidance.data import write_wav
     from guidance.guides import DEFAULT_PROFILES
     from guidance.pipeline import GUIDE_KINDS, Target, make_noise, sample_mels, vocode
+    from guidance.vocoders import describe_vocoder
 
     if guide not in GUIDE_KINDS:
         fail(f"--guide must be one of {', '.join(GUIDE_KINDS)}, got {guide!r}")
@@ -244,6 +261,7 @@ def generate(
         fail(f"--sampler must be 'euler' or 'heun', got {sampler!r}")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} exists and is not a directory")
+    _check_vocoder(vocoder)
     try:
         targets = [Target.parse(t) for t in target]
     except ValueError as exc:
@@ -275,7 +293,7 @@ def generate(
         digit_scale_set = scale is not None or profile is not None
         generate_composite(
             targets, num, seed, out, guide, prof, weight or [], models_dir, device, generator, subnet, url, hf_guide, label_map,
-            voice_guide=voice_guide, digit_scale_set=digit_scale_set,
+            voice_guide=voice_guide, digit_scale_set=digit_scale_set, vocoder=vocoder,
         )
         return
     if url is not None:
@@ -284,7 +302,7 @@ def generate(
             guide_model=guide_model, profile_name=profile_name,
         )
         return
-    models, digit_guide = _models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map)
+    models, digit_guide = _models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map, vocoder)
     try:
         classes = [digit_guide.label_index(t.label) for t in targets]
     except KeyError as exc:
@@ -292,7 +310,7 @@ def generate(
     labels = torch.tensor(classes).repeat_interleave(num)
     noise = make_noise(len(labels), models.spec, seed)
     mels = sample_mels(models, guide, labels, prof, noise, seed=seed)
-    waves = vocode(mels, models.spec)
+    waves = vocode(mels, models.vocoder)
     probs = digit_guide.probabilities(mels.to(models.device)).cpu()
     out.mkdir(parents=True, exist_ok=True)
     samples = []
@@ -315,6 +333,7 @@ def generate(
         "guide": None
         if guide == "none"
         else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
+        "vocoder": describe_vocoder(models.vocoder),
     }
     if guide == "hf":
         model_info["guide"].update(digit_guide.describe())
@@ -445,6 +464,7 @@ def evaluate(
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the report to MLflow."),
     subnet: Optional[list[Path]] = typer.Option(None, "--subnet", help="ScoreSubnet file to add as subnet-uncond / subnet-guided@gamma systems (repeatable)."),
     subnet_scales: str = typer.Option("3", help="Guidance scales (gamma) for the ScoreSubnet systems."),
+    vocoder: str = typer.Option("neural", "--vocoder", help=VOCODER_HELP),
 ) -> None:
     """Unconditional vs noise-conditioned vs clean-classifier guidance on the FSDD test split."""
     from guidance.data import resolve_fsdd_root
@@ -475,8 +495,8 @@ def evaluate(
         root = resolve_fsdd_root(data_dir, download=download)
     except FileNotFoundError as exc:
         fail(str(exc))
-    models = _load_models(models_dir, device)
-    subnets = {_subnet_label(p): _load_subnet(p, models_dir, device) for p in subnet or []}
+    models = _load_models(models_dir, device, vocoder)
+    subnets = {_subnet_label(p): _load_subnet(p, models_dir, device, vocoder) for p in subnet or []}
     if len(subnets) != len(subnet or []):
         fail("--subnet files must have distinct names")
     paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
@@ -514,6 +534,7 @@ OPTIONAL_COMMAND_MODULES: tuple[str, ...] = (
     "speechguide.models_cli",
     "speechguide.cluster_cli",
     "speechguide.voice_cli",
+    "speechguide.vocode_cli",
 )
 
 

@@ -53,6 +53,7 @@ def generate_composite(
     label_map: Optional[str] = None,
     voice_guide: str = "stats",
     digit_scale_set: bool = False,
+    vocoder: str = "neural",
 ) -> None:
     """Generate for every combination of the digit and speaker targets (each guide a term with its own
     settings and weight), write WAVs and manifest.json with every guide's score per sample."""
@@ -65,6 +66,7 @@ def generate_composite(
     from guidance.guides import VoiceGuide, make_voice_guide, read_reference
     from guidance.guides.voice_stats import words_said
     from guidance.pipeline import guide_settings, make_noise, sample_mels, vocode
+    from guidance.vocoders import describe_vocoder
     from speechguide.cli import _file_version, _models_and_digit_guide, fail, write_manifest
 
     weights = parse_weights(weight_texts, {t.guide for t in targets})
@@ -78,7 +80,7 @@ def generate_composite(
             references.append((t.label, read_reference(Path(t.label))))
         except ValueError as exc:
             fail(f"--target speaker=...: {exc}")
-    models, digit_guide = _models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map)
+    models, digit_guide = _models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map, vocoder)
     try:
         classes = [digit_guide.label_index(t.label) for t in digit_targets]
     except KeyError as exc:
@@ -107,7 +109,7 @@ def generate_composite(
         named["speaker"] = voice.retarget(named["speaker"], said[named["speaker"]], named["digit"], offsets)
     noise = make_noise(len(rows), models.spec, seed)
     mels = sample_mels(models, guide, named, prof, noise, seed=seed, extra_guides={"speaker": voice}, weights=weights)
-    waves = vocode(mels, models.spec)
+    waves = vocode(mels, models.vocoder)
     dev_mels = mels.to(models.device)
     probs = digit_guide.probabilities(dev_mels).cpu() if classes else None
     with torch.no_grad():
@@ -153,6 +155,7 @@ def generate_composite(
             if guide == "none" or not classes
             else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
             "speaker_guide": None if not refs else {**speaker_guide_record(voice), **({"word_spectra": True} if offsets is not None else {})},
+            "vocoder": describe_vocoder(models.vocoder),
         },
         "profile": json.loads(prof.model_dump_json()),
         "sample_rate": models.spec.sample_rate,
@@ -206,6 +209,7 @@ def evaluate_voice_command(
     models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
     data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
+    vocoder: str = typer.Option("neural", "--vocoder", help="neural (models/vocoder.safetensors, default) | griffin-lim | a vocoder file."),
 ) -> None:
     """Zero-shot voice guidance (reference spectral statistics; resemblyzer's encoder) and digit + speaker composites on FSDD references."""
     import math
@@ -245,7 +249,7 @@ def evaluate_voice_command(
         root = resolve_fsdd_root(data_dir)
     except FileNotFoundError as exc:
         fail(str(exc))
-    models = _load_models(models_dir, device)
+    models = _load_models(models_dir, device, vocoder)
     paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
     try:
         judge_digit = load_model(paths.path("judge_digit"), models.spec, "judge", models.device)

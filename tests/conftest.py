@@ -47,6 +47,7 @@ def tiny_models(directory: Path, spec) -> Path:
     from guidance.diffusion import EDMPrecond
     from guidance.models import ClassifierConfig, JudgeConfig, LogMelClassifier, TDNNJudge, UNet, UNetConfig, save_model
     from guidance.models.checkpoint import config_dict
+    from guidance.models.vocoder import NeuralVocoder, VocoderConfig
 
     torch.manual_seed(0)
     unet_cfg = UNetConfig(channels=(8, 16), emb_dim=16)
@@ -57,6 +58,8 @@ def tiny_models(directory: Path, spec) -> Path:
     for task, labels in (("digit", DIGITS), ("speaker", FSDD_SPEAKERS)):
         cfg = JudgeConfig(num_classes=len(labels), n_mels=spec.n_mels, channels=16, embed_dim=16)
         save_model(directory / f"judge-{task}.safetensors", TDNNJudge(cfg).eval(), "judge", config_dict(cfg), spec, labels, task)
+    vocoder_cfg = VocoderConfig.for_spec(spec, channels=16, blocks=1)
+    save_model(directory / "vocoder.safetensors", NeuralVocoder(vocoder_cfg).eval(), "vocoder", config_dict(vocoder_cfg), spec)
     return directory
 
 

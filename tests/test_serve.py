@@ -75,7 +75,7 @@ def test_generate_returns_wav_like_the_in_process_pipeline(client, tiny_models_d
     profile = DEFAULT_PROFILES["noisy"].with_sampler(steps=3)
     labels = torch.tensor([7])
     mels = sample_mels(models, "noisy", labels, profile, make_noise(1, models.spec, 3), seed=3)
-    local, _ = soundfile.read(io.BytesIO(wav_bytes(vocode(mels, models.spec).numpy()[0], 16000)), dtype="int16")
+    local, _ = soundfile.read(io.BytesIO(wav_bytes(vocode(mels, models.vocoder).numpy()[0], 16000)), dtype="int16")
     assert np.abs(local.astype(int) - served.astype(int)).max() <= 2
 
 

@@ -147,7 +147,7 @@ def _local_wav(models: ModelSet, label: int, seed: int, steps: int, scale: float
     from serve.ingress import wav_bytes
 
     mels = _in_process(models, label, seed, steps, scale)
-    return _wav_samples(wav_bytes(vocode(mels, models.spec).numpy()[0], 16000))
+    return _wav_samples(wav_bytes(vocode(mels, models.vocoder).numpy()[0], 16000))
 
 
 @pytest.mark.slow

@@ -65,7 +65,7 @@ def test_guided_samples_take_the_reference_voice_for_the_judge(val, spec):
     rates = {}
     for name, targets in (("unguided", {}), ("guided", {"speaker": target})):
         mels = sample_mels(models, "none", targets, profile, noise, seed=0, extra_guides={"speaker": guide})
-        _, logits = judge_outputs(judge.model, hear(vocode(mels, models.spec), models.spec))
+        _, logits = judge_outputs(judge.model, hear(vocode(mels, models.vocoder), models.spec))
         rates[name] = float((logits.argmax(1) == wanted).double().mean())
     assert rates["guided"] >= 0.66 and rates["guided"] >= rates["unguided"] + 0.4, rates
 

@@ -79,7 +79,7 @@ class ProfileEvaluator:
                 seed=self.settings.seed + rows.start, batch_size=self.batch_size,
             )
             # A sample that blew up vocodes to non-finite audio; a WAV file would carry it as silence/clipping.
-            waves = torch.nan_to_num(vocode(mels, spec), nan=0.0, posinf=0.0, neginf=0.0).clamp(-1.0, 1.0)
+            waves = torch.nan_to_num(vocode(mels, self.models.vocoder), nan=0.0, posinf=0.0, neginf=0.0).clamp(-1.0, 1.0)
             emb, logits = judge_outputs(self.judge.model, hear(waves, spec))
             metrics = self.accumulator.add(emb, logits, self.targets[rows])
             metrics["batch_seconds"] = time.perf_counter() - began

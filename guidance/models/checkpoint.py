@@ -49,12 +49,19 @@ def _build_word_spectra(cfg: dict) -> torch.nn.Module:
     return WordSpectra(_from_dict(WordSpectraConfig, cfg))
 
 
+def _build_vocoder(cfg: dict) -> torch.nn.Module:
+    from guidance.models.vocoder import NeuralVocoder, VocoderConfig
+
+    return NeuralVocoder(_from_dict(VocoderConfig, cfg))
+
+
 MODEL_BUILDERS: dict[str, Callable[[dict], torch.nn.Module]] = {
     "denoiser-unet": _build_unet_denoiser,
     "classifier": lambda cfg: LogMelClassifier(_from_dict(ClassifierConfig, cfg)),
     "judge": lambda cfg: TDNNJudge(_from_dict(JudgeConfig, cfg)),
     "score-subnet": _build_score_subnet,
     "word-spectra": _build_word_spectra,
+    "vocoder": _build_vocoder,
 }
 
 

@@ -1,0 +1,78 @@
+"""Choosing the vocoder: the committed neural vocoder by default, Griffin-Lim on request.
+
+Every place that writes or judges audio (generate, evaluate, Serve, Tune, `vocode`) asks this module,
+so the default is decided once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from guidance.features import FeatureSpec, GriffinLimVocoder, LogMel, Vocoder
+
+GRIFFIN_LIM = "griffin-lim"
+NEURAL = "neural"
+VOCODER_CHOICES: tuple[str, ...] = (NEURAL, GRIFFIN_LIM)
+DEFAULT_VOCODER = NEURAL
+VOCODER_FILE = "vocoder.safetensors"
+
+
+def load_vocoder(
+    choice: str | Path = DEFAULT_VOCODER,
+    spec: FeatureSpec | None = None,
+    models_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+) -> Vocoder:
+    """`neural` (the models directory's vocoder file), `griffin-lim`, or a path to a vocoder file.
+
+    A neural vocoder whose feature config differs from `spec` is refused (`FeatureSpecMismatch`).
+    """
+    if str(choice) == GRIFFIN_LIM:
+        if spec is None:
+            raise ValueError("Griffin-Lim needs the feature spec it inverts")
+        vocoder = GriffinLimVocoder(spec).to(device)
+        vocoder.description = {"kind": GRIFFIN_LIM, "n_iter": vocoder.griffin_lim.n_iter}
+        return vocoder
+    if str(choice) == NEURAL:
+        if models_dir is None:
+            raise ValueError("the neural vocoder is read from a models directory; none was given")
+        path = Path(models_dir) / VOCODER_FILE
+    else:
+        path = Path(choice)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"vocoder file not found: {path} (train one with `speechguide train vocoder`, or use --vocoder {GRIFFIN_LIM})"
+        )
+    from guidance.models.checkpoint import load_model
+    from guidance.models.score_subnet import file_sha256
+
+    loaded = load_model(path, expected_spec=spec, kind="vocoder", device=device)
+    vocoder = loaded.model
+    vocoder.spec = loaded.spec
+    vocoder.description = {"kind": NEURAL, "name": loaded.name, "sha256": file_sha256(path)}
+    return vocoder
+
+
+def describe_vocoder(vocoder: Vocoder) -> dict:
+    """What a manifest records about the vocoder that wrote its audio."""
+    return dict(getattr(vocoder, "description", {"kind": type(vocoder).__name__}))
+
+
+@torch.no_grad()
+def vocode_batched(vocoder: Vocoder, mels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Waveforms of many log-Mels, a batch at a time (bounded memory), on the vocoder's device."""
+    device = next(iter(vocoder.parameters()), torch.empty(0)).device if isinstance(vocoder, torch.nn.Module) else "cpu"
+    out = [vocoder(mels[i : i + batch_size].to(device)).cpu() for i in range(0, len(mels), batch_size)]
+    return torch.cat(out) if out else mels.new_zeros((0, vocoder.spec.num_samples))
+
+
+@torch.no_grad()
+def resynthesize(wave: torch.Tensor, vocoder: Vocoder) -> torch.Tensor:
+    """Analysis and resynthesis of one recording of any length (samples,) at the vocoder's rate:
+    what the vocoder makes of real speech, i.e. its ceiling."""
+    front = LogMel(vocoder.spec)
+    device = next(iter(vocoder.parameters()), torch.empty(0)).device if isinstance(vocoder, torch.nn.Module) else "cpu"
+    mel = front.any_length(wave.reshape(1, -1).float())
+    return vocoder(mel.to(device), length=wave.shape[-1])[0].cpu()
