@@ -82,6 +82,10 @@ def _judge(
         "n_with_target": len(known),
         "asr_accuracy": float(np.mean([v.asr == v.target for v in known])) if known else None,
         "asr_no_answer": sum(v.asr is None for v in verdicts),
+        "asr_accuracy_per_digit": {
+            d: float(np.mean([v.asr == d for v in known if v.target == d]))
+            for d in sorted({v.target for v in known})
+        },
         "sig": float(np.mean([v.sig for v in verdicts])),
         "bak": float(np.mean([v.bak for v in verdicts])),
         "ovrl": float(np.mean([v.ovrl for v in verdicts])),
@@ -105,8 +109,8 @@ def judge_waves(
     """Judge clips at `sample_rate`: a (n, samples) batch, or a list of 1-D waves of any lengths.
 
     `targets` are the digits meant (None: no ASR accuracy). Returns {"n", "n_with_target",
-    "asr_accuracy", "asr_no_answer", "sig", "bak", "ovrl", "seconds_per_clip", "settings",
-    "clips": [per-clip verdicts]}.
+    "asr_accuracy", "asr_no_answer", "asr_accuracy_per_digit", "sig", "bak", "ovrl",
+    "seconds_per_clip", "settings", "clips": [per-clip verdicts]}.
     """
     if isinstance(waves, torch.Tensor):
         if waves.dim() != 2:

@@ -122,7 +122,7 @@ def test_judge_wav_dir_reads_targets_from_names(tmp_path, clip_paths, recognizer
     assert set(by_name) == {"0_george_0.wav", "1_000.wav", "unlabelled.wav"}
     assert [by_name[n]["target"] for n in ("0_george_0.wav", "1_000.wav", "unlabelled.wav")] == [0, 1, None]
     assert report["n"] == 3 and report["n_with_target"] == 2
-    assert report["asr_accuracy"] == 1.0
+    assert report["asr_accuracy"] == 1.0 and report["asr_accuracy_per_digit"] == {0: 1.0, 1: 1.0}
     assert report["sig"] == pytest.approx(np.mean([c["sig"] for c in report["clips"]]))
     assert set(report["seconds_per_clip"]) == {"asr", "dnsmos", "total"}
     empty = tmp_path / "empty"
