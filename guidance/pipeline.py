@@ -16,6 +16,7 @@ from guidance.device import pick_device
 from guidance.diffusion import init_state, sampler_step
 from guidance.diffusion.precond import Denoiser
 from guidance.features import FeatureSpec, GriffinLimVocoder
+from guidance.finite import nonfinite_rows
 from guidance.guides import ClassifierGuide, Guide, GuidanceProfile, GuidedDenoiser, GuideSettings, GuideTerm
 from guidance.models import ModelFile, load_model
 from guidance.models.score_subnet import GuidedSingleBackbone, SingleBackboneModel, load_score_subnet
@@ -200,3 +201,20 @@ def sample_mels(
 def vocode(mels: torch.Tensor, spec: FeatureSpec, batch_size: int = 64) -> torch.Tensor:
     vocoder = GriffinLimVocoder(spec)
     return torch.cat([vocoder(mels[i : i + batch_size]) for i in range(0, len(mels), batch_size)])
+
+
+def vocode_finite(mels: torch.Tensor, spec: FeatureSpec, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(waves, ok): audio for every row of `mels`, silent where a row could not be vocoded, and (N,)
+    bool `ok`, False for those rows.
+
+    A row is left out when its log-Mel is non-finite (never handed to the vocoder's least-squares
+    solve) or when its audio comes out non-finite (a finite but huge log-Mel overflows exp). Callers
+    that score batches hear such rows as the silence a WAV file would carry, and count them.
+    """
+    ok = ~nonfinite_rows(mels)
+    waves = torch.zeros(len(mels), spec.num_samples)
+    if bool(ok.any()):
+        waves[ok] = vocode(mels[ok], spec, batch_size)
+    ok &= ~nonfinite_rows(waves)
+    waves[~ok] = 0.0
+    return waves, ok

@@ -8,6 +8,7 @@ than raising) run in a child interpreter, so a regression fails an assertion ins
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -58,3 +59,60 @@ def test_require_finite_says_what_and_how_many():
         require_finite(x, "judge embeddings")
     assert isinstance(info.value, ValueError) and (info.value.count, info.value.total) == (2, 4)
     assert require_finite(torch.arange(3), "integers") is not None
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+NAN_ROWS = (3, 7)  # with one sample per digit: the samples of '3' and '7'
+
+
+class SilenceExceptRows(torch.nn.Module):
+    """A denoiser that predicts the all-zero log-Mel, except NaN for the rows in `rows`."""
+
+    def __init__(self, rows: tuple[int, ...]) -> None:
+        super().__init__()
+        self.rows = list(rows)
+        self.scale = torch.nn.Parameter(torch.zeros(()))  # a parameter, so cost accounting has something to count
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = self.scale * x
+        rows = [r for r in self.rows if r < len(x)]
+        if rows:
+            out = out.clone()
+            out[rows] = float("nan")
+        return out
+
+
+def evaluate_with_nan_rows(models_dir: str, out: str, fsdd: str) -> None:
+    """Run the evaluation protocol with `SilenceExceptRows` as the denoiser (called in a child process)."""
+    from guidance.evaluation import EvalConfig, evaluate
+    from guidance.models import load_model
+    from guidance.pipeline import ModelPaths, ModelSet
+
+    torch.set_num_threads(2)
+    models = ModelSet.load(ModelPaths(root=Path(models_dir)), "cpu")
+    models.denoiser.model = SilenceExceptRows(NAN_ROWS)
+    judge = load_model(Path(models_dir) / "judge-digit.safetensors", kind="judge")
+    cfg = EvalConfig(per_class=1, noisy_scales=[], clean_scales=[], steps=2, split="val")
+    evaluate(models, judge, None, cfg, Path(out), data_root=fsdd)
+
+
+@pytest.mark.slow
+def test_evaluation_reports_nonfinite_samples_instead_of_crashing(tiny_models_dir, tmp_path, fsdd_root):
+    out = tmp_path / "eval"
+    r = run_isolated(
+        f"from test_nonfinite import evaluate_with_nan_rows\n"
+        f"evaluate_with_nan_rows({str(tiny_models_dir)!r}, {str(out)!r}, {str(fsdd_root)!r})\n"
+    )
+    assert r.returncode == 0, (r.returncode, r.stderr[-3000:])
+    text = (out / "report.json").read_text()
+    assert "NaN" not in text  # strict JSON: non-finite figures are null
+    report = json.loads(text)
+    (system,) = report["systems"]
+    assert system["name"] == "unconditional" and system["nonfinite_samples"] == len(NAN_ROWS)
+    assert system["fd"] is None and system["inception_score"] is None and system["am_score"] is None
+    assert 0 <= system["judge_accuracy"] <= 1 - len(NAN_ROWS) / 10  # the non-finite samples count as misses
+    assert report["fd_floor_train_vs_test"] is not None  # the real-clip floors stay finite figures
+    assert "## Non-finite samples" in (out / "report.md").read_text() and "- unconditional: 2 of 10" in (out / "report.md").read_text()
+    wavs = out / "wavs" / "unconditional"
+    assert (wavs / "0_000.wav").exists() and not (wavs / "3_000.wav").exists() and not (wavs / "7_000.wav").exists()
