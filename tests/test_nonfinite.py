@@ -9,6 +9,7 @@ than raising) run in a child interpreter, so a regression fails an assertion ins
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -116,3 +117,30 @@ def test_evaluation_reports_nonfinite_samples_instead_of_crashing(tiny_models_di
     assert "## Non-finite samples" in (out / "report.md").read_text() and "- unconditional: 2 of 10" in (out / "report.md").read_text()
     wavs = out / "wavs" / "unconditional"
     assert (wavs / "0_000.wav").exists() and not (wavs / "3_000.wav").exists() and not (wavs / "7_000.wav").exists()
+
+
+def tune_batch_with_nan_rows(models_dir: str, fsdd: str) -> None:
+    """Score one Tune batch with `SilenceExceptRows` as the denoiser; print its metrics (in a child process)."""
+    from tune.evaluator import ProfileEvaluator, base_profile, load_models, val_reference
+    from tune.settings import TuneSettings
+
+    torch.set_num_threads(2)
+    settings = TuneSettings(guide="noisy", per_class=2, batch_per_class=2, steps_min=2, steps_max=2, base_steps=2,
+                            mlflow=False, models_dir=models_dir, data_dir=fsdd)
+    models, judge = load_models(settings, "cpu")
+    models.denoiser.model = SilenceExceptRows(NAN_ROWS)
+    evaluator = ProfileEvaluator(settings, models, judge, val_reference(settings, models, judge))
+    result = next(evaluator.run(base_profile(settings)))
+    print(json.dumps(result.metrics))
+
+
+@pytest.mark.slow
+def test_tune_trial_scores_blown_up_samples_as_silence_and_flags_them(tiny_models_dir, fsdd_root):
+    r = run_isolated(
+        f"from test_nonfinite import tune_batch_with_nan_rows\n"
+        f"tune_batch_with_nan_rows({str(tiny_models_dir)!r}, {str(fsdd_root)!r})\n"
+    )
+    assert r.returncode == 0, (r.returncode, r.stderr[-3000:])
+    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    assert metrics["samples"] == 20 and metrics["nonfinite_samples"] == len(NAN_ROWS)
+    assert all(math.isfinite(metrics[k]) for k in ("objective", "judge_accuracy", "fd"))
