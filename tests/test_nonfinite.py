@@ -144,3 +144,16 @@ def test_tune_trial_scores_blown_up_samples_as_silence_and_flags_them(tiny_model
     metrics = json.loads(r.stdout.strip().splitlines()[-1])
     assert metrics["samples"] == 20 and metrics["nonfinite_samples"] == len(NAN_ROWS)
     assert all(math.isfinite(metrics[k]) for k in ("objective", "judge_accuracy", "fd"))
+
+
+def test_vocoder_refuses_a_nan_log_mel_and_vocode_finite_leaves_that_row_silent(spec):
+    from guidance.features import GriffinLimVocoder
+    from guidance.pipeline import vocode_finite
+
+    mels = torch.zeros(3, 1, spec.n_mels, spec.frames)
+    mels[1, 0, 5, 5] = float("nan")
+    with pytest.raises(NonFiniteError, match="the log-Mel given to the vocoder has 1 non-finite value"):
+        GriffinLimVocoder(spec)(mels)
+    waves, ok = vocode_finite(mels, spec)
+    assert ok.tolist() == [True, False, True] and bool(torch.isfinite(waves).all())
+    assert waves[1].abs().max() == 0 and waves[0].abs().max() > 0
