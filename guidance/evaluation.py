@@ -122,7 +122,7 @@ def system_costs(models: ModelSet, kind: str, profile: GuidanceProfile) -> dict:
     denoiser = guided_denoiser(models, kind, target.to(models.device), profile)
     with torch.no_grad():
         per_eval = count_macs(lambda: denoiser(x.to(models.device), torch.ones(1, device=models.device)))
-    per_sample = count_macs(lambda: sample_mels(models, kind, target, profile, x, batch_size=1))
+    per_sample = count_macs(lambda: sample_mels(models, kind, target, profile, x, batch_size=1, allow_nonfinite=True))
     generator = "score-subnet" if isinstance(models.denoiser.model, SingleBackboneModel) else "unet"
     return {
         "generator": generator,
@@ -196,7 +196,9 @@ def evaluate(
         costs = system_costs(system_models, kind, profile)
         started = time.time()
         with PeakMemory(system_models.device) as memory:
-            mels = sample_mels(system_models, kind, targets, profile, noise, seed=cfg.seed, batch_size=cfg.batch_size)
+            mels = sample_mels(
+                system_models, kind, targets, profile, noise, seed=cfg.seed, batch_size=cfg.batch_size, allow_nonfinite=True
+            )
         elapsed = time.time() - started
         emb, logits, ok = _judge_generated(judge, mels, spec)
         guide_acc = None

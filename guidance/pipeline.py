@@ -177,9 +177,14 @@ def sample_mels(
     on_batch: Callable[[int], None] | None = None,
     extra_guides: dict[str, Guide] | None = None,
     weights: dict[str, float] | None = None,
+    allow_nonfinite: bool = False,
 ) -> torch.Tensor:
     """Sample one log-Mel per row of `noise`, row i steered towards class `targets[i]` (or, for a dict
-    of guide name -> labels, towards every named guide's label at once; see `guided_denoiser`)."""
+    of guide name -> labels, towards every named guide's label at once; see `guided_denoiser`).
+
+    A batch that goes non-finite raises `NonFiniteError` naming the step and sigma; with
+    `allow_nonfinite` its rows come back as they are (NaN included) for a caller that scores the
+    finite ones and counts the others."""
     if kind not in GUIDE_KINDS:
         raise ValueError(f"guide kind must be one of {GUIDE_KINDS}, got {kind!r}")
     config = profile.sampler.to_config()
@@ -191,7 +196,7 @@ def sample_mels(
         state = init_state(noise[rows].to(models.device), config, seed=seed + start)
         with torch.no_grad():  # guides enable autograd where they need it; otherwise every step's graph is kept
             while not state.done:
-                state = sampler_step(denoiser, state, config)
+                state = sampler_step(denoiser, state, config, allow_nonfinite)
         out.append(state.x.detach().cpu())
         if on_batch:
             on_batch(len(out[-1]))

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from guidance.diffusion import SamplerConfig, sample
 from guidance.finite import NonFiniteError, require_finite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,3 +158,36 @@ def test_vocoder_refuses_a_nan_log_mel_and_vocode_finite_leaves_that_row_silent(
     waves, ok = vocode_finite(mels, spec)
     assert ok.tolist() == [True, False, True] and bool(torch.isfinite(waves).all())
     assert waves[1].abs().max() == 0 and waves[0].abs().max() > 0
+
+
+# ---- the sampler -------------------------------------------------------------------------------
+
+
+def _nan_below(sigma_limit: float, row: int):
+    """A denoiser (shrink towards 0) whose output for one row is NaN once sigma drops below `sigma_limit`."""
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = x / (1 + sigma.view(-1, 1, 1, 1) ** 2)
+        if float(sigma.max()) < sigma_limit:
+            out[row] = float("nan")
+        return out
+
+    return denoise
+
+
+@pytest.mark.parametrize("kind", ["euler", "heun"])
+def test_sampler_names_the_step_and_sigma_where_x_went_nan(kind):
+    config = SamplerConfig(steps=8, kind=kind)
+    sigmas = config.sigmas()
+    first_bad = int((sigmas[:-1] < 5.0).nonzero()[0])  # the first step that evaluates D below sigma 5 ...
+    if kind == "heun":  # ... which for Heun is the step before: its correction evaluates D at its end
+        first_bad = int((sigmas[1:-1] < 5.0).nonzero()[0])
+    with pytest.raises(NonFiniteError) as info:
+        sample(_nan_below(5.0, row=1), torch.randn(3, 1, 4, 4), config)
+    err = info.value
+    assert err.step == first_bad and err.sigma == pytest.approx(float(sigmas[first_bad]))
+    assert f"step index {first_bad} of 8 (sigma {float(sigmas[first_bad]):.4g})" in str(err)
+    assert "1 of 3 sample(s)" in str(err)
+    # whoever scores whole batches can keep the finite rows
+    x = sample(_nan_below(5.0, row=1), torch.randn(3, 1, 4, 4), config, allow_nonfinite=True)
+    assert torch.isnan(x[1]).all() and torch.isfinite(x[[0, 2]]).all()

@@ -79,7 +79,7 @@ class ProfileEvaluator:
             began = time.perf_counter()
             mels = sample_mels(
                 self.models, self.settings.guide, self.targets[rows], profile, self.noise[rows],
-                seed=self.settings.seed + rows.start, batch_size=self.batch_size,
+                seed=self.settings.seed + rows.start, batch_size=self.batch_size, allow_nonfinite=True,
             )
             waves, ok = vocode_finite(mels, spec)  # blown-up samples come back silent, flagged in `ok`
             emb, logits = judge_outputs(self.judge.model, hear(waves.clamp(-1.0, 1.0), spec))
