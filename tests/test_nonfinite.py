@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ import torch
 
 from guidance.diffusion import SamplerConfig, sample
 from guidance.finite import NonFiniteError, require_finite
+from test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -191,3 +193,59 @@ def test_sampler_names_the_step_and_sigma_where_x_went_nan(kind):
     # whoever scores whole batches can keep the finite rows
     x = sample(_nan_below(5.0, row=1), torch.randn(3, 1, 4, 4), config, allow_nonfinite=True)
     assert torch.isnan(x[1]).all() and torch.isfinite(x[[0, 2]]).all()
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+
+def _with_nan_weight(tiny_models_dir: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of the tiny models in which model file `name` holds one NaN weight (as a diverged training
+    run would leave it), written and read back through the real model-file code."""
+    from guidance.models import load_model, save_model
+
+    directory = tmp_path / f"nan-{name}"
+    shutil.copytree(tiny_models_dir, directory)
+    path = directory / f"{name}.safetensors"
+    loaded = load_model(path)
+    with torch.no_grad():
+        next(loaded.model.parameters()).view(-1)[0] = float("nan")
+    save_model(path, loaded.model, loaded.kind, loaded.config, loaded.spec, loaded.labels, loaded.task)
+    return directory
+
+
+def _one_error_line(r: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[0].startswith("speechguide: error: "), lines[0]
+    return lines[0]
+
+
+def test_generate_with_a_nan_model_exits_1_with_one_line_and_writes_nothing(tiny_models_dir, tmp_path):
+    models = _with_nan_weight(tiny_models_dir, tmp_path, "denoiser-unet")
+    out = tmp_path / "out"
+    r = run_cli("generate", "--target", "digit=3", "--num", "2", "--steps", "3", "--out", str(out), "--models-dir", str(models))
+    line = _one_error_line(r)
+    assert line.startswith("speechguide: error: sampling became non-finite at step index 0 of 3 (sigma 80)"), line
+    assert not out.exists()
+
+
+def test_calibrate_with_a_nan_model_exits_1_with_one_line_and_writes_nothing(tiny_models_dir, tmp_path):
+    models = _with_nan_weight(tiny_models_dir, tmp_path, "denoiser-unet")
+    out = tmp_path / "cal"
+    r = run_cli("calibrate", "--models-dir", str(models), "--bins", "2", "--max-clips", "4", "--draws", "1",
+                "--no-progress", "--no-mlflow", "--out", str(out))
+    line = _one_error_line(r)
+    assert "calibration bin 0 (sigma 0.002 to 0.4): the denoiser's x0_hat has" in line, line
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_evaluate_with_a_nan_judge_exits_1_with_one_line_and_writes_nothing(tiny_models_dir, tmp_path):
+    models = _with_nan_weight(tiny_models_dir, tmp_path, "judge-digit")
+    out = tmp_path / "eval"
+    r = run_cli("evaluate", "--models-dir", str(models), "--per-class", "1", "--steps", "2", "--noisy-scales", "1",
+                "--clean-scales", "0.1", "--split", "val", "--no-mlflow", "--out", str(out))
+    line = _one_error_line(r)
+    assert "digit judge judge-digit: its embeddings of real val clips has" in line, line
+    assert not out.exists()
