@@ -8,6 +8,7 @@ than raising) run in a child interpreter, so a regression fails an assertion ins
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import shutil
@@ -249,3 +250,48 @@ def test_evaluate_with_a_nan_judge_exits_1_with_one_line_and_writes_nothing(tiny
     line = _one_error_line(r)
     assert "digit judge judge-digit: its embeddings of real val clips has" in line, line
     assert not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Serve's own, on import
+def test_split_sampler_raises_the_same_error():
+    from serve.steps import drive_sampler
+
+    config = SamplerConfig(steps=8)
+    denoise = _nan_below(5.0, row=0)
+
+    async def remote(x, sigma):
+        return denoise(x, sigma)
+
+    with pytest.raises(NonFiniteError) as remote_err:
+        asyncio.run(drive_sampler(torch.randn(2, 1, 4, 4), config, 0, None, remote, None))
+    with pytest.raises(NonFiniteError) as local_err:
+        sample(denoise, torch.randn(2, 1, 4, 4), config)
+    assert (remote_err.value.step, remote_err.value.sigma) == (local_err.value.step, local_err.value.sigma)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_serve_answers_a_json_500_naming_step_and_sigma():
+    from serve.ingress import _nonfinite
+
+    with pytest.raises(NonFiniteError) as info:
+        sample(_nan_below(5.0, row=0), torch.randn(1, 1, 4, 4), SamplerConfig(steps=8))
+    response = asyncio.run(_nonfinite(None, info.value))
+    body = json.loads(response.body)
+    assert response.status_code == 500
+    assert body["step"] == info.value.step and body["sigma"] == pytest.approx(info.value.sigma)
+    assert body["detail"].startswith("generation failed: sampling became non-finite at step index")
+
+
+def test_client_error_carries_the_servers_detail(monkeypatch):
+    import httpx
+
+    from serve import client
+
+    detail = "generation failed: sampling became non-finite at step index 0 of 3 (sigma 80): 1 of 1 sample(s)"
+
+    def post(url: str, **_: object) -> httpx.Response:  # the app's answer, without starting the app
+        return httpx.Response(500, json={"detail": detail, "step": 0, "sigma": 80.0}, request=httpx.Request("POST", url))
+
+    monkeypatch.setattr(client.httpx, "post", post)
+    with pytest.raises(httpx.HTTPStatusError, match=r"/v1/generate failed \(500\): generation failed: sampling became non-finite"):
+        client.generate_remote("http://127.0.0.1:9", {"targets": []})
