@@ -3,6 +3,12 @@ and clean-classifier guidance, side by side on the same noise, scored by indepen
 
 Generated log-Mels are vocoded and re-analysed before the judge hears them, exactly as a listener
 would get them; the judge never guided anything.
+
+A generated sample that is not finite (its log-Mel, its audio, or the judge's view of it) does not
+stop the evaluation: the system's `nonfinite_samples` counts it, it counts as a miss for the
+accuracies, and the distribution measures (FD, IS, mIS, AM) are reported as NaN (null in
+report.json) for that system rather than computed on a silently smaller set. The real-clip floors
+must be finite: a judge that cannot hear real clips finitely makes the whole report meaningless.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 
 from guidance.data import DIGITS, fsdd_features, fsdd_vocoded_features, write_wav
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
+from guidance.finite import nonfinite_rows, require_finite
 from guidance.metrics import (
     accuracy,
     am_score,
@@ -31,7 +38,7 @@ from guidance.metrics import (
 from guidance.models import ModelFile
 from guidance.cost import PeakMemory, count_macs, parameter_counts
 from guidance.models.score_subnet import SingleBackboneModel
-from guidance.pipeline import ModelSet, guided_denoiser, make_noise, sample_mels, vocode
+from guidance.pipeline import ModelSet, guided_denoiser, make_noise, sample_mels, vocode_finite
 from guidance.plots import spectrogram_grid
 from guidance.features import Vocoder
 from guidance.vocoders import describe_vocoder
@@ -71,6 +78,7 @@ class SystemResult:
     macs_per_step: int = 0  # sampling one sample, averaged over the sampler's steps
     peak_memory_mb: float = float("nan")
     memory_method: str = ""
+    nonfinite_samples: int = 0  # samples whose log-Mel, audio or judge outputs were NaN/inf (FD, IS, mIS, AM are then NaN)
 
 
 _TAKES = {"test": "takes 0-4", "val": "takes 5-9", "train": "takes 10-49"}
@@ -116,7 +124,7 @@ def system_costs(models: ModelSet, kind: str, profile: GuidanceProfile) -> dict:
     denoiser = guided_denoiser(models, kind, target.to(models.device), profile)
     with torch.no_grad():
         per_eval = count_macs(lambda: denoiser(x.to(models.device), torch.ones(1, device=models.device)))
-    per_sample = count_macs(lambda: sample_mels(models, kind, target, profile, x, batch_size=1))
+    per_sample = count_macs(lambda: sample_mels(models, kind, target, profile, x, batch_size=1, allow_nonfinite=True))
     generator = "score-subnet" if isinstance(models.denoiser.model, SingleBackboneModel) else "unet"
     return {
         "generator": generator,
@@ -151,6 +159,10 @@ def evaluate(
     test_emb, test_logits = judge_outputs(judge, test.mels)
     train_emb, train_logits = judge_outputs(judge, train.mels)
     voc_emb, voc_logits = judge_outputs(judge, test_vocoded.mels)
+    floors = {f"embeddings of real {cfg.split}": test_emb, "embeddings of real train": train_emb,
+              f"embeddings of vocoded {cfg.split}": voc_emb, f"logits of real {cfg.split}": test_logits, "logits of real train": train_logits}
+    for what, values in floors.items():  # the floors and real-clip figures are only meaningful when finite
+        require_finite(values, f"digit judge {judge_digit.name}: its {what} clips")
     report: dict = {
         "protocol": f"FSDD {cfg.split} split ({_TAKES[cfg.split]}), judge-scored; generated audio is vocoded ({describe_vocoder(models.vocoder)['kind']}) before judging",
         "config": {**asdict(cfg), "base_profiles": {k: json.loads(v.model_dump_json()) for k, v in cfg.base_profiles.items()}},
@@ -186,14 +198,16 @@ def evaluate(
         costs = system_costs(system_models, kind, profile)
         started = time.time()
         with PeakMemory(system_models.device) as memory:
-            mels = sample_mels(system_models, kind, targets, profile, noise, seed=cfg.seed, batch_size=cfg.batch_size)
+            mels = sample_mels(
+                system_models, kind, targets, profile, noise, seed=cfg.seed, batch_size=cfg.batch_size, allow_nonfinite=True
+            )
         elapsed = time.time() - started
-        heard = hear(vocode(mels, models.vocoder), spec)
-        emb, logits = judge_outputs(judge, heard)
+        emb, logits, ok = _judge_generated(judge, mels, spec, models.vocoder)
         guide_acc = None
         if kind != "none":
-            guide_acc = accuracy(system_models.guides[kind].probabilities(mels.to(system_models.device)).cpu(), targets)
-        probs = logits.softmax(1)
+            guide_probs = system_models.guides[kind].probabilities(mels.to(system_models.device)).cpu()
+            guide_acc = accuracy(guide_probs.masked_fill(~ok.unsqueeze(1), float("nan")), targets)
+        scores = _distribution_scores(test_emb, train_logits, emb, logits) if bool(ok.all()) else _NO_SCORES
         results.append(
             SystemResult(
                 name=name,
@@ -201,16 +215,14 @@ def evaluate(
                 scale=profile.settings_for("digit").scale,
                 judge_accuracy=accuracy(logits, targets),
                 guide_accuracy=guide_acc,
-                fd=frechet_distance(test_emb, emb),
-                inception_score=inception_score(logits),
-                modified_inception_score=modified_inception_score(probs),
-                am_score=am_score(probs, train_logits.softmax(1)),
+                **scores,
                 per_class_accuracy=per_class_accuracy(logits, targets, len(DIGITS)),
                 seconds_per_sample=elapsed / n,
                 profile=json.loads(profile.model_dump_json()),
                 **costs,
                 peak_memory_mb=memory.peak_bytes / 2**20,
                 memory_method=memory.method,
+                nonfinite_samples=int((~ok).sum()),
             )
         )
         generated[name] = mels
@@ -221,13 +233,52 @@ def evaluate(
     for kind in ("noisy", "clean"):
         candidates = [r for r in results if r.kind == kind and r.generator == "unet"]
         if candidates:
-            top = max(candidates, key=lambda r: (r.judge_accuracy, -r.fd))
+            top = max(candidates, key=lambda r: (r.nonfinite_samples == 0, r.judge_accuracy, -r.fd if math.isfinite(r.fd) else -math.inf))
             best[kind] = top.name
     report["best"] = best
     if subnets:
         report["subnets"] = {label: ms.describe() for label, ms in subnets.items()}
     _write_outputs(report, results, generated, targets, spec, out, cfg, models.vocoder)
     return report
+
+
+_NO_SCORES = {"fd": float("nan"), "inception_score": float("nan"), "modified_inception_score": float("nan"), "am_score": float("nan")}
+
+
+def _judge_generated(judge, mels: torch.Tensor, spec, vocoder: Vocoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(embeddings, logits, ok) of the judge on generated log-Mels as a listener hears them.
+
+    `ok` is False for a sample whose log-Mel, audio or judge outputs are not finite; its embedding
+    and logits rows are NaN, so accuracies count it as a miss and nothing downstream mistakes the
+    silence it was vocoded to for a real answer.
+    """
+    waves, ok = vocode_finite(mels, vocoder)
+    emb, logits = judge_outputs(judge, hear(waves, spec))
+    ok &= ~nonfinite_rows(emb) & ~nonfinite_rows(logits)
+    emb[~ok], logits[~ok] = float("nan"), float("nan")
+    return emb, logits, ok
+
+
+def _distribution_scores(test_emb: torch.Tensor, train_logits: torch.Tensor, emb: torch.Tensor, logits: torch.Tensor) -> dict:
+    """FD, IS, mIS and AM of one system's samples (all finite)."""
+    probs = logits.softmax(1)
+    return {
+        "fd": frechet_distance(test_emb, emb),
+        "inception_score": inception_score(logits),
+        "modified_inception_score": modified_inception_score(probs),
+        "am_score": am_score(probs, train_logits.softmax(1)),
+    }
+
+
+def _json_ready(value):
+    """`value` with NaN and infinities as None: report.json stays strict JSON (null, not NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
 
 
 def _write_outputs(report, results, generated, targets, spec, out: Path, cfg: EvalConfig, vocoder: Vocoder) -> None:
@@ -237,11 +288,12 @@ def _write_outputs(report, results, generated, targets, spec, out: Path, cfg: Ev
     first = [int((targets == d).nonzero()[0]) for d in range(len(DIGITS))]
     rows = {name: generated[name][first] for name in shown}
     for name, mels in rows.items():
-        waves = vocode(mels, vocoder)
+        waves, ok = vocode_finite(mels, vocoder)
         for d, wave in enumerate(waves):
-            write_wav(out / "wavs" / name.replace("@", "_") / f"{d}_000.wav", wave, spec.sample_rate)
+            if ok[d]:  # a non-finite sample has no audio; its absence (and nonfinite_samples) says so
+                write_wav(out / "wavs" / name.replace("@", "_") / f"{d}_000.wav", wave, spec.sample_rate)
     spectrogram_grid(rows, [f"'{d}'" for d in DIGITS], out / "spectrograms.png")
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.json").write_text(json.dumps(_json_ready(report), indent=2))
     (out / "report.md").write_text(markdown_report(report))
 
 
@@ -289,8 +341,27 @@ def markdown_report(report: dict) -> str:
             f"{_fmt(s['am_score'])} | {s['seconds_per_sample']:.3f} |"
         )
     lines += ["", "Noisy guidance scale is gamma (plain classifier guidance); clean guidance scale is the norm-scaled fraction of the denoiser step (active for sigma <= 5).", ""]
+    lines += nonfinite_note(report)
     lines += cost_table(report)
     return "\n".join(lines)
+
+
+def nonfinite_note(report: dict) -> list[str]:
+    """Markdown lines naming the systems that produced non-finite samples (none when all were finite)."""
+    bad = [s for s in report["systems"] if s.get("nonfinite_samples")]
+    if not bad:
+        return []
+    n = report["config"]["per_class"] * len(DIGITS)
+    lines = [
+        "## Non-finite samples",
+        "",
+        "Samples whose log-Mel, audio or judge outputs were NaN or infinite. They count as misses for the "
+        "accuracies; FD, IS, mIS and AM are left out (-) for these systems.",
+        "",
+    ]
+    lines += [f"- {s['name']}: {s['nonfinite_samples']} of {n}" for s in bad]
+    lines.append("")
+    return lines
 
 
 def cost_table(report: dict) -> list[str]:

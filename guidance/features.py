@@ -15,6 +15,8 @@ from typing import Protocol
 import torch
 import torchaudio
 
+from guidance.finite import require_finite
+
 
 class FeatureSpecMismatch(ValueError):
     """A model file was made with a different front end than the one it is used with."""
@@ -133,7 +135,9 @@ class Vocoder(Protocol):
 class GriffinLimVocoder(torch.nn.Module):
     """Normalized log-Mel -> waveform by least-squares inverse Mel and Griffin-Lim phase recovery.
 
-    Phase initialisation is seeded so that the same spectrogram always gives the same audio.
+    Phase initialisation is seeded so that the same spectrogram always gives the same audio. A
+    non-finite log-Mel is refused (NonFiniteError): the inverse Mel's least-squares solve reaches
+    LAPACK, which fails on NaN with an internal assertion or garbage rather than a clear error.
     """
 
     def __init__(self, spec: FeatureSpec, n_iter: int = 64, seed: int = 0) -> None:
@@ -154,6 +158,7 @@ class GriffinLimVocoder(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, mel: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        require_finite(mel, "the log-Mel given to the vocoder")
         if mel.dim() == 4:
             mel = mel.squeeze(1)
         power = torch.exp(mel.float() * self.spec.std + self.spec.mean)

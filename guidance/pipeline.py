@@ -16,6 +16,7 @@ from guidance.device import pick_device
 from guidance.diffusion import init_state, sampler_step
 from guidance.diffusion.precond import Denoiser
 from guidance.features import FeatureSpec, Vocoder
+from guidance.finite import nonfinite_rows
 from guidance.guides import ClassifierGuide, Guide, GuidanceProfile, GuidedDenoiser, GuideSettings, GuideTerm
 from guidance.models import ModelFile, load_model
 from guidance.models.score_subnet import GuidedSingleBackbone, SingleBackboneModel, load_score_subnet
@@ -188,9 +189,14 @@ def sample_mels(
     on_batch: Callable[[int], None] | None = None,
     extra_guides: dict[str, Guide] | None = None,
     weights: dict[str, float] | None = None,
+    allow_nonfinite: bool = False,
 ) -> torch.Tensor:
     """Sample one log-Mel per row of `noise`, row i steered towards class `targets[i]` (or, for a dict
-    of guide name -> labels, towards every named guide's label at once; see `guided_denoiser`)."""
+    of guide name -> labels, towards every named guide's label at once; see `guided_denoiser`).
+
+    A batch that goes non-finite raises `NonFiniteError` naming the step and sigma; with
+    `allow_nonfinite` its rows come back as they are (NaN included) for a caller that scores the
+    finite ones and counts the others."""
     if kind not in GUIDE_KINDS:
         raise ValueError(f"guide kind must be one of {GUIDE_KINDS}, got {kind!r}")
     config = profile.sampler.to_config()
@@ -202,7 +208,7 @@ def sample_mels(
         state = init_state(noise[rows].to(models.device), config, seed=seed + start)
         with torch.no_grad():  # guides enable autograd where they need it; otherwise every step's graph is kept
             while not state.done:
-                state = sampler_step(denoiser, state, config)
+                state = sampler_step(denoiser, state, config, allow_nonfinite)
         out.append(state.x.detach().cpu())
         if on_batch:
             on_batch(len(out[-1]))
@@ -212,3 +218,20 @@ def sample_mels(
 def vocode(mels: torch.Tensor, vocoder: Vocoder, batch_size: int = 64) -> torch.Tensor:
     """Waveforms (N, samples) of log-Mels through the model set's vocoder (`ModelSet.vocoder`)."""
     return vocode_batched(vocoder, mels, batch_size)
+
+
+def vocode_finite(mels: torch.Tensor, vocoder: Vocoder, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(waves, ok): audio for every row of `mels`, silent where a row could not be vocoded, and (N,)
+    bool `ok`, False for those rows.
+
+    A row is left out when its log-Mel is non-finite (never handed to the vocoder) or when its audio
+    comes out non-finite (a finite but huge log-Mel overflows exp in Griffin-Lim). Callers that score
+    batches hear such rows as the silence a WAV file would carry, and count them.
+    """
+    ok = ~nonfinite_rows(mels)
+    waves = torch.zeros(len(mels), vocoder.spec.num_samples)
+    if bool(ok.any()):
+        waves[ok] = vocode(mels[ok], vocoder, batch_size)
+    ok &= ~nonfinite_rows(waves)
+    waves[~ok] = 0.0
+    return waves, ok

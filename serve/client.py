@@ -14,12 +14,17 @@ def generate_remote(url: str, payload: dict, timeout: float = 300) -> dict:
     The JSON form is always requested (Accept: application/json), so the answer carries every
     sample with its scores, the models and the profile used. A 4xx raises `ValueError` with the
     server's `detail` (the client's request is wrong, retrying will not help); 5xx and transport
-    errors raise `httpx.HTTPError` subclasses (the server may recover; 503s carry Retry-After).
+    errors raise `httpx.HTTPError` subclasses (the server may recover; 503s carry Retry-After), a
+    5xx with the server's `detail` in its message.
     """
     endpoint = url.rstrip("/") + "/v1/generate"
     response = httpx.post(endpoint, json=payload, headers={"Accept": "application/json"}, timeout=timeout)
     if 400 <= response.status_code < 500:
         raise ValueError(f"{endpoint} refused the request ({response.status_code}): {_detail(response)}")
+    if response.status_code >= 500:  # the server's detail (e.g. the step where sampling went NaN) is the useful part
+        raise httpx.HTTPStatusError(
+            f"{endpoint} failed ({response.status_code}): {_detail(response)}", request=response.request, response=response
+        )
     response.raise_for_status()
     return response.json()
 

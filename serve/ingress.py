@@ -47,6 +47,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from guidance.features import FeatureSpec, Vocoder
+from guidance.finite import NonFiniteError
 from guidance.vocoders import load_vocoder
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.pipeline import make_noise
@@ -84,6 +85,17 @@ def _error_response(status: int, detail: str, retry_after: Optional[int] = None)
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return _error_response(exc.status, exc.detail, exc.retry_after)
+
+
+@api.exception_handler(NonFiniteError)
+async def _nonfinite(_: Request, exc: NonFiniteError) -> JSONResponse:
+    """Sampling went NaN/inf (the sampler names the step and sigma): a JSON 500 saying so, not a
+    generic one inviting a retry, since the same request would fail the same way; the replica lives on."""
+    log.warning("request went non-finite: %s", exc)
+    body: dict = {"detail": f"generation failed: {exc}"}
+    if exc.step is not None:
+        body.update(step=exc.step, sigma=exc.sigma)
+    return JSONResponse(body, status_code=500)
 
 
 @api.exception_handler(StarletteHTTPException)

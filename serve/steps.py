@@ -176,7 +176,10 @@ async def guided_call(
 async def drive_sampler(
     noise: torch.Tensor, config: SamplerConfig, seed: int, plan: Optional[GuidePlan], denoise: Denoise, guide: Guide
 ) -> tuple[torch.Tensor, StepStats]:
-    """Sample one request's batch step by step; the state lives here, one value per step."""
+    """Sample one request's batch step by step; the state lives here, one value per step.
+
+    Raises NonFiniteError (with the step index and sigma) when x goes NaN/inf, as the in-process
+    sampler does; the ingress answers it with a JSON 500."""
     stats = StepStats()
     state = init_state(noise, config, seed=seed)
     while not state.done:

@@ -1,6 +1,8 @@
 """`speechguide`: one command line for every job.
 
-Bad arguments end with exit code 2 and one line on stderr saying what is wrong.
+Bad arguments end with exit code 2 and one line on stderr saying what is wrong. A run whose
+numbers go non-finite (NaN or inf while sampling or scoring) ends with exit code 1 and one line
+naming where (e.g. the sampler step and sigma), before any output file is written.
 """
 
 from __future__ import annotations
@@ -556,8 +558,10 @@ _register_optional_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and turn every usage problem into one line and exit code 2."""
+    """Entry point: run the app and turn every usage problem into one line and exit code 2, and
+    a non-finite failure into one line and exit code 1 (no traceback either way)."""
     from guidance.features import FeatureSpecMismatch
+    from guidance.finite import NonFiniteError
 
     try:
         # without standalone mode click returns a `typer.Exit(code)`'s code instead of raising it
@@ -571,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FeatureSpecMismatch, FileNotFoundError) as exc:
         print(f"speechguide: error: {exc}", file=sys.stderr)
         return 2
+    except NonFiniteError as exc:
+        print(f"speechguide: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except typer.Abort:
         print("speechguide: aborted", file=sys.stderr)
         return 130

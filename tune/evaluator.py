@@ -3,8 +3,11 @@
 The trial and the driver's baseline both use it, so the default profile and every tuned profile
 see exactly the same noise, the same targets and the same scoring. Batch `b` holds
 `batch_per_class` samples of every digit; sample `i` always starts from row `i` of one noise
-tensor drawn from the sweep's seed (common random numbers across trials). Audio that comes out of
-the vocoder non-finite (a sample guidance blew up) is heard as silence, as its WAV file would play.
+tensor drawn from the sweep's seed (common random numbers across trials). A sample that guidance
+blew up (its log-Mel or its audio non-finite) is never handed to the vocoder or the judge as NaN: it
+is heard as silence, as its WAV file would play, and counted in the `nonfinite_samples` metric, so
+the trial scores it as the failure it is (Optuna learns to avoid such profiles) and the sweep's
+table flags the trial.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from guidance.data import DIGITS, fsdd_features
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.metrics import hear, judge_outputs
 from guidance.models import ModelFile, load_model
-from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels, vocode
+from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels, vocode_finite
 from tune.objective import ObjectiveAccumulator, ObjectiveWeights, ValReference
 from tune.settings import TuneSettings
 
@@ -76,12 +79,11 @@ class ProfileEvaluator:
             began = time.perf_counter()
             mels = sample_mels(
                 self.models, self.settings.guide, self.targets[rows], profile, self.noise[rows],
-                seed=self.settings.seed + rows.start, batch_size=self.batch_size,
+                seed=self.settings.seed + rows.start, batch_size=self.batch_size, allow_nonfinite=True,
             )
-            # A sample that blew up vocodes to non-finite audio; a WAV file would carry it as silence/clipping.
-            waves = torch.nan_to_num(vocode(mels, self.models.vocoder), nan=0.0, posinf=0.0, neginf=0.0).clamp(-1.0, 1.0)
-            emb, logits = judge_outputs(self.judge.model, hear(waves, spec))
-            metrics = self.accumulator.add(emb, logits, self.targets[rows])
+            waves, ok = vocode_finite(mels, self.models.vocoder)  # blown-up samples come back silent, flagged in `ok`
+            emb, logits = judge_outputs(self.judge.model, hear(waves.clamp(-1.0, 1.0), spec))
+            metrics = self.accumulator.add(emb, logits, self.targets[rows], nonfinite=int((~ok).sum()))
             metrics["batch_seconds"] = time.perf_counter() - began
             yield BatchResult(b + 1, metrics, mels, waves, self.targets[rows])
 

@@ -13,6 +13,11 @@ Scalar objective (maximised): `accuracy_weight * judge_accuracy - fd_weight * fd
 of 100 cost 0.2 (guidance that wrecks the samples reaches FD in the hundreds), and reward diversity
 up to the real data's level only. The multi-objective mode hands the three measures to Optuna
 separately (max, min, max).
+
+`nonfinite_samples` counts the samples so far whose log-Mel or audio was NaN/inf (heard as silence,
+see `tune.evaluator`); it flags the trial without changing how the objective is computed. Judge
+outputs that are themselves non-finite make `frechet_distance` raise `NonFiniteError`: the trial
+fails as a trial (Ray records it as errored) and the sweep goes on with the others.
 """
 
 from __future__ import annotations
@@ -64,11 +69,14 @@ class ObjectiveAccumulator:
         self.emb: list[torch.Tensor] = []
         self.logits: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
+        self.nonfinite = 0
 
-    def add(self, emb: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    def add(self, emb: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, nonfinite: int = 0) -> dict[str, float]:
+        """Score one more batch; `nonfinite`: how many of its samples blew up (heard as silence)."""
         self.emb.append(emb.float().cpu())
         self.logits.append(logits.float().cpu())
         self.targets.append(targets.long().cpu())
+        self.nonfinite += nonfinite
         return self.metrics()
 
     def metrics(self) -> dict[str, float]:
@@ -82,11 +90,14 @@ class ObjectiveAccumulator:
             "fd": fd,
             "diversity": diversity,
             "samples": float(len(targets)),
+            "nonfinite_samples": float(self.nonfinite),
         }
 
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors to checkpoint (a resumed trial continues from the batches it already scored)."""
-        return {"emb": torch.cat(self.emb), "logits": torch.cat(self.logits), "targets": torch.cat(self.targets)}
+        return {"emb": torch.cat(self.emb), "logits": torch.cat(self.logits), "targets": torch.cat(self.targets),
+                "nonfinite": torch.tensor(self.nonfinite)}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.emb, self.logits, self.targets = [state["emb"]], [state["logits"]], [state["targets"]]
+        self.nonfinite = int(state.get("nonfinite", 0))  # checkpoints written before the count existed have none

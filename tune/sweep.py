@@ -24,7 +24,9 @@ from tune.settings import SIDECAR, TuneSettings, _is_uri
 from tune.space import ProfileSpace, SpaceBounds
 
 
-KEPT_METRICS = ("objective", "judge_accuracy", "fd", "diversity", "samples", "trial_seconds", "batches", "time_total_s", "timestamp")
+KEPT_METRICS = (
+    "objective", "judge_accuracy", "fd", "diversity", "samples", "nonfinite_samples", "trial_seconds", "batches", "time_total_s", "timestamp",
+)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class SweepResult:
             "stopped": sum(r.status == "stopped" for r in self.rows),
             "errored": sum(r.status == "error" for r in self.rows),
             "samples_generated": sum(r.metrics.get("samples", 0) for r in self.rows),
+            "trials_with_nonfinite_samples": sum(r.metrics.get("nonfinite_samples", 0) > 0 for r in self.rows),
             "trial_seconds": sum(r.metrics.get("trial_seconds", 0) for r in self.rows),
             "best": None if self.best is None else {"trial_id": self.best.trial_id, **self.best.metrics},
             "best_profile": None if self.best_profile is None else json.loads(self.best_profile.to_json()),

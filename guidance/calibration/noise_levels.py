@@ -33,6 +33,7 @@ from guidance.calibration.temperature import (
     reliability,
 )
 from guidance.diffusion.precond import Denoiser
+from guidance.finite import require_finite
 from guidance.guides.base import Guide, GuideTerm, guide_gradient
 from guidance.guides.profile import GuidanceProfile, GuideSettings
 
@@ -184,7 +185,10 @@ def collect_bin(
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
 ) -> BinSamples:
-    """Noise every clip `cfg.draws` times at sigma log-uniform in [lo, hi), denoise, classify."""
+    """Noise every clip `cfg.draws` times at sigma log-uniform in [lo, hi), denoise, classify.
+
+    Raises NonFiniteError when x0_hat or either classifier's logits are not finite: a temperature
+    fitted to NaN logits is meaningless, and nothing should be written from it."""
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + bin_index)
     n = len(labels) * cfg.draws
     clip = torch.arange(len(labels)).repeat(cfg.draws)
@@ -203,6 +207,10 @@ def collect_bin(
             parts["noisy"].append(noisy.logits(x_t, s).cpu() if hasattr(noisy, "logits") else _logits_via_log_prob(noisy, x_t, s))
         if on_batch:
             on_batch(len(s))
+    where = f"calibration bin {bin_index} (sigma {lo:.4g} to {hi:.4g})"
+    for key, what in (("x0_hat", "the denoiser's x0_hat"), ("clean", "the clean classifier's logits"), ("noisy", "the noisy classifier's logits")):
+        if parts[key]:
+            require_finite(torch.cat(parts[key]), f"{where}: {what}")
     return BinSamples(
         sigma=sigma,
         clip=clip,

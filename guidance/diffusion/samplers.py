@@ -5,6 +5,10 @@ loop, a Serve ingress that batches many requests) can advance it step by step. `
 is the step written as a generator: it yields every (x, sigma) it needs denoised and receives
 x0_hat back, so an async caller can send each denoiser call to a remote deployment. The
 comments follow Algorithm 2 of Karras et al. 2022.
+
+Every step checks that x stayed finite and raises `NonFiniteError` (with the step index and sigma)
+when it did not: once NaN, a sample stays NaN to the end, and written out it is silent garbage.
+Callers that score whole batches and want to keep the finite rows pass `allow_nonfinite=True`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 from guidance.diffusion.precond import Denoiser
 from guidance.diffusion.schedule import karras_sigmas
+from guidance.finite import NonFiniteError, nonfinite_count, nonfinite_rows
 
 DenoiseCall = tuple[torch.Tensor, torch.Tensor]
 
@@ -77,8 +82,25 @@ def _step_noise(state: SamplerState) -> torch.Tensor:
     return torch.randn(state.x.shape, generator=gen).to(state.x.device, state.x.dtype)
 
 
-def step_calls(state: SamplerState, config: SamplerConfig) -> Generator[DenoiseCall, torch.Tensor, SamplerState]:
-    """One sampler step as a generator of denoiser calls; returns the next state."""
+def check_step(state: SamplerState, x_next: torch.Tensor) -> None:
+    """Raise NonFiniteError when the step from `state` produced a non-finite `x_next`: which step
+    (0-based index), the sigma it started from, and how many samples and values went bad."""
+    count = nonfinite_count(x_next)
+    if not count:
+        return
+    rows, steps = int(nonfinite_rows(x_next).sum()), len(state.sigmas) - 1
+    raise NonFiniteError(
+        f"sampling became non-finite at step index {state.index} of {steps} (sigma {state.sigma:.4g}): "
+        f"{rows} of {len(x_next)} sample(s), {count} value(s) NaN or inf",
+        what="x", count=count, total=x_next.numel(), step=state.index, sigma=state.sigma,
+    )
+
+
+def step_calls(
+    state: SamplerState, config: SamplerConfig, allow_nonfinite: bool = False
+) -> Generator[DenoiseCall, torch.Tensor, SamplerState]:
+    """One sampler step as a generator of denoiser calls; returns the next state (checked finite
+    unless `allow_nonfinite`)."""
     if state.done:
         raise ValueError("sampler state is already at the last step")
     i, x, n = state.index, state.x, len(state.sigmas) - 1
@@ -98,12 +120,14 @@ def step_calls(state: SamplerState, config: SamplerConfig) -> Generator[DenoiseC
         denoised_next = yield x_next, t_next.expand(batch)
         d_prime = (x_next - denoised_next) / t_next
         x_next = x + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    if not allow_nonfinite:
+        check_step(state, x_next)
     return replace(state, x=x_next, index=i + 1)
 
 
-def sampler_step(denoiser: Denoiser, state: SamplerState, config: SamplerConfig) -> SamplerState:
-    """Advance one step, calling `denoiser` in-process."""
-    gen = step_calls(state, config)
+def sampler_step(denoiser: Denoiser, state: SamplerState, config: SamplerConfig, allow_nonfinite: bool = False) -> SamplerState:
+    """Advance one step, calling `denoiser` in-process (see `step_calls` for `allow_nonfinite`)."""
+    gen = step_calls(state, config, allow_nonfinite)
     call = next(gen)
     while True:
         try:
@@ -118,11 +142,12 @@ def sample(
     config: SamplerConfig,
     seed: int = 0,
     callback: Callable[[SamplerState], None] | None = None,
+    allow_nonfinite: bool = False,
 ) -> torch.Tensor:
     """Integrate from `noise` (unit Gaussian) to a sample; `callback` sees every intermediate state."""
     state = init_state(noise, config, seed)
     while not state.done:
-        state = sampler_step(denoiser, state, config)
+        state = sampler_step(denoiser, state, config, allow_nonfinite)
         if callback is not None:
             callback(state)
     return state.x

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from guidance.features import FeatureSpec, fit_length
+from guidance.finite import require_finite
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class NeuralVocoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, mel: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        require_finite(mel, "the log-Mel given to the vocoder")
         wave = self.waveform(self.spectrum(mel), length)
         peak = wave.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
         return wave / peak * 0.9
