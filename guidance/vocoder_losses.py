@@ -7,6 +7,8 @@
   instantaneous phase, group delay (difference along frequency) and instantaneous frequency (difference
   along time), each through f_AW(x) = |x - 2 pi round(x / 2 pi)|, weighted by where the target has energy
   (the phase of silence is arbitrary).
+- Log-magnitude L1 of the predicted spectrum itself, before the inverse STFT (APNet's amplitude loss):
+  the magnitude is where the log-Mel's lost detail (harmonics above the low Mel bands) must come back.
 - Log-Mel L1 at the project's own front end: the vocoded audio, analysed again, should give back the
   features it was made from, which is what every downstream judge and guide reads.
 """
@@ -37,6 +39,11 @@ def multi_resolution_stft_loss(
         convergence = torch.linalg.vector_norm(t - p, dim=(-2, -1)) / torch.linalg.vector_norm(t, dim=(-2, -1)).clamp_min(1e-5)
         total = total + convergence.mean() + (t.log() - p.log()).abs().mean()
     return total / len(resolutions)
+
+
+def log_magnitude_loss(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-5) -> torch.Tensor:
+    """Mean |log|S_hat| - log|S|| of complex spectra (batch, bins, frames), both floored."""
+    return (pred.abs().clamp_min(floor).log() - target.abs().clamp_min(floor).log()).abs().mean()
 
 
 def anti_wrap(x: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,10 @@ from guidance.data import FeatureSet, fsdd_split, list_fsdd, load_waves, resolve
 from guidance.features import FeatureSpec, LogMel
 from guidance.models.checkpoint import config_dict
 from guidance.models.vocoder import NeuralVocoder, VocoderConfig
-from guidance.vocoder_losses import multi_resolution_stft_loss, phase_loss
+from guidance.vocoder_losses import log_magnitude_loss, multi_resolution_stft_loss, phase_loss
 
 SEGMENT_FRAMES = 32  # training crops: half a clip (the network is convolutional, so whole clips work at inference)
+MAGNITUDE_WEIGHT = 1.0  # log-magnitude L1 of the predicted spectrum
 MEL_WEIGHT = 1.0  # log-Mel L1 in normalized units
 PHASE_WEIGHT = 1.0  # instantaneous phase + group delay + instantaneous frequency, radians
 VAL_CLIPS = 64
@@ -51,7 +52,7 @@ class VocoderTrainer:
 
         self.batches = _Batches(len(self.waves), cfg.batch_size, gen)
         self.step_count = 0
-        self.card_extra = {"train_clips": int(len(self.waves)), "losses": "MR-STFT + log-Mel L1 + anti-wrapped phase"}
+        self.card_extra = {"train_clips": int(len(self.waves)), "losses": "MR-STFT + log-magnitude L1 + log-Mel L1 + anti-wrapped phase"}
 
     def augmented(self, idx: torch.Tensor) -> torch.Tensor:
         """A random `SEGMENT_FRAMES` crop of each clip, at any sample offset (so words sit anywhere on the
@@ -68,11 +69,13 @@ class VocoderTrainer:
 
     def losses(self, model: NeuralVocoder, wave: torch.Tensor, mel: torch.Tensor, noisy_mel: torch.Tensor) -> dict[str, torch.Tensor]:
         spectrum = model.spectrum(noisy_mel)
+        target = target_spectrum(wave, model.config)
         pred = model.waveform(spectrum, length=wave.shape[-1])
         return {
             "stft": multi_resolution_stft_loss(pred, wave),
+            "magnitude": log_magnitude_loss(spectrum, target),
             "mel": (self.features(pred) - mel).abs().mean(),
-            "phase": phase_loss(spectrum, target_spectrum(wave, model.config)),
+            "phase": phase_loss(spectrum, target),
         }
 
     def step(self) -> float:
@@ -83,7 +86,7 @@ class VocoderTrainer:
             level = torch.rand(len(wave), 1, 1, 1, generator=self.gen).to(self.device) * self.cfg.feature_noise
             noisy = mel + level * torch.randn(mel.shape, generator=self.gen).to(self.device)
         parts = self.losses(self.model, wave, mel, noisy)
-        loss = parts["stft"] + MEL_WEIGHT * parts["mel"] + PHASE_WEIGHT * parts["phase"]
+        loss = parts["stft"] + MAGNITUDE_WEIGHT * parts["magnitude"] + MEL_WEIGHT * parts["mel"] + PHASE_WEIGHT * parts["phase"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
