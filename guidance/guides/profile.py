@@ -153,11 +153,16 @@ class GuidanceProfile(_Strict):
 # One source of default profiles per guide kind. The clean classifier's defaults follow what a
 # probe here saw: plain gradients from a classifier that never saw noise wreck the samples, so
 # it acts only below sigma 5 and is rescaled relative to the denoiser's own step.
+def _shipped(kind: str) -> GuidanceProfile:
+    """A default profile file of guidance/guides/defaults (picked on the validation split; see tune.pick_defaults)."""
+    from guidance.guides.defaults import DEFAULTS_DIR
+
+    return GuidanceProfile.load(DEFAULTS_DIR / f"{kind}.json")
+
+
 DEFAULT_PROFILES: dict[str, GuidanceProfile] = {
-    "noisy": GuidanceProfile(name="noisy-default", guide=GuideSettings(scale=3.0)),
-    "clean": GuidanceProfile(
-        name="clean-default", guide=GuideSettings(scale=0.3, norm_scaling=True, sigma_hi=5.0, input="x0_hat")
-    ),
+    "noisy": _shipped("noisy"),
+    "clean": _shipped("clean"),
     "unconditional": GuidanceProfile(name="unconditional", guide=GuideSettings(scale=0.0)),
     # A Hugging Face classifier is a clean classifier too (it reads x0_hat through an adapter), so
     # it starts from the clean guide's settings; see guidance.guides.hf.

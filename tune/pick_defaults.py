@@ -1,0 +1,119 @@
+"""Pick the shipped default profiles on the validation split, by what outside ears hear.
+
+Every candidate (guide kind, profile, scale, steps) generates the same number of samples per digit from
+the same noise, goes through the default vocoder into WAV-ready audio, and is scored by the outside
+judges (pocketsphinx digit ASR with a ten-word grammar, DNSMOS) and by the project's digit judge. The
+pick per guide kind maximises outside ASR accuracy + 0.25 x DNSMOS OVRL (a 0.1 OVRL step is worth 2.5
+points of accuracy), and the winners are written as profile files: guidance/guides/defaults/KIND.json.
+The test split is never read.
+
+    .venv/bin/python -m tune.pick_defaults --per-class 10 --out reports/defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from guidance.data import DIGITS
+from guidance.guides import GuidanceProfile, GuideSettings
+from guidance.guides.defaults import DEFAULTS_DIR
+from guidance.metrics import accuracy, hear, judge_outputs
+from guidance.models import load_model
+from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels, vocode_finite
+from outside_judges.report import judge_waves, summary_row
+
+OVRL_WEIGHT = 0.25
+CALIBRATED_WINDOW = 27.72579372620585  # top of the highest sigma bin where the clean classifier beats chance (reports/calibration)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kind: str  # noisy | clean
+    profile: GuidanceProfile
+
+    @property
+    def name(self) -> str:
+        g, s = self.profile.guide, self.profile.sampler
+        window = f" sigma<={g.sigma_hi:g}" if g.sigma_hi is not None else ""
+        return f"{self.kind} {'norm ' if g.norm_scaling else ''}{g.scale:g}{window} {s.kind}-{s.steps}"
+
+
+def candidates(steps: tuple[int, ...]) -> list[Candidate]:
+    out = []
+    for n in steps:
+        for scale in (3.0, 10.0, 20.0):
+            out.append(Candidate("noisy", GuidanceProfile(name=f"noisy-{scale:g}-{n}", guide=GuideSettings(scale=scale)).with_sampler(steps=n)))
+        for scale in (0.1, 0.2, 0.3):
+            clean = GuideSettings(scale=scale, norm_scaling=True, sigma_hi=CALIBRATED_WINDOW, input="x0_hat")
+            out.append(Candidate("clean", GuidanceProfile(name=f"clean-window-{scale:g}-{n}", guide=clean).with_sampler(steps=n)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", default="18", help="comma-separated sampler step counts to try")
+    parser.add_argument("--only", default="", help="comma-separated candidate names to run (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("reports/defaults"))
+    parser.add_argument("--write-profiles", action="store_true", help=f"write the winners to {DEFAULTS_DIR}")
+    args = parser.parse_args()
+
+    paths = ModelPaths()
+    models = ModelSet.load(paths, "cpu")
+    judge = load_model(paths.path("judge_digit"), models.spec, "judge")
+    targets = torch.arange(len(DIGITS)).repeat_interleave(args.per_class)
+    noise = make_noise(len(targets), models.spec, args.seed)
+    rows = []
+    chosen = [c for c in candidates(tuple(int(s) for s in args.steps.split(","))) if not args.only or c.profile.name in args.only.split(",")]
+    for cand in chosen:
+        began = time.time()
+        mels = sample_mels(models, cand.kind, targets, cand.profile, noise, seed=args.seed, allow_nonfinite=True)
+        waves, ok = vocode_finite(mels, models.vocoder)
+        _, logits = judge_outputs(judge.model, hear(waves, models.spec))
+        outside = summary_row(judge_waves(waves, models.spec.sample_rate, targets.tolist()))
+        row = {
+            "name": cand.name,
+            "kind": cand.kind,
+            "profile": json.loads(cand.profile.model_dump_json()),
+            "outside_asr_accuracy": outside["asr_accuracy"],
+            "dnsmos_sig": outside["sig"],
+            "dnsmos_ovrl": outside["ovrl"],
+            "judge_accuracy": accuracy(logits, targets),
+            "nonfinite_samples": int((~ok).sum()),
+            "seconds": round(time.time() - began, 1),
+        }
+        row["score"] = row["outside_asr_accuracy"] + OVRL_WEIGHT * row["dnsmos_ovrl"]
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "val-sweep.json").write_text(json.dumps({"per_class": args.per_class, "seed": args.seed, "rows": rows}, indent=2))
+    lines = [
+        f"FSDD validation split, {args.per_class} samples per digit, seed {args.seed}, vocoder {models.vocoder.description}",
+        "",
+        "| candidate | outside ASR | DNSMOS SIG | OVRL | own judge | score |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: -r["score"]):
+        lines.append(
+            f"| {r['name']} | {r['outside_asr_accuracy']:.3f} | {r['dnsmos_sig']:.2f} | {r['dnsmos_ovrl']:.2f} | {r['judge_accuracy']:.3f} | {r['score']:.3f} |"
+        )
+    (args.out / "val-sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if args.write_profiles:
+        for kind in ("noisy", "clean"):
+            mine = [r for r in rows if r["kind"] == kind and r["nonfinite_samples"] == 0]
+            if mine:
+                best = max(mine, key=lambda r: r["score"])
+                profile = GuidanceProfile.model_validate({**best["profile"], "name": f"{kind}-default"})
+                print(f"{kind}: {best['name']} -> {profile.save(DEFAULTS_DIR / f'{kind}.json')}")
+
+
+if __name__ == "__main__":
+    main()
