@@ -57,6 +57,8 @@ class TrainConfig:
     task: Literal["digit", "speaker"] = "digit"
     backbone: str | None = None  # score-subnet: the frozen noise-conditioned classifier file
     digits: tuple[int, ...] | None = None  # score-subnet: the digits its training data is limited to (None: all)
+    vocoders: tuple[str, ...] = ("griffin-lim",)  # judges: whose round trips of the training clips they also hear
+    models_dir: str | None = None  # judges: where the neural vocoder file is read from (default: models/)
 
 
 TRAIN_DEFAULTS: dict[str, TrainConfig] = {
@@ -332,8 +334,9 @@ class _ClassifierTrainer:
 
 
 class _JudgeTrainer(_ClassifierTrainer):
-    """Judges also see Griffin-Lim round trips of the training clips, so that they hear vocoded
-    speech (what every generated sample is) as well as the original recordings."""
+    """Judges also see vocoder round trips of the training clips (Griffin-Lim, and the neural vocoder
+    when `cfg.vocoders` names it), so that they hear vocoded speech (what every generated sample is)
+    as well as the original recordings, whichever vocoder wrote it."""
 
     kind = "judge"
 
@@ -344,8 +347,15 @@ class _JudgeTrainer(_ClassifierTrainer):
         return TDNNJudge(net_cfg)
 
     def training_data(self, train_set: FeatureSet, spec: FeatureSpec, data_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        vocoded = fsdd_vocoded_features("train", spec, root=data_root)
-        return torch.cat([train_set.mels, vocoded.mels]), torch.cat([_targets(train_set, self.task), _targets(vocoded, self.task)])
+        from guidance.vocoders import describe_vocoder, load_vocoder
+
+        sets, heard = [train_set], []
+        for choice in self.cfg.vocoders:
+            vocoder = load_vocoder(choice, spec, Path(self.cfg.models_dir) if self.cfg.models_dir else _default_models_dir())
+            sets.append(fsdd_vocoded_features("train", spec, root=data_root, vocoder=vocoder))
+            heard.append(describe_vocoder(vocoder))
+        self.card_extra = {"vocoders_heard": heard}
+        return torch.cat([s.mels for s in sets]), torch.cat([_targets(s, self.task) for s in sets])
 
 
 class _ScoreSubnetTrainer(_DenoiserTrainer):
@@ -401,6 +411,12 @@ _denoiser_trainer = _DenoiserTrainer
 _score_subnet_trainer = _ScoreSubnetTrainer
 _classifier_trainer = _ClassifierTrainer
 _judge_trainer = _JudgeTrainer
+
+
+def _default_models_dir() -> Path:
+    from guidance.pipeline import default_models_dir  # lazy: the pipeline is not needed to train most models
+
+    return default_models_dir()
 
 
 def _vocoder_trainer(*args):

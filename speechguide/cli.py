@@ -54,6 +54,8 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     backbone: Optional[Path] = typer.Option(None, help="score-subnet: frozen noise-conditioned classifier file (the backbone)."),
     digits: Optional[str] = typer.Option(None, help="score-subnet: digits its training data is limited to, e.g. 0,1,2 (default: all)."),
+    vocoder: Optional[list[str]] = typer.Option(None, "--vocoder", help="judge: vocoders whose round trips of the training clips it also hears (repeatable; default griffin-lim)."),
+    models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="judge: where the neural vocoder file is read from."),
 ) -> None:
     """Train a model on the FSDD training split and save it with its feature config."""
     import dataclasses
@@ -87,6 +89,12 @@ def train(
         return
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
     overrides.update(_score_subnet_options(role, task, backbone, digits))
+    if vocoder:
+        if role != "judge":
+            fail("--vocoder applies to the judge role only")
+        for v in vocoder:
+            _check_vocoder(v)
+        overrides.update(vocoders=tuple(vocoder), models_dir=str(models_dir) if models_dir else None)
     cfg = dataclasses.replace(TRAIN_DEFAULTS[role], task=task, **overrides)
     spec = project_spec(root)
     result = run_training(role, spec, out, cfg, data_root=str(root), track=mlflow, show_progress=progress)
@@ -165,6 +173,23 @@ def _load_models(models_dir: Optional[Path], device: Optional[str], vocoder: str
         return ModelSet.load(paths, device, vocoder=vocoder)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
+
+
+OUTSIDE_JUDGES_HELP = "Also score the waveforms with the outside judges (PocketSphinx digit ASR, DNSMOS), about 0.5 s per clip on a CPU core."
+
+
+def outside_listen(enabled: bool):
+    """The evaluations' `listen` hook from `outside_judges` (None when disabled); a missing package ends
+    the command with one line (exit 2) before anything is sampled."""
+    if not enabled:
+        return None
+    try:
+        from outside_judges.report import listen, ready
+
+        ready()
+    except ImportError as exc:  # MissingJudgeDependency names the PyPI package to install
+        fail(f"--outside-judges: {' '.join(str(exc).split())} (or pass --no-outside-judges)")
+    return listen
 
 
 GENERATORS = ("unet", "score-subnet")
@@ -467,6 +492,8 @@ def evaluate(
     subnet: Optional[list[Path]] = typer.Option(None, "--subnet", help="ScoreSubnet file to add as subnet-uncond / subnet-guided@gamma systems (repeatable)."),
     subnet_scales: str = typer.Option("3", help="Guidance scales (gamma) for the ScoreSubnet systems."),
     vocoder: str = typer.Option("neural", "--vocoder", help=VOCODER_HELP),
+    outside_judges: bool = typer.Option(True, "--outside-judges/--no-outside-judges", help=OUTSIDE_JUDGES_HELP),
+    outside_real_per_class: Optional[int] = typer.Option(None, help="Real clips per digit (and their vocoder round trips) the outside judges hear as reference rows (default: --per-class, at most the split's)."),
 ) -> None:
     """Unconditional vs noise-conditioned vs clean-classifier guidance on the FSDD test split."""
     from guidance.data import resolve_fsdd_root
@@ -482,6 +509,8 @@ def evaluate(
         fail(f"--steps must be between 1 and 1000, got {steps}")
     if split not in ("test", "val"):
         fail(f"--split must be 'test' or 'val', got {split!r}")
+    if outside_real_per_class is not None and not 1 <= outside_real_per_class <= 1000:
+        fail(f"--outside-real-per-class must be between 1 and 1000, got {outside_real_per_class}")
     bases = {kind: _read_profile(path, f"--{kind}-profile") for kind, path in (("noisy", noisy_profile), ("clean", clean_profile)) if path}
     cfg = EvalConfig(
         per_class=per_class,
@@ -492,11 +521,13 @@ def evaluate(
         split=split,
         base_profiles=bases,
         subnet_scales=_parse_scales(subnet_scales, "--subnet-scales"),
+        outside_real_per_class=outside_real_per_class,
     )
     try:
         root = resolve_fsdd_root(data_dir, download=download)
     except FileNotFoundError as exc:
         fail(str(exc))
+    listen = outside_listen(outside_judges)
     models = _load_models(models_dir, device, vocoder)
     subnets = {_subnet_label(p): _load_subnet(p, models_dir, device, vocoder) for p in subnet or []}
     if len(subnets) != len(subnet or []):
@@ -517,10 +548,15 @@ def evaluate(
         def on_progress(name: str, done: int, total: int) -> None:
             bar.update(task, total=total, completed=done, status=name)
 
-        report = run_eval(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress, subnets=subnets)
+        report = run_eval(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress, subnets=subnets, listen=listen)
         for s in report["systems"]:
             key = s["name"].replace("@", "_at_")  # MLflow metric names allow no '@'
             run.log_metrics({f"{key}.judge_accuracy": s["judge_accuracy"], f"{key}.fd": s["fd"]})
+            outside = {k: s.get("outside", {}).get(k) for k in ("asr_accuracy", "dnsmos_ovrl")}
+            run.log_metrics({f"{key}.outside_{k}": v for k, v in outside.items() if v is not None})
+        for row in ("real", "round_trip"):  # the outside judges' reference rows
+            figures = report.get("outside_judges", {}).get(row, {})
+            run.log_metrics({f"{row}.outside_{k}": figures[k] for k in ("asr_accuracy", "dnsmos_ovrl") if figures.get(k) is not None})
         for name in ("report.json", "report.md", "spectrograms.png"):
             run.log_artifact(out / name)
     typer.echo((out / "report.md").read_text())
