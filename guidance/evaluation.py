@@ -9,6 +9,11 @@ stop the evaluation: the system's `nonfinite_samples` counts it, it counts as a 
 accuracies, and the distribution measures (FD, IS, mIS, AM) are reported as NaN (null in
 report.json) for that system rather than computed on a silently smaller set. The real-clip floors
 must be finite: a judge that cannot hear real clips finitely makes the whole report meaningless.
+
+With a `listen` hook (`guidance.listening`; the CLI fills it from `outside_judges`), judges that hear
+the waveform itself, rather than its log-Mel, score every system's vocoded audio (finite rows only),
+and, once per report, real clips of the split (cut or padded to the model's clip length, the fair
+comparison) and their round trip through the report's vocoder.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from typing import Callable
 
 import torch
 
-from guidance.data import DIGITS, fsdd_features, fsdd_vocoded_features, write_wav
+from guidance.data import DIGITS, fsdd_features, fsdd_split, fsdd_vocoded_features, list_fsdd, load_waves, resolve_fsdd_root, write_wav
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.finite import nonfinite_rows, require_finite
+from guidance.listening import OUTSIDE_COLUMNS, WHAT_EACH_JUDGE_HEARS, Listen, fmt_outside, listen_to, real_clip_subset, strip_settings
 from guidance.metrics import (
     accuracy,
     am_score,
@@ -38,9 +44,9 @@ from guidance.metrics import (
 from guidance.models import ModelFile
 from guidance.cost import PeakMemory, count_macs, parameter_counts
 from guidance.models.score_subnet import SingleBackboneModel
-from guidance.pipeline import ModelSet, guided_denoiser, make_noise, sample_mels, vocode_finite
+from guidance.pipeline import ModelSet, guided_denoiser, make_noise, sample_mels, vocode, vocode_finite
 from guidance.plots import spectrogram_grid
-from guidance.features import Vocoder
+from guidance.features import LogMel, Vocoder
 from guidance.vocoders import describe_vocoder
 
 
@@ -55,6 +61,7 @@ class EvalConfig:
     split: str = "test"  # "val" for exploration and tuning; the test split is for final reports
     base_profiles: dict[str, GuidanceProfile] = field(default_factory=dict)  # guide kind -> profile to scale
     subnet_scales: list[float] = field(default_factory=lambda: [3.0])  # gamma for ScoreSubnet systems (when given subnets)
+    outside_real_per_class: int | None = None  # real clips per digit the waveform judges hear (None: per_class, capped by the split)
 
 
 @dataclass
@@ -79,6 +86,7 @@ class SystemResult:
     peak_memory_mb: float = float("nan")
     memory_method: str = ""
     nonfinite_samples: int = 0  # samples whose log-Mel, audio or judge outputs were NaN/inf (FD, IS, mIS, AM are then NaN)
+    outside: dict | None = None  # the waveform judges' figures (guidance.listening.listen_to), when a listen hook was given
 
 
 _TAKES = {"test": "takes 0-4", "val": "takes 5-9", "train": "takes 10-49"}
@@ -144,8 +152,12 @@ def evaluate(
     data_root: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     subnets: dict[str, ModelSet] | None = None,
+    listen: Listen | None = None,
 ) -> dict:
-    """Run the protocol, write report.json, report.md, WAVs and a spectrogram grid under `out`."""
+    """Run the protocol, write report.json, report.md, WAVs and a spectrogram grid under `out`.
+
+    `listen`: judges that hear waveforms (see `guidance.listening`); None leaves their figures out.
+    """
     spec = models.spec
     for j in (judge_digit, judge_speaker):
         if j is not None:
@@ -185,6 +197,10 @@ def evaluate(
     if judge_speaker is not None:
         _, spk_logits = judge_outputs(judge_speaker.model, test.mels)
         report["judges"]["speaker"] = {"model": judge_speaker.name, "test_accuracy": accuracy(spk_logits, test.speakers)}
+    if listen is not None:
+        if progress:
+            progress("outside judges: real clips", 0, 1)
+        report["outside_judges"] = _outside_reference(listen, cfg, models, data_root)
 
     n = cfg.per_class * len(DIGITS)
     targets = torch.arange(len(DIGITS)).repeat_interleave(cfg.per_class)
@@ -202,7 +218,7 @@ def evaluate(
                 system_models, kind, targets, profile, noise, seed=cfg.seed, batch_size=cfg.batch_size, allow_nonfinite=True
             )
         elapsed = time.time() - started
-        emb, logits, ok = _judge_generated(judge, mels, spec, models.vocoder)
+        emb, logits, ok, waves, audible = _judge_generated(judge, mels, spec, models.vocoder)
         guide_acc = None
         if kind != "none":
             guide_probs = system_models.guides[kind].probabilities(mels.to(system_models.device)).cpu()
@@ -223,12 +239,13 @@ def evaluate(
                 peak_memory_mb=memory.peak_bytes / 2**20,
                 memory_method=memory.method,
                 nonfinite_samples=int((~ok).sum()),
+                outside=None if listen is None else strip_settings(listen_to(listen, waves, spec.sample_rate, targets, audible)),
             )
         )
         generated[name] = mels
     if progress:
         progress("report", len(systems), len(systems))
-    report["systems"] = [asdict(r) for r in results]
+    report["systems"] = [_system_record(r) for r in results]
     best = {}
     for kind in ("noisy", "clean"):
         candidates = [r for r in results if r.kind == kind and r.generator == "unet"]
@@ -242,21 +259,53 @@ def evaluate(
     return report
 
 
+def _outside_reference(listen: Listen, cfg: EvalConfig, models: ModelSet, data_root: str | None) -> dict:
+    """The waveform judges on real clips of the split (cut or padded to the model's clip length, as every
+    round trip's input is) and on their round trip through the report's vocoder: what generated audio
+    is read against. Clips: `outside_real_per_class` per digit (default `per_class`), chosen by rule."""
+    spec = models.spec
+    per_digit = cfg.outside_real_per_class or cfg.per_class
+    clips = real_clip_subset(fsdd_split(list_fsdd(resolve_fsdd_root(data_root)), cfg.split), per_digit)
+    waves = load_waves(clips, spec)
+    digits = torch.tensor([c.digit for c in clips])
+    with torch.no_grad():
+        round_trip = vocode(LogMel(spec)(waves), models.vocoder)
+    real = listen_to(listen, waves, spec.sample_rate, digits)
+    vocoded = listen_to(listen, round_trip, spec.sample_rate, digits, ~nonfinite_rows(round_trip))
+    return {
+        "clips": f"{len(clips)} real clips of the {cfg.split} split ({per_digit} per digit at most, lowest takes first, "
+        f"speakers in turn), cut or padded to {spec.num_samples / spec.sample_rate:.3f} s",
+        "settings": real.get("settings"),
+        "real": strip_settings(real),
+        "round_trip": strip_settings(vocoded),
+    }
+
+
+def _system_record(result: SystemResult) -> dict:
+    """A system's entry in report.json (no `outside` key when no waveform judge listened)."""
+    record = asdict(result)
+    if record["outside"] is None:
+        del record["outside"]
+    return record
+
+
 _NO_SCORES = {"fd": float("nan"), "inception_score": float("nan"), "modified_inception_score": float("nan"), "am_score": float("nan")}
 
 
-def _judge_generated(judge, mels: torch.Tensor, spec, vocoder: Vocoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(embeddings, logits, ok) of the judge on generated log-Mels as a listener hears them.
+def _judge_generated(judge, mels: torch.Tensor, spec, vocoder: Vocoder) -> tuple[torch.Tensor, ...]:
+    """(embeddings, logits, ok, waves, audible) of the judge on generated log-Mels as a listener hears them.
 
     `ok` is False for a sample whose log-Mel, audio or judge outputs are not finite; its embedding
     and logits rows are NaN, so accuracies count it as a miss and nothing downstream mistakes the
-    silence it was vocoded to for a real answer.
+    silence it was vocoded to for a real answer. `waves` are the vocoded samples (silent where the
+    log-Mel or audio was not finite) and `audible` marks the rows whose audio is real.
     """
-    waves, ok = vocode_finite(mels, vocoder)
+    waves, audible = vocode_finite(mels, vocoder)
+    ok = audible.clone()
     emb, logits = judge_outputs(judge, hear(waves, spec))
     ok &= ~nonfinite_rows(emb) & ~nonfinite_rows(logits)
     emb[~ok], logits[~ok] = float("nan"), float("nan")
-    return emb, logits, ok
+    return emb, logits, ok, waves, audible
 
 
 def _distribution_scores(test_emb: torch.Tensor, train_logits: torch.Tensor, emb: torch.Tensor, logits: torch.Tensor) -> dict:
@@ -329,18 +378,43 @@ def markdown_report(report: dict) -> str:
         "## Systems",
         "",
         "Target accuracy as the judge hears it, and as the guiding classifier claims it (the gap measures over-optimisation).",
+    ]
+    outside = report.get("outside_judges")
+    extra = [title for _, title in OUTSIDE_COLUMNS] if outside else []
+    if outside:
+        lines.append("The outside judges hear the waveform: the digit the outside ASR recognises (target accuracy) and DNSMOS quality.")
+    lines += [
         "",
-        "| system | scale | judge target acc. | guide-claimed acc. | FD | IS | mIS | AM | s/sample |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| system | scale | judge target acc. | guide-claimed acc. | FD | IS | mIS | AM | s/sample |" + "".join(f" {t} |" for t in extra),
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for s in report["systems"]:
         mark = " (best)" if s["name"] in report["best"].values() else ""
         lines.append(
             f"| {s['name']}{mark} | {s['scale']:g} | {_fmt(s['judge_accuracy'], True)} | {_fmt(s['guide_accuracy'], True)} | "
             f"{_fmt(s['fd'])} | {_fmt(s['inception_score'])} | {_fmt(s['modified_inception_score'])} | "
-            f"{_fmt(s['am_score'])} | {s['seconds_per_sample']:.3f} |"
+            f"{_fmt(s['am_score'])} | {s['seconds_per_sample']:.3f} |" + "".join(f" {fmt_outside(s.get('outside'), k)} |" for k, _ in OUTSIDE_COLUMNS if outside)
+        )
+    if outside:
+        rt = report["real_test"]
+        lines.append(
+            f"| *real clips* | - | {_fmt(j['digit']['test_accuracy'], True)} | - | - | {_fmt(rt['inception_score'])} | "
+            f"{_fmt(rt['modified_inception_score'])} | {_fmt(rt['am_score'])} | - |" + "".join(f" {fmt_outside(outside['real'], k)} |" for k, _ in OUTSIDE_COLUMNS)
+        )
+        lines.append(
+            f"| *vocoder round trip* | - | {_fmt(j['digit']['test_accuracy_vocoded'], True)} | - | {_fmt(report['fd_vocoded_test_vs_test'])} | "
+            f"- | - | - | - |" + "".join(f" {fmt_outside(outside['round_trip'], k)} |" for k, _ in OUTSIDE_COLUMNS)
         )
     lines += ["", "Noisy guidance scale is gamma (plain classifier guidance); clean guidance scale is the norm-scaled fraction of the denoiser step (active for sigma <= 5).", ""]
+    if outside:
+        lines += [
+            f"Reference rows (in italics): the project's judge figures are over every clip of the split (as in the table above); "
+            f"the outside judges heard {outside['clips']}, and the same clips after the report's vocoder. Generated "
+            "samples whose audio was not finite are not played to the outside judges: they count as ASR misses and "
+            "are left out of the DNSMOS means.",
+            "",
+        ]
+        lines += list(WHAT_EACH_JUDGE_HEARS)
     lines += nonfinite_note(report)
     lines += cost_table(report)
     return "\n".join(lines)

@@ -183,3 +183,17 @@ def judge_wav_dir(
 def summary_row(report: dict) -> dict:
     """The report without its per-clip list: what a table or a tracking run wants."""
     return {k: v for k, v in report.items() if k != "clips"}
+
+
+def listen(waves: torch.Tensor, sample_rate: int, targets: torch.Tensor | Sequence[int] | None = None) -> dict:
+    """Both judges as the evaluations' `listen` hook (`guidance.listening.Listen`): the summary row of
+    `judge_waves` with this process's shared recognizer and DNSMOS session."""
+    digits = None if targets is None else [int(t) for t in targets]
+    return summary_row(judge_waves(waves, sample_rate, digits))
+
+
+def ready() -> None:
+    """Load both judges now (raises `MissingJudgeDependency` when a package is missing), so a command
+    fails before it spends minutes sampling rather than after."""
+    default_recognizer()
+    default_dnsmos()
