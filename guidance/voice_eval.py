@@ -10,7 +10,10 @@ They are vocoded and re-analysed, as a listener gets them, then scored by:
 - the speaker encoder (resemblyzer's, through its own front end on the vocoded waveform): cosine to
   the reference, next to the cosines of real clips of the same speaker and of the other speakers
   (raw and vocoded, so the vocoder's share of the gap is visible);
-- the statistics guide's distance to the reference (0 = the same long-term spectrum and spread).
+- the statistics guide's distance to the reference (0 = the same long-term spectrum and spread);
+- with a `listen` hook (`guidance.listening`; the CLI fills it from `outside_judges`), judges that
+  hear the waveform: the outside ASR's accuracy on the digit asked for (systems with a digit target)
+  and DNSMOS quality, next to the same figures for the reference clips and their vocoder round trip.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import torch
 
 from guidance.data import DIGITS, FSDD_SPEAKERS, Clip, fsdd_split, list_fsdd, load_wave, resolve_fsdd_root, write_wav
 from guidance.features import LogMel, Vocoder, fit_length
+from guidance.finite import nonfinite_rows
+from guidance.listening import OUTSIDE_COLUMNS, WHAT_EACH_JUDGE_HEARS, Listen, fmt_outside, listen_to, strip_settings
 from guidance.vocoders import describe_vocoder
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings
 from guidance.guides.reference import ReferenceGuide
@@ -122,13 +127,15 @@ def evaluate_voice(
     guides: dict[str, ReferenceGuide] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     word_offsets: torch.Tensor | None = None,
+    listen: Listen | None = None,
 ) -> dict:
     """Run the voice/composite protocol; write report.json, report.md and a few WAVs under `out` when given.
 
     `guides` maps "stats" and "encoder" to voice guides (built here when left out); the encoder one
     also measures every system's cosines. With `word_offsets` (the word-spectra model's table) the
     stats + digit composite retargets each reference to the digit asked for (`VoiceStatsGuide.for_word`),
-    the reference's own digit as the clean classifier hears it.
+    the reference's own digit as the clean classifier hears it. `listen`: judges that hear waveforms
+    (see `guidance.listening`); None leaves their figures out.
     """
     spec = models.spec
     for j in (judge_digit, judge_speaker):
@@ -169,6 +176,17 @@ def evaluate_voice(
         "real_cosines": real_cosines(encoder, refs, clips, spec, models.vocoder) if cfg.real_baselines else None,
         "systems": [],
     }
+    if listen is not None:
+        ref_digits = torch.tensor([c.digit for c in refs])
+        with torch.no_grad():
+            round_trip = vocode(LogMel(spec)(ref_waves), models.vocoder)
+        real = listen_to(listen, ref_waves, spec.sample_rate, ref_digits)
+        report["outside_judges"] = {
+            "clips": f"the {len(refs)} reference clips, cut or padded to {spec.num_samples / spec.sample_rate:.3f} s",
+            "settings": real.get("settings"),
+            "real": strip_settings(real),
+            "round_trip": strip_settings(listen_to(listen, round_trip, spec.sample_rate, ref_digits, ~nonfinite_rows(round_trip))),
+        }
     for idx, name in enumerate(cfg.systems):
         if progress:
             progress(name, idx, len(cfg.systems))
@@ -208,6 +226,9 @@ def evaluate_voice(
                 "seconds_per_sample": seconds,
             }
         )
+        if listen is not None:  # the digit asked for is the ASR's target; without one, DNSMOS only
+            figures = listen_to(listen, waves, spec.sample_rate, digit_target if with_digit else None, ~nonfinite_rows(waves))
+            report["systems"][-1]["outside"] = strip_settings(figures)
         if out is not None:
             for r in range(len(refs)):  # one sample per reference, for listening
                 write_wav(Path(out) / "wavs" / name / f"{refs[r].path.stem}_ref_000.wav", waves[r * n], spec.sample_rate)
@@ -241,19 +262,37 @@ def markdown_report(report: dict) -> str:
         f"{cfg['voice_weight']:g}, digit {cfg['digit_weight']:g};",
         f"- {cfg['steps']} Heun steps, noise seed {cfg['seed']}, the same noise for every system.",
         "",
-        "| system | judge: reference speaker | judge: digit | judge: both | encoder cosine to reference (vocoded) | stats distance | s/sample |",
-        "|---|---|---|---|---|---|---|",
+    ]
+    outside = report.get("outside_judges")
+    extra = [title.replace("acc.", "digit") for _, title in OUTSIDE_COLUMNS] if outside else []
+    lines += [
+        "| system | judge: reference speaker | judge: digit | judge: both | encoder cosine to reference (vocoded) | stats distance | s/sample |"
+        + "".join(f" {t} |" for t in extra),
+        "|---|---|---|---|---|---|---|" + "---|" * len(extra),
     ]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     for s in report["systems"]:
         lines.append(
             f"| {s['name']} | {pct(s['speaker_rate'])} | {pct(s['digit_rate'])} | {pct(s['both_rate'])} | "
             f"{s['cosine_to_reference']:.3f} | {s['stats_distance']:.3f} | {s['seconds_per_sample']:.2f} |"
+            + "".join(f" {fmt_outside(s.get('outside'), k)} |" for k, _ in OUTSIDE_COLUMNS if outside)
         )
+    if outside:
+        for label, row in (("*reference clips*", "real"), ("*vocoder round trip*", "round_trip")):
+            lines.append(f"| {label} | - | - | - | - | - | - |" + "".join(f" {fmt_outside(outside[row], k)} |" for k, _ in OUTSIDE_COLUMNS))
     lines += [
         "",
         "Chance for the speaker judge is 16.7% (6 speakers); for digit and speaker both, 1.7%.",
         "",
+    ]
+    if outside:
+        lines += [
+            f"The outside judges hear the waveform: the outside ASR's accuracy on the digit asked for (systems without a "
+            f"digit target: -) and DNSMOS quality. Reference rows (in italics): {outside['clips']}, as recorded and after "
+            "the report's vocoder; the ASR's target there is the digit each reference says.",
+            "",
+        ]
+    lines += [
         "Rate to the reference speaker, per reference speaker:",
         "",
         "| system | " + " | ".join(FSDD_SPEAKERS) + " |",
@@ -269,4 +308,11 @@ def markdown_report(report: dict) -> str:
         f"| other speakers | {rc['other_raw']:.3f} | {rc['other_vocoded']:.3f} |",
         "",
     ]
+    if outside:
+        lines += [
+            *WHAT_EACH_JUDGE_HEARS[:-1],
+            "- The speaker encoder (resemblyzer's, not trained here either) hears the vocoded waveform through its own "
+            "front end; the stats distance reads the log-Mel of the re-analysed audio.",
+            "",
+        ]
     return "\n".join(lines)

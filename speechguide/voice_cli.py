@@ -210,6 +210,7 @@ def evaluate_voice_command(
     data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
     vocoder: str = typer.Option("neural", "--vocoder", help="neural (models/vocoder.safetensors, default) | griffin-lim | a vocoder file."),
+    outside_judges: bool = typer.Option(True, "--outside-judges/--no-outside-judges", help="Also score the waveforms with the outside judges (PocketSphinx digit ASR, DNSMOS), about 0.5 s per clip on a CPU core."),
 ) -> None:
     """Zero-shot voice guidance (reference spectral statistics; resemblyzer's encoder) and digit + speaker composites on FSDD references."""
     import math
@@ -221,7 +222,7 @@ def evaluate_voice_command(
     from guidance.models import load_model
     from guidance.pipeline import ModelPaths
     from guidance.voice_eval import COMPOSITE_DIGIT_SCALE, SYSTEMS, VoiceEvalConfig, evaluate_voice
-    from speechguide.cli import _load_models, fail
+    from speechguide.cli import _load_models, fail, outside_listen
 
     digit_scale = COMPOSITE_DIGIT_SCALE if digit_scale is None else digit_scale
 
@@ -249,6 +250,7 @@ def evaluate_voice_command(
         root = resolve_fsdd_root(data_dir)
     except FileNotFoundError as exc:
         fail(str(exc))
+    listen = outside_listen(outside_judges)
     models = _load_models(models_dir, device, vocoder)
     paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
     try:
@@ -272,7 +274,7 @@ def evaluate_voice_command(
         def on_progress(name: str, done: int, total: int) -> None:
             bar.update(task, completed=done, description=f"sampling {name}")
 
-        evaluate_voice(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress, word_offsets=offsets)
+        evaluate_voice(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress, word_offsets=offsets, listen=listen)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"report written to {out}")
 
