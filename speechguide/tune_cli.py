@@ -37,15 +37,16 @@ def _table(result) -> None:
 
     rows = sorted((r for r in result.rows if r.status != "error"), key=lambda r: -r.metrics["objective"])
     table = Table(title=f"best trials of {len(result.rows)} (validation split)")
-    for col in ("trial", "status", "objective", "judge acc.", "FD", "diversity", "samples", "trial s", "scale", "norm", "schedule", "sigma window", "steps"):
+    for col in ("trial", "status", "objective", "judge acc.", "outside ASR acc.", "FD", "diversity", "samples", "trial s", "scale", "norm", "schedule", "sigma window", "steps"):
         table.add_column(col)
     for r in rows[:10]:
         p = r.config
         scale = p.get("scale_norm", p.get("scale_plain"))
         mark = " (default)" if r.is_default else (" *" if result.best and r.trial_id == result.best.trial_id else "")
+        outside = r.metrics.get("outside_asr_accuracy")
         table.add_row(
             r.trial_id + mark, r.status, f"{r.metrics['objective']:.3f}", f"{100 * r.metrics['judge_accuracy']:.0f}%",
-            f"{r.metrics['fd']:.1f}", f"{r.metrics['diversity']:.2f}", f"{r.metrics['samples']:.0f}",
+            "-" if outside is None else f"{100 * outside:.0f}%", f"{r.metrics['fd']:.1f}", f"{r.metrics['diversity']:.2f}", f"{r.metrics['samples']:.0f}",
             f"{r.metrics.get('trial_seconds', 0):.0f}", f"{scale:.3g}" if scale is not None else "-",
             str(p.get("norm_scaling", "-")), str(p.get("schedule", "-")),
             f"{p.get('sigma_lo', 0):.3g}..{p.get('sigma_hi', 0):.3g}", str(p.get("steps", "-")),
@@ -82,6 +83,7 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="Write the best profile JSON here."),
         models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
         data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
+        outside_asr_weight: Optional[float] = typer.Option(None, help="Weight of the outside recognizer's (PocketSphinx) digit accuracy on the generated waves in the objective; 0 leaves it out (default 1, as much as the judge's accuracy)."),
     ) -> None:
         """Search guidance profiles with Ray Tune (Optuna, ASHA) on the validation split; log to MLflow."""
         import json
@@ -98,7 +100,7 @@ def register(app: typer.Typer) -> None:
         if models_dir is not None and not models_dir.is_dir():
             _fail(f"--models-dir {models_dir} does not exist")
         if resume is not None:
-            given = {k: v for k, v in dict(trials=trials, scheduler=scheduler, objective=objective, per_class=per_class, guide=guide, name=name, storage_path=storage_path).items() if v is not None}
+            given = {k: v for k, v in dict(trials=trials, scheduler=scheduler, objective=objective, per_class=per_class, guide=guide, name=name, storage_path=storage_path, outside_asr_weight=outside_asr_weight).items() if v is not None}
             if given:
                 _fail(f"--resume continues a stored sweep with its own settings; drop {', '.join('--' + k.replace('_', '-') for k in given)}")
             from tune.sweep import read_sidecar
@@ -115,7 +117,15 @@ def register(app: typer.Typer) -> None:
                 base_steps=base_steps, seed=seed, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 max_concurrent=max_concurrent, max_failures=max_failures, storage_path=storage_path, name=name,
                 mlflow=mlflow, models_dir=str(models_dir) if models_dir else None, data_dir=str(data_dir) if data_dir else None,
+                outside_asr_weight=outside_asr_weight,
             )
+            if settings.outside_asr_weight:
+                try:
+                    from outside_judges.report import default_recognizer
+
+                    default_recognizer()
+                except ImportError as exc:  # MissingJudgeDependency names the PyPI package to install
+                    _fail(f"--outside-asr-weight: {' '.join(str(exc).split())} (or pass --outside-asr-weight 0)")
             if settings.profile:
                 from speechguide.cli import _read_profile
 
@@ -129,9 +139,12 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"sweep stored at {result.path} ({s['complete']} complete, {s['stopped']} stopped early, {s['errored']} errored; "
                    f"{s['samples_generated']:.0f} samples, {s['trial_seconds']:.0f} trial-seconds, {s['wall_seconds']:.0f} s wall)")
         if best:
+            def outside(m: dict) -> str:
+                return f", outside ASR {100 * m['outside_asr_accuracy']:.1f}%" if "outside_asr_accuracy" in m else ""
+
             typer.echo(f"validation objective: default {base.get('objective', float('nan')):.4f} "
-                       f"(acc {100 * base.get('judge_accuracy', float('nan')):.1f}%, FD {base.get('fd', float('nan')):.1f}) -> "
-                       f"best {best['objective']:.4f} (acc {100 * best['judge_accuracy']:.1f}%, FD {best['fd']:.1f})")
+                       f"(acc {100 * base.get('judge_accuracy', float('nan')):.1f}%{outside(base)}, FD {base.get('fd', float('nan')):.1f}) -> "
+                       f"best {best['objective']:.4f} (acc {100 * best['judge_accuracy']:.1f}%{outside(best)}, FD {best['fd']:.1f})")
         if result.best_profile is not None and out is not None:
             result.best_profile.save(out)
             typer.echo(f"best profile written to {out}")

@@ -1,4 +1,4 @@
-"""Scores one guidance profile on the validation split in batches (pure PyTorch; no Ray).
+"""Scores one guidance profile on the validation split in batches (no Ray).
 
 The trial and the driver's baseline both use it, so the default profile and every tuned profile
 see exactly the same noise, the same targets and the same scoring. Batch `b` holds
@@ -8,6 +8,10 @@ blew up (its log-Mel or its audio non-finite) is never handed to the vocoder or 
 is heard as silence, as its WAV file would play, and counted in the `nonfinite_samples` metric, so
 the trial scores it as the failure it is (Optuna learns to avoid such profiles) and the sweep's
 table flags the trial.
+
+When `outside_asr_weight` is not 0, an outside recognizer (`outside_judges`' PocketSphinx digit ASR)
+also hears every vocoded sample, as written to a WAV (blown-up samples: silence, which it never
+takes for a digit), and the accumulator weighs how often it hears the requested digit.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Protocol, Sequence
 
 import torch
 
@@ -49,7 +53,28 @@ def val_reference(settings: TuneSettings, models: ModelSet, judge: ModelFile) ->
 
 
 def weights(settings: TuneSettings) -> ObjectiveWeights:
-    return ObjectiveWeights(settings.accuracy_weight, settings.fd_weight, settings.diversity_weight)
+    return ObjectiveWeights(settings.accuracy_weight, settings.fd_weight, settings.diversity_weight, settings.outside_asr_weight)
+
+
+class DigitHearing(Protocol):
+    """What the objective needs of an outside recognizer (`outside_judges.DigitRecognizer` is one)."""
+
+    def recognize_many(self, waves: torch.Tensor, sample_rate: int) -> Sequence[Optional[int]]: ...
+
+
+def outside_recognizer(settings: TuneSettings) -> Optional[DigitHearing]:
+    """The outside digit recognizer when the objective weighs it, else None (nothing imported)."""
+    if not settings.outside_asr_weight:
+        return None
+    from outside_judges.report import default_recognizer
+
+    return default_recognizer()
+
+
+def outside_verdicts(recognizer: DigitHearing, waves: torch.Tensor, sample_rate: int, targets: torch.Tensor) -> torch.Tensor:
+    """Per sample: whether the recognizer heard the target digit (no answer is a miss)."""
+    said = recognizer.recognize_many(waves, sample_rate)
+    return torch.tensor([s is not None and int(s) == int(t) for s, t in zip(said, targets.tolist())])
 
 
 @dataclass
@@ -64,8 +89,11 @@ class BatchResult:
 class ProfileEvaluator:
     """Generates and scores a profile batch by batch, optionally resuming after `start` batches."""
 
-    def __init__(self, settings: TuneSettings, models: ModelSet, judge: ModelFile, reference: ValReference) -> None:
+    def __init__(
+        self, settings: TuneSettings, models: ModelSet, judge: ModelFile, reference: ValReference, recognizer: Optional[DigitHearing] = None
+    ) -> None:
         self.settings, self.models, self.judge = settings, models, judge
+        self.recognizer = recognizer if recognizer is not None else outside_recognizer(settings)
         self.accumulator = ObjectiveAccumulator(reference, weights(settings))
         n = settings.per_class * len(DIGITS)
         self.noise = make_noise(n, models.spec, settings.seed)
@@ -82,20 +110,26 @@ class ProfileEvaluator:
                 seed=self.settings.seed + rows.start, batch_size=self.batch_size, allow_nonfinite=True,
             )
             waves, ok = vocode_finite(mels, self.models.vocoder)  # blown-up samples come back silent, flagged in `ok`
-            emb, logits = judge_outputs(self.judge.model, hear(waves.clamp(-1.0, 1.0), spec))
-            metrics = self.accumulator.add(emb, logits, self.targets[rows], nonfinite=int((~ok).sum()))
+            heard = waves.clamp(-1.0, 1.0)  # what a WAV file holds
+            emb, logits = judge_outputs(self.judge.model, hear(heard, spec))
+            outside = None
+            if self.settings.outside_asr_weight:
+                outside = outside_verdicts(self.recognizer, heard, spec.sample_rate, self.targets[rows])
+            metrics = self.accumulator.add(emb, logits, self.targets[rows], nonfinite=int((~ok).sum()), outside=outside)
             metrics["batch_seconds"] = time.perf_counter() - began
             yield BatchResult(b + 1, metrics, mels, waves, self.targets[rows])
 
 
-def score_profile(settings: TuneSettings, profile: GuidanceProfile, models=None, judge=None, reference=None) -> dict[str, float]:
+def score_profile(
+    settings: TuneSettings, profile: GuidanceProfile, models=None, judge=None, reference=None, recognizer: Optional[DigitHearing] = None
+) -> dict[str, float]:
     """All batches of one profile, in process: the final metrics (used for the baseline)."""
     if models is None or judge is None:
         models, judge = load_models(settings)
     reference = reference or val_reference(settings, models, judge)
     last: dict[str, float] = {}
     total = 0.0
-    for result in ProfileEvaluator(settings, models, judge, reference).run(profile):
+    for result in ProfileEvaluator(settings, models, judge, reference, recognizer).run(profile):
         total += result.metrics["batch_seconds"]
         last = result.metrics
     return {**last, "trial_seconds": total}

@@ -52,6 +52,9 @@ class TuneSettings(BaseModel):
     accuracy_weight: float = 1.0
     fd_weight: float = 0.002
     diversity_weight: float = 0.1
+    outside_asr_weight: float = Field(
+        1.0, ge=0, description="weight of the outside recognizer's digit accuracy on the generated waves (0: not consulted)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TuneSettings":

@@ -18,15 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from guidance.guides import GuidanceProfile
-from tune.evaluator import base_profile, load_models, score_profile, val_reference
-from tune.objective import MULTI_METRICS, MULTI_MODES
+from tune.evaluator import base_profile, load_models, score_profile, val_reference, weights
+from tune.objective import OUTSIDE_METRIC
 from tune.settings import SIDECAR, TuneSettings, _is_uri
 from tune.space import ProfileSpace, SpaceBounds
 
 
 KEPT_METRICS = (
-    "objective", "judge_accuracy", "fd", "diversity", "samples", "nonfinite_samples", "trial_seconds", "batches", "time_total_s", "timestamp",
+    "objective", "judge_accuracy", OUTSIDE_METRIC, "fd", "diversity", "samples", "nonfinite_samples", "trial_seconds", "batches",
+    "time_total_s", "timestamp",
 )
+REGISTERED_METRICS = ("objective", "judge_accuracy", OUTSIDE_METRIC, "fd", "diversity")
 
 
 @dataclass
@@ -169,10 +171,11 @@ def _tuner(settings: TuneSettings, space: ProfileSpace, trainable, name: str):
     from tune.tracking import RunStatusCallback
 
     multi = settings.objective == "multi"
+    multi_metrics, multi_modes = weights(settings).multi_objectives()
     searcher = OptunaSearch(
         space=space,
-        metric=list(MULTI_METRICS) if multi else "objective",
-        mode=list(MULTI_MODES) if multi else "max",
+        metric=list(multi_metrics) if multi else "objective",
+        mode=list(multi_modes) if multi else "max",
         points_to_evaluate=[space.default_point(settings.base_steps)] if settings.start_from_default else None,
         seed=settings.seed,
     )
@@ -220,9 +223,13 @@ def _rows(grid, settings: TuneSettings, space: ProfileSpace) -> list[TrialRow]:
 
 
 def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
-    """Trials no other trial beats on every measure (accuracy up, FD down, diversity up)."""
-    def key(r: TrialRow) -> tuple[float, float, float]:
-        return (r.metrics["judge_accuracy"], -r.metrics["fd"], min(r.metrics["diversity"], 1.0))
+    """Trials no other trial beats on every measure (accuracy up, FD down, diversity up, and the outside
+    recognizer's accuracy up when every trial has it)."""
+    outside = bool(rows) and all(OUTSIDE_METRIC in r.metrics for r in rows)
+
+    def key(r: TrialRow) -> tuple[float, ...]:
+        base = (r.metrics["judge_accuracy"], -r.metrics["fd"], min(r.metrics["diversity"], 1.0))
+        return (*base, r.metrics[OUTSIDE_METRIC]) if outside else base
 
     front = []
     for r in rows:
@@ -273,7 +280,9 @@ def run(
     sidecar: dict = {}
     if resume:
         sidecar = read_sidecar(resume)
-        settings = TuneSettings.model_validate(sidecar["settings"])
+        stored = dict(sidecar["settings"])
+        stored.setdefault("outside_asr_weight", 0.0)  # sweeps started before the outside term keep their objective
+        settings = TuneSettings.model_validate(stored)
         exp_path, name = resume.rstrip("/"), sidecar["name"]
     else:
         settings = settings.resolved()
@@ -317,8 +326,8 @@ def run(
     result = SweepResult(exp_path, settings, rows, best, best_profile, baseline, [r.trial_id for r in front], parent)
     if best_profile is not None:
         write_sidecar_file(exp_path, "best_profile.json", best_profile.to_json())
-        metrics = {f"val_{k}": v for k, v in best.metrics.items() if k in ("objective", "judge_accuracy", "fd", "diversity")}
-        metrics.update({f"default_val_{k}": baseline[k] for k in ("objective", "judge_accuracy", "fd", "diversity") if k in baseline})
+        metrics = {f"val_{k}": v for k, v in best.metrics.items() if k in REGISTERED_METRICS}
+        metrics.update({f"default_val_{k}": baseline[k] for k in REGISTERED_METRICS if k in baseline})
         if settings.mlflow:
             result.registered_version, result.registration_note = _register(best_profile, settings, metrics, parent)
             log(result.registration_note)
