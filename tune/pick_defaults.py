@@ -49,7 +49,7 @@ def candidates(steps: tuple[int, ...]) -> list[Candidate]:
     for n in steps:
         for scale in (3.0, 10.0, 20.0):
             out.append(Candidate("noisy", GuidanceProfile(name=f"noisy-{scale:g}-{n}", guide=GuideSettings(scale=scale)).with_sampler(steps=n)))
-        for scale in (0.1, 0.2, 0.3):
+        for scale in (0.1, 0.2, 0.3, 0.4, 0.5):
             clean = GuideSettings(scale=scale, norm_scaling=True, sigma_hi=CALIBRATED_WINDOW, input="x0_hat")
             out.append(Candidate("clean", GuidanceProfile(name=f"clean-window-{scale:g}-{n}", guide=clean).with_sampler(steps=n)))
     return out
@@ -63,7 +63,12 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated candidate names to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path("reports/defaults"))
     parser.add_argument("--write-profiles", action="store_true", help=f"write the winners to {DEFAULTS_DIR}")
+    parser.add_argument("--from-sweep", type=Path, nargs="*", default=None, help="val-sweep.json files to pick from (no sampling)")
     args = parser.parse_args()
+    if args.from_sweep:
+        rows = [r for path in args.from_sweep for r in json.loads(path.read_text())["rows"]]
+        write_winners(rows)
+        return
 
     paths = ModelPaths()
     models = ModelSet.load(paths, "cpu")
@@ -107,12 +112,17 @@ def main() -> None:
     (args.out / "val-sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.write_profiles:
-        for kind in ("noisy", "clean"):
-            mine = [r for r in rows if r["kind"] == kind and r["nonfinite_samples"] == 0]
-            if mine:
-                best = max(mine, key=lambda r: r["score"])
-                profile = GuidanceProfile.model_validate({**best["profile"], "name": f"{kind}-default"})
-                print(f"{kind}: {best['name']} -> {profile.save(DEFAULTS_DIR / f'{kind}.json')}")
+        write_winners(rows)
+
+
+def write_winners(rows: list[dict]) -> None:
+    """The best-scoring finite candidate per guide kind becomes that kind's shipped default profile."""
+    for kind in ("noisy", "clean"):
+        mine = [r for r in rows if r["kind"] == kind and r["nonfinite_samples"] == 0]
+        if mine:
+            best = max(mine, key=lambda r: r["score"])
+            profile = GuidanceProfile.model_validate({**best["profile"], "name": f"{kind}-default"})
+            print(f"{kind}: {best['name']} -> {profile.save(DEFAULTS_DIR / f'{kind}.json')}")
 
 
 if __name__ == "__main__":
