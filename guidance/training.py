@@ -130,6 +130,14 @@ class _Batches:
         return idx
 
 
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
+    """Exponential moving average of the weights, with the decay warming up over the first steps."""
+    decay = min(max_decay, (1 + step) / (10 + step))
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - decay)
+
+
 def log_uniform_sigma(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
     return torch.exp(torch.rand(n, generator=gen) * (math.log(hi) - math.log(lo)) + math.log(lo))
 
@@ -251,10 +259,7 @@ class _DenoiserTrainer:
         for group in self.opt.param_groups:
             group["lr"] = self.cfg.lr * warm
         self.opt.step()
-        decay = min(self.cfg.ema_decay, (1 + self.step_count) / (10 + self.step_count))
-        with torch.no_grad():
-            for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
-                p_ema.lerp_(p, 1 - decay)
+        update_ema(self.ema, self.model, self.step_count, self.cfg.ema_decay)
         return loss.item()
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from guidance.data import FeatureSet, fsdd_split, list_fsdd, load_waves, resolve
 from guidance.features import FeatureSpec, LogMel
 from guidance.models.checkpoint import config_dict
 from guidance.models.vocoder import NeuralVocoder, VocoderConfig
+from guidance.training import _Batches, update_ema  # guidance.training imports this module lazily, inside a function
 from guidance.vocoder_losses import log_magnitude_loss, multi_resolution_stft_loss, phase_loss
 
 SEGMENT_FRAMES = 32  # training crops: half a clip (the network is convolutional, so whole clips work at inference)
@@ -48,8 +49,6 @@ class VocoderTrainer:
         clips = list_fsdd(resolve_fsdd_root(data_root))
         self.waves = load_waves(fsdd_split(clips, "train"), spec)
         self.val_waves = load_waves(fsdd_split(clips, "val"), spec)[:: max(1, len(val_set) // VAL_CLIPS)][:VAL_CLIPS]  # whole clips
-        from guidance.training import _Batches  # the shared endless shuffler (training imports this module lazily)
-
         self.batches = _Batches(len(self.waves), cfg.batch_size, gen)
         self.step_count = 0
         self.card_extra = {"train_clips": int(len(self.waves)), "losses": "MR-STFT + log-magnitude L1 + log-Mel L1 + anti-wrapped phase"}
@@ -93,10 +92,7 @@ class VocoderTrainer:
         self.opt.step()
         self.sched.step()
         self.step_count += 1
-        decay = min(self.cfg.ema_decay, (1 + self.step_count) / (10 + self.step_count))
-        with torch.no_grad():
-            for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
-                p_ema.lerp_(p, 1 - decay)
+        update_ema(self.ema, self.model, self.step_count, self.cfg.ema_decay)
         return loss.item()
 
     @torch.no_grad()
