@@ -405,7 +405,9 @@ def markdown_report(report: dict) -> str:
             f"| *vocoder round trip* | - | {_fmt(j['digit']['test_accuracy_vocoded'], True)} | - | {_fmt(report['fd_vocoded_test_vs_test'])} | "
             f"- | - | - | - |" + "".join(f" {fmt_outside(outside['round_trip'], k)} |" for k, _ in OUTSIDE_COLUMNS)
         )
-    lines += ["", "Noisy guidance scale is gamma (plain classifier guidance); clean guidance scale is the norm-scaled fraction of the denoiser step (active for sigma <= 5).", ""]
+    clean_windows = sorted({s["profile"]["guide"]["sigma_hi"] for s in report["systems"] if s["kind"] == "clean"})
+    window = f" (active for sigma <= {', '.join(f'{w:.3g}' for w in clean_windows)})" if clean_windows else ""
+    lines += ["", f"Noisy guidance scale is gamma (plain classifier guidance); clean guidance scale is the norm-scaled fraction of the denoiser step{window}.", ""]
     if outside:
         lines += [
             f"Reference rows (in italics): the project's judge figures are over every clip of the split (as in the table above); "
