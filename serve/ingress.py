@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import NonFiniteError
-from guidance.vocoders import load_vocoder
+from guidance.vocoders import describe_vocoder, load_vocoder
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.pipeline import make_noise
 from serve.config import AppArgs
@@ -525,6 +525,7 @@ class SpeechIngress:
                     "generator": self.args.generator,
                     "denoiser": denoiser_desc,
                     "guide": {k: guide[k] for k in ("name", "version", "alias", "noise_conditioned")},
+                    "vocoder": describe_vocoder(self._vocoder),
                     **({"profile": registered.source()} if registered is not None else {}),
                 },
                 "profile": json.loads(prof.model_dump_json()),
@@ -551,6 +552,7 @@ class SpeechIngress:
                 for kind, g in cat.guides.items()
             ],
             "profiles": self.profile_names(),
+            "vocoder": describe_vocoder(self._vocoder),
             "sample_rate": cat.spec.sample_rate,
             "unsupported_guides": ["speaker"],
         }

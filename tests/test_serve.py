@@ -112,6 +112,7 @@ def test_models_and_health(client):
     assert set(kinds) == {"noisy", "clean"} and kinds["noisy"]["labels"] == [str(d) for d in range(10)]
     assert kinds["noisy"]["noise_conditioned"] and not kinds["clean"]["noise_conditioned"]
     assert {"production", "noisy", "clean"} <= set(body["profiles"])
+    assert body["vocoder"]["kind"] == "neural" and len(body["vocoder"]["sha256"]) == 64
     h = client.get("/healthz")
     assert h.status_code == 200 and h.json()["status"] == "ok"
 
