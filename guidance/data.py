@@ -219,8 +219,10 @@ def fsdd_vocoded_features(
     @torch.no_grad()
     def compute() -> FeatureSet:
         clean = fsdd_features(split, spec, root, cache_dir, rule).mels
+        from guidance.vocoders import vocoder_device  # guidance.vocoders needs nothing from here
+
         front = LogMel(spec)
-        device = next(iter(vocoder.parameters()), torch.empty(0)).device if isinstance(vocoder, torch.nn.Module) else "cpu"
+        device = vocoder_device(vocoder)
         mels = torch.cat([front(vocoder(clean[i : i + batch].to(device)).cpu()) for i in range(0, len(clean), batch)])
         return _labelled(clips, mels)
 

@@ -60,10 +60,18 @@ def describe_vocoder(vocoder: Vocoder) -> dict:
     return dict(getattr(vocoder, "description", {"kind": type(vocoder).__name__}))
 
 
+def vocoder_device(vocoder: Vocoder) -> torch.device:
+    """Where a vocoder's weights or buffers live (Griffin-Lim has buffers only); the CPU for anything else."""
+    if isinstance(vocoder, torch.nn.Module):
+        for tensor in (*vocoder.parameters(), *vocoder.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def vocode_batched(vocoder: Vocoder, mels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Waveforms of many log-Mels, a batch at a time (bounded memory), on the vocoder's device."""
-    device = next(iter(vocoder.parameters()), torch.empty(0)).device if isinstance(vocoder, torch.nn.Module) else "cpu"
+    device = vocoder_device(vocoder)
     out = [vocoder(mels[i : i + batch_size].to(device)).cpu() for i in range(0, len(mels), batch_size)]
     return torch.cat(out) if out else mels.new_zeros((0, vocoder.spec.num_samples))
 
@@ -73,6 +81,6 @@ def resynthesize(wave: torch.Tensor, vocoder: Vocoder) -> torch.Tensor:
     """Analysis and resynthesis of one recording of any length (samples,) at the vocoder's rate:
     what the vocoder makes of real speech, i.e. its ceiling."""
     front = LogMel(vocoder.spec)
-    device = next(iter(vocoder.parameters()), torch.empty(0)).device if isinstance(vocoder, torch.nn.Module) else "cpu"
+    device = vocoder_device(vocoder)
     mel = front.any_length(wave.reshape(1, -1).float())
     return vocoder(mel.to(device), length=wave.shape[-1])[0].cpu()
