@@ -46,6 +46,7 @@ def train(
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (default per role)."),
     batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
     lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    ema_decay: Optional[float] = typer.Option(None, help="Largest EMA decay of the weights (denoiser, score-subnet, vocoder)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default per role)."),
     task: str = typer.Option("digit", help="digit | speaker (classifiers and judges)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
@@ -77,6 +78,8 @@ def train(
             fail(f"--{name} must be at least 1, got {value}")
     if lr is not None and not (0 < lr < 1):
         fail(f"--lr must be in (0, 1), got {lr}")
+    if ema_decay is not None and not (0 <= ema_decay < 1):
+        fail(f"--ema-decay must be in [0, 1), got {ema_decay}")
     try:
         root = resolve_fsdd_root(data_dir, download=download)
     except FileNotFoundError as exc:
@@ -87,7 +90,7 @@ def train(
         path = fit_word_spectra(project_spec(root), out, data_root=str(root))
         typer.echo(f"wrote {path}")
         return
-    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
+    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema_decay=ema_decay).items() if v is not None}
     overrides.update(_score_subnet_options(role, task, backbone, digits))
     if vocoder:
         if role != "judge":

@@ -72,6 +72,7 @@ BAD_ARGS = [
     ["train", "wizard", "--out", "x.safetensors"],
     ["train", "classifier", "--out", "x.pt"],
     ["train", "classifier", "--out", "x.safetensors", "--steps", "-3"],
+    ["train", "denoiser", "--out", "x.safetensors", "--ema-decay", "1.5"],
     ["evaluate", "--per-class", "0"],
     ["evaluate", "--noisy-scales", "a,b"],
     ["nonsense-command"],
