@@ -25,7 +25,7 @@ demo: venv
 	$(SG) generate --target digit=0 --target digit=1 --target digit=2 --target digit=3 --target digit=4 \
 	  --target digit=5 --target digit=6 --target digit=7 --target digit=8 --target digit=9 \
 	  --num 2 --seed 0 --out $(DEMO_OUT)/wavs
-	$(SG) evaluate --per-class 5 --steps 10 --noisy-scales 20 --clean-scales 0.2 --out $(DEMO_OUT)/eval $(DOWNLOAD)
+	$(SG) evaluate --per-class 5 --steps 10 --out $(DEMO_OUT)/eval $(DOWNLOAD)
 	@echo "demo written to $(DEMO_OUT)/ (WAVs in $(DEMO_OUT)/wavs, summary in $(DEMO_OUT)/eval/report.md)"
 
 ## test: the test suite (slow end-to-end tests included).

@@ -54,8 +54,9 @@ from guidance.vocoders import describe_vocoder
 class EvalConfig:
     per_class: int = 50
     seed: int = 0
-    noisy_scales: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0])
-    clean_scales: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0])
+    # None: one system per guide kind at its base profile's own scale (the shipped, validation-picked default)
+    noisy_scales: list[float] | None = None
+    clean_scales: list[float] | None = None
     steps: int | None = None
     batch_size: int = 50
     split: str = "test"  # "val" for exploration and tuning; the test split is for final reports
@@ -100,8 +101,9 @@ def _systems(cfg: EvalConfig) -> list[tuple[str, str, GuidanceProfile]]:
         return p.with_sampler(steps=cfg.steps) if cfg.steps else p
 
     out = [("unconditional", "none", prof("unconditional"))]
-    out += [(f"noisy@{s:g}", "noisy", prof("noisy", s)) for s in cfg.noisy_scales]
-    out += [(f"clean@{s:g}", "clean", prof("clean", s)) for s in cfg.clean_scales]
+    for kind, scales in (("noisy", cfg.noisy_scales), ("clean", cfg.clean_scales)):
+        for s in scales if scales is not None else [prof(kind).guide.scale]:
+            out.append((f"{kind}@{s:g}", kind, prof(kind, s)))
     return out
 
 

@@ -62,7 +62,9 @@ class TrainConfig:
 
 
 TRAIN_DEFAULTS: dict[str, TrainConfig] = {
-    "denoiser": TrainConfig(steps=4000, lr=1e-3, ema_decay=0.999, max_shift=4, gain_db=3.0, eval_every=500),
+    # The committed U-Net: 8000 steps at batch 128 took 414 s on an H200 shared with three other runs
+    # (several CPU-hours on 2 cores). Validation MSE at sigma 1: 0.0125 (4000 steps at batch 32: 0.0156).
+    "denoiser": TrainConfig(steps=8000, batch_size=128, lr=1e-3, ema_decay=0.9995, max_shift=4, gain_db=3.0, eval_every=500),
     "classifier": TrainConfig(steps=1500, lr=2e-3, weight_decay=1e-4, feature_noise=0.1, seed=1),
     "noisy-classifier": TrainConfig(steps=3000, lr=2e-3, weight_decay=1e-4, seed=2, eval_every=500),
     "judge": TrainConfig(steps=2000, lr=2e-3, weight_decay=1e-4, feature_noise=0.1, spec_mask=True, seed=1234),

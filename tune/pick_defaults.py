@@ -24,7 +24,8 @@ from guidance.data import DIGITS
 from guidance.guides import GuidanceProfile, GuideSettings
 from guidance.guides.defaults import DEFAULTS_DIR
 from guidance.metrics import accuracy, hear, judge_outputs
-from guidance.models import load_model
+from guidance.models import load_model, read_metadata
+from guidance.models.score_subnet import file_sha256
 from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels, vocode_finite
 from outside_judges.report import judge_waves, summary_row
 
@@ -47,7 +48,7 @@ class Candidate:
 def candidates(steps: tuple[int, ...]) -> list[Candidate]:
     out = []
     for n in steps:
-        for scale in (3.0, 10.0, 20.0):
+        for scale in (3.0, 10.0, 20.0, 40.0):
             out.append(Candidate("noisy", GuidanceProfile(name=f"noisy-{scale:g}-{n}", guide=GuideSettings(scale=scale)).with_sampler(steps=n)))
         for scale in (0.1, 0.2, 0.3, 0.4, 0.5):
             clean = GuideSettings(scale=scale, norm_scaling=True, sigma_hi=CALIBRATED_WINDOW, input="x0_hat")
@@ -66,8 +67,14 @@ def main() -> None:
     parser.add_argument("--from-sweep", type=Path, nargs="*", default=None, help="val-sweep.json files to pick from (no sampling)")
     args = parser.parse_args()
     if args.from_sweep:
-        rows = [r for path in args.from_sweep for r in json.loads(path.read_text())["rows"]]
-        write_winners(rows)
+        sweeps = [json.loads(path.read_text()) for path in args.from_sweep]
+        meta = {k: v for k, v in sweeps[0].items() if k != "rows"}
+        if any({k: v for k, v in sw.items() if k != "rows"} != meta for sw in sweeps):
+            parser.error("--from-sweep files come from different settings (samples per digit, seed or models)")
+        rows = [r for sw in sweeps for r in sw["rows"]]
+        write_report(args.out, meta, rows)
+        if args.write_profiles:
+            write_winners(rows)
         return
 
     paths = ModelPaths()
@@ -97,10 +104,26 @@ def main() -> None:
         row["score"] = row["outside_asr_accuracy"] + OVRL_WEIGHT * row["dnsmos_ovrl"]
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "val-sweep.json").write_text(json.dumps({"per_class": args.per_class, "seed": args.seed, "rows": rows}, indent=2))
+    meta = {"per_class": args.per_class, "seed": args.seed, "vocoder": models.vocoder.description, "denoiser": describe_model(paths.path("denoiser"))}
+    write_report(args.out, meta, rows)
+    if args.write_profiles:
+        write_winners(rows)
+
+
+def describe_model(path: Path) -> dict:
+    """File name, content hash and training card of a model file: which weights a sweep measured."""
+    card = read_metadata(path).get("card", {})
+    return {"file": path.name, "sha256": file_sha256(path), **{k: card[k] for k in ("train_steps", "batch_size", "device") if k in card}}
+
+
+def write_report(out: Path, meta: dict, rows: list[dict]) -> None:
+    """val-sweep.json (every row) and val-sweep.md (sorted by score) under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "val-sweep.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
     lines = [
-        f"FSDD validation split, {args.per_class} samples per digit, seed {args.seed}, vocoder {models.vocoder.description}",
+        f"FSDD validation split, {meta['per_class']} samples per digit, seed {meta['seed']}",
+        f"vocoder {meta.get('vocoder')}",
+        f"denoiser {meta.get('denoiser')}",
         "",
         "| candidate | outside ASR | DNSMOS SIG | OVRL | own judge | score |",
         "|---|---|---|---|---|---|",
@@ -109,10 +132,8 @@ def main() -> None:
         lines.append(
             f"| {r['name']} | {r['outside_asr_accuracy']:.3f} | {r['dnsmos_sig']:.2f} | {r['dnsmos_ovrl']:.2f} | {r['judge_accuracy']:.3f} | {r['score']:.3f} |"
         )
-    (args.out / "val-sweep.md").write_text("\n".join(lines) + "\n")
+    (out / "val-sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    if args.write_profiles:
-        write_winners(rows)
 
 
 def write_winners(rows: list[dict]) -> None:
