@@ -5,7 +5,7 @@
 (b) Serve, split topology with step batching: the app from serve/config.yaml, c clients over HTTP;
 (c) Serve, per-request unbatched: the same app after `reconfigure` to max_batch_size=1;
 (d) the single-backbone generator (ScoreSubnet, guided): Serve's fused app (serve/config-fused.yaml,
-    one call per step) against its own in-process counterpart (`GuidedSingleBackbone` on the batch
+    one call per step) against its own in-process counterpart (the guided denoiser with the single-backbone provider on the batch
     of the c requests in flight), so the fused ratio compares like with like.
 
 Same models, steps, seeds and targets everywhere (request i: digit i % 10, seed i, one sample).
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in levels:
         runs.append(bench_in_process(models, count(c), c, args.steps, args.guide_kind))
     fused = not args.no_fused and ModelPaths(root=root).path("score_subnet").is_file()
-    if fused:  # (d) in-process: GuidedSingleBackbone (guided with its own backbone, the noisy profile)
+    if fused:  # (d) in-process: single-backbone provider (guided with its own backbone, the noisy profile)
         subnet = ModelSet.from_score_subnet(ModelPaths(root=root).path("score_subnet"), "cpu")
         sample_mels(subnet, "noisy", torch.tensor([0]), DEFAULT_PROFILES["noisy"].with_sampler(steps=2), make_noise(1, subnet.spec, 0))
         for c in levels:

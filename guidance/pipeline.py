@@ -19,7 +19,8 @@ from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import nonfinite_rows
 from guidance.guides import ClassifierGuide, Guide, GuidanceProfile, GuidedDenoiser, GuideSettings, GuideTerm
 from guidance.models import ModelFile, load_model
-from guidance.models.score_subnet import GuidedSingleBackbone, SingleBackboneModel, load_score_subnet
+from guidance.guides.single_backbone import SingleBackboneProvider
+from guidance.models.score_subnet import SingleBackboneModel, load_score_subnet
 from guidance.vocoders import DEFAULT_VOCODER, VOCODER_FILE, describe_vocoder, load_vocoder, vocode_batched
 
 GuideKind = Literal["noisy", "clean", "none", "hf"]
@@ -174,7 +175,7 @@ def guided_denoiser(
     if not terms:
         return models.denoiser.model
     if isinstance(models.denoiser.model, SingleBackboneModel):  # score and guide from one backbone pass
-        return GuidedSingleBackbone(models.denoiser.model, terms)
+        return GuidedDenoiser(models.denoiser.model, terms, SingleBackboneProvider(models.denoiser.model))
     return GuidedDenoiser(models.denoiser.model, terms)
 
 

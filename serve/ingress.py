@@ -53,7 +53,7 @@ from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.pipeline import make_noise
 from serve.config import AppArgs
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
-from serve.fused import FusedCall, FusedResult, fused_denoiser
+from serve.fused import FusedCall, FusedResult, fused_answerer
 from serve.merge import CallMerger
 from serve.steps import GuideCall, GuidePlan, GuideResult, StepStats, drive_sampler, from_wire, to_wire
 
@@ -467,11 +467,9 @@ class SpeechIngress:
         labels = torch.tensor(classes).repeat_interleave(req.num_samples)
         noise = make_noise(len(labels), cat.spec, req.seed)
         plan = GuidePlan(guide_key, labels, settings, reads_x_t) if settings.scale > 0 else None
-        fused_stats = StepStats()
-        if self.fused is not None:  # one call per evaluation: the deployment returns the guided x0_hat
-            sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, None, fused_denoiser(plan, self._fused_step, fused_stats), self._guide)
-        else:
-            sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide)
+        # the fused generator answers each evaluation's denoiser and guide calls with one backbone pass
+        answer = fused_answerer(self._fused_step) if self.fused is not None else None
+        sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide, answer)
         t_valid = time.perf_counter()
         self._sampling += 1
         try:
@@ -480,8 +478,6 @@ class SpeechIngress:
             raise ApiError(503, f"sampling took longer than {self.args.request_timeout_s:g} s; retry later", retry_after=5) from None
         finally:
             self._sampling -= 1
-        if self.fused is not None:
-            stats.guide_calls, stats.last_guide_prob = fused_stats.guide_calls, fused_stats.last_guide_prob
         t_sampled = time.perf_counter()
         scorer = ("fused generator", self.fused) if self.fused is not None else ("classifier", self._classifier_for(guide_key))
         probs = from_wire(await self._remote(scorer[0], scorer[1].probabilities, guide_key, to_wire(mels)))

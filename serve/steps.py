@@ -1,10 +1,11 @@
 """The split sampler without Ray: per-request step driver and the batched math of each deployment.
 
 `drive_sampler` owns one request's `SamplerState` and advances it with
-`guidance.diffusion.samplers.step_calls`; every denoiser call it needs goes to an async
-`denoise(x, sigma)` and every guide gradient to an async `guide(call)`. In the Serve app those
-are deployment handles; in tests they are local functions, so the remote topology is checked
-against the in-process `GuidedDenoiser` without a cluster. `denoise_batch` and
+`guidance.diffusion.samplers.step_calls`; each denoiser evaluation is the engine's guided denoiser
+(`guidance.guides.engine.guided_calls`), whose calls go to an async `denoise(x, sigma)` and an async
+`guide(call)`, or to the fused deployment. In the Serve app those are deployment handles; in tests
+they are local functions, so the remote topology is checked against the in-process `GuidedDenoiser`
+without a cluster. `denoise_batch` and
 `guide_batch` are what the deployments run on the requests one `@serve.batch` call merged.
 
 Arrays that cross process boundaries are contiguous float32/int64 numpy arrays (cheap to
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 
 from guidance.diffusion.samplers import SamplerConfig, init_state, step_calls
-from guidance.guides import ClassifierGuide, GuideSettings, GuideTerm, guide_gradient
-from guidance.guides.base import guidance_delta
+from guidance.guides import ClassifierGuide, Guide, GuideSettings, GuideTerm, guide_gradient
+from guidance.guides.engine import Answer, Call, DenoiseCall, Denoised, Gradient, GuidedStep, guided_calls
 
 
 def to_wire(t: torch.Tensor) -> np.ndarray:
@@ -111,6 +112,17 @@ def guide_batch(guides: dict[str, ClassifierGuide], calls: list[GuideCall], devi
     return results  # type: ignore[return-value]
 
 
+class RemoteGuide(Guide):
+    """A guide whose gradients a deployment computes: the ingress knows its name and what it reads."""
+
+    def __init__(self, kind: str, reads_x_t: bool) -> None:
+        self.name = kind
+        self.needs_sigma = reads_x_t
+
+    def log_prob(self, inp, sigma, target, temperature):  # pragma: no cover - never called in the ingress
+        raise RuntimeError(f"the {self.name!r} guide is answered by its deployment, not in the ingress")
+
+
 @dataclass(frozen=True)
 class GuidePlan:
     """How one request is guided: which classifier, its targets, settings, and what it reads."""
@@ -120,6 +132,10 @@ class GuidePlan:
     settings: GuideSettings
     reads_x_t: bool  # noise-conditioned (or input=x_t): reads x_t and can run beside the denoiser
     weight: float = 1.0
+
+    def terms(self) -> list[GuideTerm]:
+        """The plan as the engine's guide terms (the guide itself lives on a deployment)."""
+        return [GuideTerm(RemoteGuide(self.kind, self.reads_x_t), self.target, self.settings, self.weight)]
 
 
 @dataclass
@@ -134,59 +150,67 @@ class StepStats:
 
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], Awaitable[torch.Tensor]]
-Guide = Callable[[GuideCall], Awaitable[GuideResult]]
+GuideHandle = Callable[[GuideCall], Awaitable[GuideResult]]
+Answerer = Callable[[list[Call]], Awaitable[list[Answer]]]
 
 
-async def guided_call(
-    x: torch.Tensor, sigma: torch.Tensor, plan: Optional[GuidePlan], denoise: Denoise, guide: Guide, stats: StepStats
-) -> torch.Tensor:
-    """D_y(x, sigma) = D(x, sigma) + guidance, with D and the guide on their own deployments.
+def split_answerer(denoise: Denoise, guide: Optional[GuideHandle]) -> Answerer:
+    """Answers the engine's calls with the denoiser and classifier deployments, each call concurrently
+    with the others of its batch (a guide that reads x_t runs beside the denoiser)."""
 
-    Mirrors `GuidedDenoiser.__call__` term by term, so the split app samples what the in-process
-    pipeline samples. A noise-conditioned guide reads x_t, so its call runs concurrently with the
-    denoiser's; a clean guide reads x0_hat and has to wait for it. Outside the guide's sigma window
-    no guide call is made at all.
-    """
-    sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
-    strength = plan.settings.strength(sigma).to(x.dtype) if plan is not None else None
+    async def one(call: Call) -> Answer:
+        if isinstance(call, DenoiseCall):
+            return Denoised(await denoise(call.x, call.sigma))
+        assert guide is not None, "a guided request needs the guide deployment"
+        t = call.term
+        result = await guide(GuideCall(t.guide.name, to_wire(call.inp), to_wire(call.sigma), to_wire(t.target), t.settings.model_dump_json()))
+        return Gradient(from_wire(result.grad), from_wire(result.log_prob))
+
+    async def answer(calls: list[Call]) -> list[Answer]:
+        return list(await asyncio.gather(*(one(c) for c in calls)))
+
+    return answer
+
+
+async def guided_call(x: torch.Tensor, sigma: torch.Tensor, terms: list[GuideTerm], answer: Answerer, stats: StepStats) -> torch.Tensor:
+    """D_y(x, sigma) from the engine's `guided_calls`, every call answered remotely by `answer`."""
+    step = GuidedStep()
+    gen = guided_calls(terms, x, sigma, step)
     stats.denoiser_calls += 1
     t0 = time.perf_counter()
-    if plan is None or not bool((strength > 0).any()):
-        denoised = await denoise(x, sigma)
-        stats.wait_ms += (time.perf_counter() - t0) * 1e3
-        return denoised
-    stats.guide_calls += 1
-
-    def call_for(inp: torch.Tensor) -> GuideCall:
-        return GuideCall(plan.kind, to_wire(inp), to_wire(sigma), to_wire(plan.target), plan.settings.model_dump_json())
-
-    if plan.reads_x_t:
-        denoised, result = await asyncio.gather(denoise(x, sigma), guide(call_for(x)))
-    else:
-        denoised = await denoise(x, sigma)
-        result = await guide(call_for(denoised))
+    calls = next(gen)
+    while True:
+        answers = await answer(calls)
+        try:
+            calls = gen.send(answers)
+        except StopIteration as stop:
+            out = stop.value
+            break
     stats.wait_ms += (time.perf_counter() - t0) * 1e3
-    stats.last_guide_prob = result.prob
-    grad = from_wire(result.grad).to(x.device, x.dtype)
-    total = torch.zeros_like(denoised)
-    total = total + plan.weight * guidance_delta(plan.settings, strength, grad, x, sigma, denoised)
-    return denoised + total
+    if step.log_probs:
+        stats.guide_calls += 1
+        stats.last_guide_prob = to_wire(step.log_probs[max(step.log_probs)].exp().float())
+    return out
 
 
 async def drive_sampler(
-    noise: torch.Tensor, config: SamplerConfig, seed: int, plan: Optional[GuidePlan], denoise: Denoise, guide: Guide
+    noise: torch.Tensor, config: SamplerConfig, seed: int, plan: Optional[GuidePlan], denoise: Denoise, guide: Optional[GuideHandle],
+    answer: Optional[Answerer] = None,
 ) -> tuple[torch.Tensor, StepStats]:
     """Sample one request's batch step by step; the state lives here, one value per step.
 
-    Raises NonFiniteError (with the step index and sigma) when x goes NaN/inf, as the in-process
-    sampler does; the ingress answers it with a JSON 500."""
+    The engine's calls go to `answer` when given (e.g. the fused deployment), else to the denoiser and
+    guide deployments. Raises NonFiniteError (with the step index and sigma) when x goes NaN/inf, as the
+    in-process sampler does; the ingress answers it with a JSON 500."""
     stats = StepStats()
+    terms = plan.terms() if plan is not None else []
+    answer = answer or split_answerer(denoise, guide)
     state = init_state(noise, config, seed=seed)
     while not state.done:
         gen = step_calls(state, config)
         call = next(gen)
         while True:
-            denoised = await guided_call(*call, plan, denoise, guide, stats)
+            denoised = await guided_call(*call, terms, answer, stats)
             try:
                 call = gen.send(denoised)
             except StopIteration as stop:

@@ -16,8 +16,9 @@ from guidance.features import FeatureSpec
 from guidance.guides import ClassifierGuide, GuidedDenoiser, GuideSettings, GuideTerm
 from guidance.models import ClassifierConfig, LogMelClassifier, load_model, save_model
 from guidance.models.checkpoint import MODEL_BUILDERS, config_dict
+from guidance.guides.engine import GradientCall
+from guidance.guides.single_backbone import SingleBackboneProvider, shares_backbone
 from guidance.models.score_subnet import (
-    GuidedSingleBackbone,
     ScoreSubnet,
     ScoreSubnetConfig,
     SingleBackboneModel,
@@ -100,13 +101,19 @@ def _inputs():
     return x, sigma, torch.tensor([3, 8]), torch.randn(x.shape, generator=g, dtype=torch.float64)
 
 
+def single_backbone(model: SingleBackboneModel, terms: list[GuideTerm]) -> GuidedDenoiser:
+    """The guided denoiser with the single-backbone model as its provider (one backbone pass per call)."""
+    return GuidedDenoiser(model, terms, SingleBackboneProvider(model))
+
+
 @pytest.mark.parametrize("settings", [GuideSettings(scale=1.0), GuideSettings(scale=2.0, temperature=2.5)])
 def test_shared_pass_guide_gradient_matches_finite_differences(tmp_path, settings):
     model = _model(tmp_path, torch.float64).eval()
     x, sigma, target, direction = _inputs()
     guide = ClassifierGuide(model.backbone, DIGITS)
-    guided = GuidedSingleBackbone(model, [GuideTerm(guide, target, settings)])
-    assert guided.shares_backbone(guided.terms[0])
+    term = GuideTerm(guide, target, settings)
+    guided = single_backbone(model, [term])
+    assert shares_backbone(model, GradientCall(0, term, x, sigma, "x_t", x))
     delta = guided(x, sigma) - model(x, sigma).detach()
     grad = delta / (settings.scale * sigma.view(-1, 1, 1, 1) ** 2)  # delta = scale * sigma^2 * grad log p(y|x)
 
@@ -130,7 +137,7 @@ def test_single_backbone_equals_two_pass_guided_denoiser(tmp_path, settings):
     model = _model(tmp_path, torch.float64).eval()
     x, sigma, target, _ = _inputs()
     term = GuideTerm(ClassifierGuide(model.backbone, DIGITS), target, settings)
-    torch.testing.assert_close(GuidedSingleBackbone(model, [term])(x, sigma), GuidedDenoiser(model, [term])(x, sigma))
+    torch.testing.assert_close(single_backbone(model, [term])(x, sigma), GuidedDenoiser(model, [term])(x, sigma))
 
 
 def test_one_backbone_forward_per_guided_call(tmp_path):
@@ -139,7 +146,7 @@ def test_one_backbone_forward_per_guided_call(tmp_path):
     model.backbone.stem.register_forward_hook(lambda *a: calls.append(1))  # the first layer of every backbone pass
     x, sigma, target, _ = _inputs()
     term = GuideTerm(ClassifierGuide(model.backbone, DIGITS), target, GuideSettings(scale=3.0))
-    GuidedSingleBackbone(model, [term])(x.float(), sigma.float())
+    single_backbone(model, [term])(x.float(), sigma.float())
     assert len(calls) == 1
     calls.clear()
     GuidedDenoiser(model, [term])(x.float(), sigma.float())

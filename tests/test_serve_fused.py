@@ -1,6 +1,6 @@
 """The fused single-backbone app: a ScoreSubnet served by ONE deployment that returns the guided x0_hat.
 
-The step math (`serve.fused`) is checked against the in-process `GuidedSingleBackbone` without a cluster,
+The step math (`serve.fused`) is checked against the in-process the in-process single-backbone provider without a cluster,
 merged batches included; then a real local Ray cluster runs serve/config-fused.yaml (a tiny subnet on the
 tiny noise-conditioned classifier) and real HTTP requests must come back as the in-process sampler's audio.
 """
@@ -24,8 +24,8 @@ from serve_app import running_app
 
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings
 from guidance.pipeline import ModelSet, make_noise, sample_mels, vocode
-from serve.fused import FusedCall, fused_batch, fused_denoiser
-from serve.steps import GuidePlan, StepStats, drive_sampler, to_wire
+from serve.fused import FusedCall, fused_answerer, fused_batch
+from serve.steps import GuidePlan, drive_sampler, to_wire
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -77,7 +77,7 @@ def _in_process(models: ModelSet, label: int, seed: int, steps: int, scale: floa
 
 
 def test_fused_sampler_equals_in_process_guided_single_backbone(subnet_models):
-    """One request driven through `fused_batch` samples what `GuidedSingleBackbone` samples."""
+    """One request driven through `fused_batch` samples what the in-process single-backbone provider samples."""
     models = subnet_models
     profile = DEFAULT_PROFILES["noisy"].with_sampler(steps=4)
     labels = torch.tensor([7, 2])
@@ -88,12 +88,11 @@ def test_fused_sampler_equals_in_process_guided_single_backbone(subnet_models):
     async def step(call: FusedCall):
         return fused_batch(models.denoiser.model, models.guides["noisy"], [call], models.device)[0]
 
-    stats = StepStats()
     plan = GuidePlan("noisy", labels, profile.settings_for("digit"), True)
-    got, run = asyncio.run(drive_sampler(noise, profile.sampler.to_config(), 5, None, fused_denoiser(plan, step, stats), None))
+    got, run = asyncio.run(drive_sampler(noise, profile.sampler.to_config(), 5, plan, None, None, fused_answerer(step)))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert (got - unguided).abs().max() > 1e-3  # guidance changed the sample: the comparison is not vacuous
-    assert stats.guide_calls == run.denoiser_calls == 7 and stats.last_guide_prob.shape == (2,)
+    assert run.guide_calls == run.denoiser_calls == 7 and run.last_guide_prob.shape == (2,)
 
 
 def test_merged_batch_gives_each_call_its_own_result(subnet_models):
@@ -114,8 +113,12 @@ def test_merged_batch_gives_each_call_its_own_result(subnet_models):
     for call, result in zip(calls, merged):
         alone = fused_batch(models.denoiser.model, models.guides["noisy"], [call], models.device)[0]
         np.testing.assert_allclose(result.denoised, alone.denoised, rtol=1e-4, atol=1e-5)
-        assert result.guided == alone.guided
-    assert [r.guided for r in merged] == [True, True, False, False, True]  # sigma 6.3 lies outside [1, 5]
+        assert (result.grad is None) == (alone.grad is None)
+        if result.grad is not None:
+            np.testing.assert_allclose(result.grad, alone.grad, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(result.log_prob, alone.log_prob, rtol=1e-4, atol=1e-6)
+    # a gradient for every call that asked (the sigma window is the engine's business, not the deployment's)
+    assert [r.grad is not None for r in merged] == [True, True, False, True, True]
 
 
 # ---- the app on a real local Ray cluster --------------------------------------------------------------
@@ -143,7 +146,7 @@ def _wav_samples(data: bytes) -> np.ndarray:
 
 
 def _local_wav(models: ModelSet, label: int, seed: int, steps: int, scale: float | None = None) -> np.ndarray:
-    """The in-process `GuidedSingleBackbone` sample, vocoded and encoded as the app does."""
+    """The in-process the in-process single-backbone provider sample, vocoded and encoded as the app does."""
     from serve.ingress import wav_bytes
 
     mels = _in_process(models, label, seed, steps, scale)
@@ -206,7 +209,7 @@ def test_concurrent_requests_merge_into_shared_passes_and_keep_their_results(fus
 @pytest.mark.slow
 def test_deployment_steps_of_concurrent_samplers_equal_in_process(fused_url, subnet_models):
     """Four samplers driven concurrently through the running Fused deployment's handle (their steps
-    merged into shared passes) end at the log-Mels `GuidedSingleBackbone` samples for each, allclose."""
+    merged into shared passes) end at the log-Mels the in-process single-backbone provider samples for each, allclose."""
     from ray import serve
 
     handle = serve.get_deployment_handle("Fused", app_name=APP)
@@ -220,8 +223,8 @@ def test_deployment_steps_of_concurrent_samplers_equal_in_process(fused_url, sub
     async def one(label: int, seed: int, steps: int, scale: float) -> torch.Tensor:
         prof = base.with_sampler(steps=steps).with_guide(scale=scale)
         plan = GuidePlan("noisy", torch.tensor([label]), prof.settings_for("digit"), True) if scale > 0 else None
-        mels, _ = await drive_sampler(make_noise(1, subnet_models.spec, seed), prof.sampler.to_config(), seed, None,
-                                      fused_denoiser(plan, step, StepStats()), None)
+        mels, _ = await drive_sampler(make_noise(1, subnet_models.spec, seed), prof.sampler.to_config(), seed, plan,
+                                      None, None, fused_answerer(step))
         return mels
 
     async def run_all() -> list[torch.Tensor]:

@@ -1,7 +1,8 @@
 """Guides: one interface, many guides, combined by a guided denoiser with per-step strength."""
 
-from guidance.guides.base import Guide, GuidedDenoiser, GuideTerm, guide_gradient
+from guidance.guides.base import Guide, GuideTerm, guide_gradient
 from guidance.guides.classifier import ClassifierGuide
+from guidance.guides.engine import GuidedDenoiser
 from guidance.guides.hf import HFAudioGuide
 from guidance.guides.profile import DEFAULT_PROFILES, GuidanceProfile, GuideSettings, SamplerSettings
 from guidance.guides.reference import VOICE_GUIDE_KINDS, ReferenceGuide, make_voice_guide, read_reference

@@ -1,9 +1,9 @@
-"""One interface for every guide, and the guided denoiser that adds their gradients to D.
+"""One interface for every guide, the gradient of one guide term, and the formula of its delta.
 
 A guide is a differentiable log-likelihood log p(y | input, sigma) over normalized log-Mels.
 It declares what it reads: `needs_sigma` (noise-conditioned, reads x_t) or not (a clean
-classifier, which reads x0_hat by default). `GuidedDenoiser` keeps the D(x, sigma) contract, so
-samplers never know guidance exists (as in k-diffusion's classifier-guidance wrapper).
+classifier, which reads x0_hat by default). The guided denoiser that adds their gradients to D is
+written once, in `guidance.guides.engine`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from guidance.diffusion.precond import Denoiser
 from guidance.guides.profile import GuideSettings
 
 
@@ -95,48 +94,6 @@ def _log_prob(term: GuideTerm, inp: torch.Tensor, sigma: torch.Tensor, temperatu
     batch = (inp.unsqueeze(0) + s.smoothing * noise).flatten(0, 1)
     logp = term.guide.log_prob(batch, sigma.repeat(k), term.target.repeat(k), temperature.repeat(k))
     return logp.view(k, -1).mean(0)
-
-
-class GuidedDenoiser:
-    """D_y(x, sigma) = D(x, sigma) + sum_k w_k * delta_k(x, sigma), with per-guide strength.
-
-    delta_k = strength_k(sigma) * sigma^2 * grad_x log p_k(y_k | .)            (plain)
-    delta_k = strength_k(sigma) * ||D - x|| * grad / ||grad||                 (norm scaling)
-    """
-
-    def __init__(self, denoiser: Denoiser, terms: list[GuideTerm]) -> None:
-        self.denoiser = denoiser
-        self.terms = terms
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
-        active = active_terms(self.terms, sigma, x.dtype)
-        graph_needed = any(t.settings.through_denoiser and not t.guide.reads_x_t(t.settings) for t, _ in active)
-        graph = None
-        if graph_needed:
-            with torch.enable_grad():
-                x_req = x.detach().requires_grad_(True)
-                graph = DenoiserGraph(x_req, self.denoiser(x_req, sigma))
-            denoised = graph.denoised.detach()
-        else:
-            with torch.no_grad():
-                denoised = self.denoiser(x, sigma)
-        if not active:
-            return denoised
-        total = torch.zeros_like(denoised)
-        for term, strength in active:
-            grad, _ = guide_gradient(term, x, sigma, denoised, graph)
-            total = total + term.weight * guidance_delta(term.settings, strength, grad, x, sigma, denoised)
-        return denoised + total.detach()
-
-
-def active_terms(terms: list[GuideTerm], sigma: torch.Tensor, dtype: torch.dtype) -> list[tuple[GuideTerm, torch.Tensor]]:
-    """The terms whose strength is non-zero for some sample at this sigma, with their (B,) strengths.
-
-    Shared by every guided denoiser so that a guide outside its sigma window costs no gradient pass.
-    """
-    strengths = [t.settings.strength(sigma).to(dtype) for t in terms]
-    return [(t, s) for t, s in zip(terms, strengths) if bool((s > 0).any())]
 
 
 def guidance_delta(

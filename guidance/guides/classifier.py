@@ -16,6 +16,12 @@ from guidance.models.checkpoint import ModelFile
 from guidance.models.classifier import LogMelClassifier
 
 
+def log_prob_from_logits(logits: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits / T)[y]: (B,) log-likelihood of each row's target at its own temperature."""
+    scaled = logits / temperature.to(logits.dtype).view(-1, 1)
+    return torch.log_softmax(scaled, dim=-1).gather(1, target.view(-1, 1).to(logits.device)).squeeze(1)
+
+
 class ClassifierGuide(Guide):
     def __init__(self, model: LogMelClassifier, labels: list[str], name: str = "digit") -> None:
         self.model = model.eval().requires_grad_(False)
@@ -33,8 +39,7 @@ class ClassifierGuide(Guide):
         return self.model(inp, sigma if self.needs_sigma else None)
 
     def log_prob(self, inp: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        logits = self.logits(inp, sigma) / temperature.view(-1, 1)
-        return torch.log_softmax(logits, dim=-1).gather(1, target.view(-1, 1).to(logits.device)).squeeze(1)
+        return log_prob_from_logits(self.logits(inp, sigma), target, temperature)
 
     @torch.no_grad()
     def probabilities(self, mels: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 
 from guidance.features import FeatureSpec
 from guidance.guides.base import Guide
+from guidance.guides.classifier import log_prob_from_logits
 from guidance.guides.hf_frontends import FSDD_BAND_LIMIT_HZ, UnsupportedFeatureExtractor, frontend_for
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -171,9 +172,8 @@ class HFAudioGuide(Guide):
         return self.model(input_values=self.model_input(inp)).logits.float()
 
     def log_prob(self, inp: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        logits = self.logits(inp) / temperature.view(-1, 1).to(inp.device)
-        classes = self.class_index[target.to(self.class_index.device)].view(-1, 1)
-        return torch.log_softmax(logits, dim=-1).gather(1, classes).squeeze(1)
+        classes = self.class_index[target.to(self.class_index.device)]
+        return log_prob_from_logits(self.logits(inp), classes, temperature.to(inp.device))
 
     @torch.no_grad()
     def probabilities(self, mels: torch.Tensor) -> torch.Tensor:
