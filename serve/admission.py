@@ -239,6 +239,8 @@ class AdmissionController:
         """The replica's admission state (for logs and stats)."""
         return {
             "enabled": self.enabled,
+            "deadline_s": self.deadline_s,
+            "allowance_s": round(self.allowance_s, 3),
             "in_flight": len(self.jobs),
             "backlog_units": self.backlog_units(),
             "units_per_s": round(self.throughput.value, 3),

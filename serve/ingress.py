@@ -15,6 +15,11 @@ in the background and swapped whole, so a request keeps the profile it started w
 classifiers and denoisers are called through their deployment's handle with the resolved version as
 the multiplexed model id: a request never names a file there either, only `NAME@ALIAS`/`NAME/VERSION`.
 
+Admission is by work, not by request count (`serve.admission`, `args.admission`): right before
+sampling, a request whose samples x denoiser evaluations could not be done by `request_timeout_s`
+given the work already sampling on this replica (at its measured throughput) is answered 503 with
+Retry-After at once, so the requests that are admitted finish. Each ingress replica admits on its own.
+
 With `args.generator: score-subnet` the ingress holds a handle to the `Fused` deployment instead:
 one call per denoiser evaluation returns the guided x0_hat (score and guide gradient from one pass of
 the ScoreSubnet's frozen classifier backbone), so there is no classifier hop per step. Such an app
@@ -51,6 +56,7 @@ from guidance.finite import NonFiniteError
 from guidance.vocoders import describe_vocoder, load_vocoder
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.pipeline import make_noise
+from serve.admission import AdmissionController, Job, sampler_evaluations
 from serve.config import AppArgs
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
 from serve.fused import FusedCall, FusedResult, fused_denoiser
@@ -70,21 +76,22 @@ api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
 class ApiError(Exception):
     """A request that cannot be served, with the status and the one-line detail the client sees."""
 
-    def __init__(self, status: int, detail: str, retry_after: Optional[int] = None) -> None:
+    def __init__(self, status: int, detail: str, retry_after: Optional[int] = None, extra: Optional[dict] = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.retry_after = retry_after
+        self.extra = extra or {}
 
 
-def _error_response(status: int, detail: str, retry_after: Optional[int] = None) -> JSONResponse:
+def _error_response(status: int, detail: str, retry_after: Optional[int] = None, extra: Optional[dict] = None) -> JSONResponse:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    return JSONResponse({"detail": detail, **(extra or {})}, status_code=status, headers=headers)
 
 
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return _error_response(exc.status, exc.detail, exc.retry_after)
+    return _error_response(exc.status, exc.detail, exc.retry_after, exc.extra)
 
 
 @api.exception_handler(NonFiniteError)
@@ -184,6 +191,8 @@ class SpeechIngress:
         self._poller: Optional[asyncio.Task] = None
         self._mergers: dict[str, CallMerger] = {}
         self._sampling = 0  # requests of this replica between their first and last step call
+        # Work in flight and measured throughput of this replica (each ingress replica admits on its own).
+        self.admission = AdmissionController(deadline_s=self.args.request_timeout_s, **self.args.admission.model_dump())
         self._guide_handles: dict[str, DeploymentHandle] = {}
         self._guide_descriptions: dict[str, dict] = {}
         self._catalog: Optional[Catalog] = None
@@ -456,30 +465,38 @@ class SpeechIngress:
         denoiser_desc = registered_denoiser[1] if registered_denoiser else {k: cat.denoiser[k] for k in ("name", "version", "alias")}
         den_handle = registered_denoiser[0] if registered_denoiser else None
 
-        async def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return await self._denoise(x, sigma, den_handle)
-
         prof = self._profile(req, registered)
         settings = prof.settings_for("digit")
         reads_x_t = guide["noise_conditioned"] or settings.input == "x_t"
         if settings.through_denoiser and not reads_x_t and settings.scale > 0:
             raise ApiError(422, "profile: through_denoiser (gradients through D) is not available in the split deployment")
         labels = torch.tensor(classes).repeat_interleave(req.num_samples)
-        noise = make_noise(len(labels), cat.spec, req.seed)
-        plan = GuidePlan(guide_key, labels, settings, reads_x_t) if settings.scale > 0 else None
-        fused_stats = StepStats()
-        if self.fused is not None:  # one call per evaluation: the deployment returns the guided x0_hat
-            sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, None, fused_denoiser(plan, self._fused_step, fused_stats), self._guide)
-        else:
-            sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide)
-        t_valid = time.perf_counter()
-        self._sampling += 1
+        # Admission by work: decided and registered in one synchronous call, right before sampling.
+        job, decision = self.admission.admit(len(labels), sampler_evaluations(prof.sampler.steps, prof.sampler.kind))
+        if job is None:
+            raise ApiError(
+                503, decision.message(self.args.request_timeout_s), retry_after=decision.retry_after_s, extra={"admission": decision.as_dict()}
+            )
         try:
-            mels, stats = await asyncio.wait_for(sampling, timeout=self.args.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(503, f"sampling took longer than {self.args.request_timeout_s:g} s; retry later", retry_after=5) from None
+            noise = make_noise(len(labels), cat.spec, req.seed)
+            plan = GuidePlan(guide_key, labels, settings, reads_x_t) if settings.scale > 0 else None
+            fused_stats = StepStats()
+            if self.fused is not None:  # one call per evaluation: the deployment returns the guided x0_hat
+                denoise = self._counted(job, fused_denoiser(plan, self._fused_step, fused_stats))
+                sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, None, denoise, self._guide)
+            else:
+                denoise = self._counted(job, lambda x, sigma: self._denoise(x, sigma, den_handle))
+                sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide)
+            t_valid = time.perf_counter()
+            self._sampling += 1
+            try:
+                mels, stats = await asyncio.wait_for(sampling, timeout=self.args.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(503, f"sampling took longer than {self.args.request_timeout_s:g} s; retry later", retry_after=5) from None
+            finally:
+                self._sampling -= 1
         finally:
-            self._sampling -= 1
+            self.admission.finish(job)
         if self.fused is not None:
             stats.guide_calls, stats.last_guide_prob = fused_stats.guide_calls, fused_stats.last_guide_prob
         t_sampled = time.perf_counter()
@@ -534,6 +551,16 @@ class SpeechIngress:
             }
         )
 
+    def _counted(self, job: Job, denoise: Any) -> Any:
+        """`denoise` that reports each completed evaluation of `job` to the admission accounting."""
+
+        async def counted(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            out = await denoise(x, sigma)
+            self.admission.progress(job)
+            return out
+
+        return counted
+
     def _vocode(self, mels: torch.Tensor) -> np.ndarray:
         assert self._vocoder is not None
         with self._vocoder_lock:
@@ -571,6 +598,10 @@ class SpeechIngress:
                 if served and "version" in served:
                     g.update(name=served["name"], version=served["version"], alias=served["ref"].partition("@")[2] or None)
         return body
+
+    def admission_stats(self) -> dict:
+        """This replica's admission state: work in flight, measured throughput, admitted and refused counts."""
+        return self.admission.describe()
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
