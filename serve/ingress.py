@@ -15,6 +15,9 @@ in the background and swapped whole, so a request keeps the profile it started w
 classifiers and denoisers are called through their deployment's handle with the resolved version as
 the multiplexed model id: a request never names a file there either, only `NAME@ALIAS`/`NAME/VERSION`.
 
+With a bearer token set (`serve.auth`, `args.auth`; required when the HTTP proxy binds anything but
+loopback), /v1/generate and /v1/models answer 401 without it; /healthz stays open.
+
 Admission is by work, not by request count (`serve.admission`, `args.admission`): right before
 sampling, a request whose samples x denoiser evaluations could not be done by `request_timeout_s`
 given the work already sampling on this replica (at its measured throughput) is answered 503 with
@@ -57,7 +60,8 @@ from guidance.vocoders import describe_vocoder, load_vocoder
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.pipeline import make_noise
 from serve.admission import AdmissionController, Job, sampler_evaluations
-from serve.config import AppArgs
+from serve.auth import check_bearer, check_exposure, resolve_token
+from serve.config import AppArgs, Auth
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
 from serve.fused import FusedCall, FusedResult, fused_denoiser
 from serve.merge import CallMerger
@@ -76,22 +80,29 @@ api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
 class ApiError(Exception):
     """A request that cannot be served, with the status and the one-line detail the client sees."""
 
-    def __init__(self, status: int, detail: str, retry_after: Optional[int] = None, extra: Optional[dict] = None) -> None:
+    def __init__(
+        self, status: int, detail: str, retry_after: Optional[int] = None, extra: Optional[dict] = None, headers: Optional[dict] = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.retry_after = retry_after
         self.extra = extra or {}
+        self.headers = headers or {}
 
 
-def _error_response(status: int, detail: str, retry_after: Optional[int] = None, extra: Optional[dict] = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"detail": detail, **(extra or {})}, status_code=status, headers=headers)
+def _error_response(
+    status: int, detail: str, retry_after: Optional[int] = None, extra: Optional[dict] = None, headers: Optional[dict] = None
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse({"detail": detail, **(extra or {})}, status_code=status, headers=headers or None)
 
 
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return _error_response(exc.status, exc.detail, exc.retry_after, exc.extra)
+    return _error_response(exc.status, exc.detail, exc.retry_after, exc.extra, exc.headers)
 
 
 @api.exception_handler(NonFiniteError)
@@ -145,6 +156,32 @@ def load_profiles(profiles_dir: Optional[str]) -> dict[str, GuidanceProfile]:
     return table
 
 
+def proxy_host() -> Optional[str]:
+    """The address Serve's HTTP proxies bind, as the controller knows it (None if it cannot be asked)."""
+    import ray
+
+    if not ray.is_initialized():  # not in a replica: asking would start a cluster
+        return None
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        return client.http_config.host if client is not None else None
+    except Exception as exc:  # outside a Serve cluster, or a Ray that moved this: treated as not loopback
+        log.warning("could not ask the Serve controller for the HTTP host: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def api_token(auth: Auth) -> Optional[str]:
+    """The replica's API token (None: open API), or AuthConfigError when the app must not start:
+    no token while the proxies bind a non-loopback address, or a token unfit for a header."""
+    token = resolve_token(auth.token, auth.token_env)
+    host = proxy_host()
+    check_exposure(host, token, auth.token_env)
+    log.info("HTTP API: %s (proxy host %s)", "bearer token required" if token else "open, no token set", host)
+    return token
+
+
 def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
     """16-bit PCM mono WAV, byte for byte what `guidance.data.write_wav` writes to a file."""
     buf = io.BytesIO()
@@ -171,6 +208,7 @@ class SpeechIngress:
         fused: Optional[DeploymentHandle] = None,
     ) -> None:
         self.args = AppArgs.model_validate(args or {})
+        self.api_token = api_token(self.args.auth)  # never logged
         self.denoiser = denoiser
         self.classifier = classifier
         self.fused = fused  # set for generator score-subnet (then denoiser and classifier are None)
@@ -446,9 +484,18 @@ class SpeechIngress:
 
     # ---- routes -------------------------------------------------------------------------------
 
+    def _authorize(self, request: Request) -> None:
+        """401 with WWW-Authenticate unless the request carries the API token (no-op when none is set)."""
+        if self.api_token is None:
+            return
+        refused = check_bearer(request.headers.get("authorization"), self.api_token)
+        if refused is not None:
+            raise ApiError(401, refused[0], headers={"WWW-Authenticate": refused[1]})
+
     @api.post("/v1/generate")
     async def generate(self, request: Request) -> Response:
         t_start = time.perf_counter()
+        self._authorize(request)
         self._ensure_poller()
         req = await self._read_request(request)
         cat = await self.catalog()
@@ -567,7 +614,8 @@ class SpeechIngress:
             return self._vocoder(mels).cpu().numpy()
 
     @api.get("/v1/models")
-    async def models(self) -> dict:
+    async def models(self, request: Request) -> dict:
+        self._authorize(request)
         self._ensure_poller()
         cat = await self.catalog()
         extra = ("generator", "fused", "backbone") if self.fused is not None else ()
@@ -605,7 +653,7 @@ class SpeechIngress:
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """200 when every model deployment answers within 5 s, else 503."""
+        """200 when every model deployment answers within 5 s, else 503. Open without a token (liveness)."""
         if self.fused is not None:
             names, calls = ("Fused",), [self.fused.describe.remote()]
         else:
