@@ -49,6 +49,7 @@ class Answer:
     samples: int = 0
     kind: str = ""  # ok | admission | queue | deadline | other
     retry_after: int | None = None
+    server_ms: float | None = None  # the ingress's own time for the request (admission 503s: until refused)
 
 
 @dataclass
@@ -90,7 +91,9 @@ async def send(http, i: int, samples: int, steps: int) -> Answer:
     kind = classify(r.status_code, body if isinstance(body, dict) else None)
     retry = r.headers.get("retry-after")
     n = len(body["samples"]) if kind == "ok" else 0
-    return Answer(r.status_code, seconds, n, kind, int(retry) if retry and retry.isdigit() else None)
+    timings = body.get("timings_ms", {}) if isinstance(body, dict) else {}
+    server = timings.get("total", timings.get("validate"))
+    return Answer(r.status_code, seconds, n, kind, int(retry) if retry and retry.isdigit() else None, server)
 
 
 def client(url: str):
@@ -167,6 +170,10 @@ def report(bursts: list[Burst], cap: float, deadline: float, work: int, samples:
             a = b.admission
             print(f"ingress after '{b.name}': throughput estimate {a['units_per_s']} units/s (measured: {a['measured']}), "
                   f"admitted {a['admitted']}, refused {a['refused']} (counts since the replica started)")
+        inside = [a.server_ms for a in b.of("admission") if a.server_ms is not None]
+        if inside:
+            print(f"'{b.name}': admission 503s took {np.median(inside):.0f} ms median, {max(inside):.0f} ms at most inside the ingress "
+                  "(the rest of their latency is waiting for an ingress slot and the proxy)")
         retry = [a.retry_after for a in b.of("admission") if a.retry_after is not None]
         if retry:
             print(f"'{b.name}': Retry-After of admission 503s: min {min(retry)} s, median {int(np.median(retry))} s, max {max(retry)} s")
@@ -182,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="requests per client while measuring capacity")
     parser.add_argument("--burst-factor", type=float, default=4, help="burst size = this x (ingress replicas x max_ongoing_requests)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the burst with admission disabled")
+    parser.add_argument(
+        "--ingress-max-ongoing", type=int, default=0,
+        help="override SpeechIngress max_ongoing_requests (the burst stays sized by the shipped config): above what admission "
+        "admits, refusals stop queueing in the proxy behind sampling requests",
+    )
     args = parser.parse_args(argv)
 
     root = (args.models_dir or default_models_dir()).resolve()
@@ -198,16 +210,20 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
 
     def config(enabled: bool):
-        return prepare_config(DEFAULT_CONFIG_PATH, root, port=port, args={"request_timeout_s": args.deadline, "admission": {"enabled": enabled}})
+        ongoing = {"SpeechIngress": {"max_ongoing_requests": args.ingress_max_ongoing}} if args.ingress_max_ongoing else None
+        app_args = {"request_timeout_s": args.deadline, "admission": {"enabled": enabled}}
+        return prepare_config(DEFAULT_CONFIG_PATH, root, port=port, args=app_args, deployments=ongoing)
 
-    schema = config(True)
-    ingress = next(d for d in schema.applications[0].deployments if d.name == "SpeechIngress")
+    shipped = prepare_config(DEFAULT_CONFIG_PATH, root, port=port)
+    ingress = next(d for d in shipped.applications[0].deployments if d.name == "SpeechIngress")
     at_once = (ingress.num_replicas or 1) * ingress.max_ongoing_requests
+    schema = config(True)
     n_burst = max(1, round(args.burst_factor * at_once))
     work = request_work(args.samples, args.steps, "heun")
     print(
         f"models: {root}; requests of {args.samples} samples x {args.steps} Heun steps = {work} units; deadline {args.deadline:g} s; "
         f"the app samples {at_once} requests at once (ingress replicas x max_ongoing_requests), burst {n_burst}; cpu cores {os.cpu_count()}"
+        + (f"; ingress max_ongoing_requests overridden to {args.ingress_max_ongoing}" if args.ingress_max_ongoing else "")
     )
     connect_ray(num_cpus=os.cpu_count())
     bursts: list[Burst] = []

@@ -521,9 +521,8 @@ class SpeechIngress:
         # Admission by work: decided and registered in one synchronous call, right before sampling.
         job, decision = self.admission.admit(len(labels), sampler_evaluations(prof.sampler.steps, prof.sampler.kind))
         if job is None:
-            raise ApiError(
-                503, decision.message(self.args.request_timeout_s), retry_after=decision.retry_after_s, extra={"admission": decision.as_dict()}
-            )
+            extra = {"admission": decision.as_dict(), "timings_ms": {"validate": round((time.perf_counter() - t_start) * 1e3, 2)}}
+            raise ApiError(503, decision.message(self.args.request_timeout_s), retry_after=decision.retry_after_s, extra=extra)
         try:
             noise = make_noise(len(labels), cat.spec, req.seed)
             plan = GuidePlan(guide_key, labels, settings, reads_x_t) if settings.scale > 0 else None

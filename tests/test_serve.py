@@ -330,6 +330,7 @@ def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(
         for r, seconds in refused:
             body = r.json()
             assert body["detail"].startswith("over capacity") and body["admission"]["work_units"] == 60
+            assert 0 <= body["timings_ms"]["validate"] < 5000
             assert int(r.headers["retry-after"]) >= 1
             assert seconds < 5.0  # answered at once, not after sampling until the 10 s deadline
         stats = _ingress_admission()
