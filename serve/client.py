@@ -5,11 +5,25 @@ Only httpx: calling a running app needs neither Ray nor torch on the client's ma
 
 from __future__ import annotations
 
+import os
+from typing import Optional
+
 import httpx
 
+from serve.auth import TOKEN_ENV
 
-def generate_remote(url: str, payload: dict, timeout: float = 300) -> dict:
+
+def auth_headers(token: Optional[str] = None) -> dict:
+    """`Authorization: Bearer` for `token`, else for $SPEECHGUIDE_API_TOKEN when set; {} without either."""
+    token = (token if token is not None else os.environ.get(TOKEN_ENV, "")).strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def generate_remote(url: str, payload: dict, timeout: float = 300, token: Optional[str] = None) -> dict:
     """POST `payload` to URL/v1/generate and return the JSON response.
+
+    `token` (default: $SPEECHGUIDE_API_TOKEN) is sent as `Authorization: Bearer <token>`; an app that
+    wants one answers 401 without it, which raises `ValueError` like any 4xx.
 
     The JSON form is always requested (Accept: application/json), so the answer carries every
     sample with its scores, the models and the profile used. A 4xx raises `ValueError` with the
@@ -18,7 +32,8 @@ def generate_remote(url: str, payload: dict, timeout: float = 300) -> dict:
     5xx with the server's `detail` in its message.
     """
     endpoint = url.rstrip("/") + "/v1/generate"
-    response = httpx.post(endpoint, json=payload, headers={"Accept": "application/json"}, timeout=timeout)
+    headers = {"Accept": "application/json", **auth_headers(token)}
+    response = httpx.post(endpoint, json=payload, headers=headers, timeout=timeout)
     if 400 <= response.status_code < 500:
         raise ValueError(f"{endpoint} refused the request ({response.status_code}): {_detail(response)}")
     if response.status_code >= 500:  # the server's detail (e.g. the step where sampling went NaN) is the useful part

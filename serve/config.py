@@ -17,6 +17,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from serve.auth import TOKEN_ENV, check_exposure, resolve_token
+
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 FUSED_CONFIG_PATH = Path(__file__).with_name("config-fused.yaml")  # args.generator: score-subnet
 APP_BUILDER = "serve.app:build_app"
@@ -89,6 +91,43 @@ class StepMerging(_Strict):
     wait_s: float = Field(0.02, ge=0, le=1, description="how long a merged call waits for the rest of the requests sampling here")
 
 
+class Admission(_Strict):
+    """Admission by work on each ingress replica (`serve.admission`): a request that could not end
+    sampling by `request_timeout_s`, given the work ahead of it, is answered 503 with Retry-After at once.
+
+    Work is counted in units of one sample through one denoiser evaluation (Heun: 2 per step but the
+    last). Each ingress replica admits on its own: with N replicas behind the proxy, each one measures
+    and fills its own share of the model deployments' throughput.
+    """
+
+    enabled: bool = Field(True, description="false: every request samples (until request_timeout_s), as before admission")
+    prior_units_per_s: float = Field(
+        20.0, gt=0, le=1e7,
+        description="throughput assumed until measured (sample-evaluations per second); keep it low: too high admits work that cannot finish",
+    )
+    safety_margin: float = Field(
+        0.25, ge=0, lt=1, description="share of request_timeout_s kept in reserve for estimate error, scoring and vocoding"
+    )
+    ewma_alpha: float = Field(0.3, gt=0, le=1, description="weight of each new throughput window in the estimate")
+    window_s: float = Field(2.0, gt=0, le=600, description="busy seconds of completed work per throughput measurement")
+    max_retry_after_s: int = Field(300, ge=1, le=3600, description="cap on the Retry-After of a refusal")
+
+
+class Auth(_Strict):
+    """Bearer token of the HTTP API (`serve.auth`). With a token, POST /v1/generate and GET /v1/models want
+    `Authorization: Bearer <token>` (401 otherwise); GET /healthz stays open. Without one the API is open,
+    which the app allows only while the HTTP proxy binds loopback: on any other host it refuses to start."""
+
+    token_env: str = Field(
+        TOKEN_ENV, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$",
+        description="environment variable the ingress replicas read the token from (set it where they run, e.g. from a Kubernetes Secret)",
+    )
+    token: Optional[str] = Field(
+        None, repr=False,
+        description="the token itself, used when the variable is unset; discouraged: anyone who reads the config (or `serve config`) reads it",
+    )
+
+
 class AppArgs(_Strict):
     """Arguments of `build_app` (the `args:` of an application in the Serve config file)."""
 
@@ -97,8 +136,12 @@ class AppArgs(_Strict):
     device: Optional[str] = Field(None, description="cpu | cuda; default: CUDA when the replica has a GPU")
     profiles_dir: Optional[str] = Field(None, description="extra guidance profiles, one NAME.json each")
     max_body_bytes: int = Field(2 * 2**20, ge=1024, le=64 * 2**20)
-    request_timeout_s: float = Field(120.0, gt=0, le=3600)
+    request_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="deadline of a request's sampling: admission keeps to it; sampling longer is cut off with 503"
+    )
     retry_s: float = Field(30.0, ge=0, le=600, description="how long a step call is retried while a replica restarts")
+    admission: Admission = Field(default_factory=Admission, description="503 at once for work that cannot finish by request_timeout_s")
+    auth: Auth = Field(default_factory=Auth, description="bearer token of the HTTP API (required off loopback)")
     tuning: Optional[DeploymentTuning] = Field(None, description="default user_config of both model deployments")
     step_merging: StepMerging = Field(default_factory=StepMerging, description="step batching on the ingress side")
     registry: Optional[RegistryArgs] = Field(None, description="MLflow registry: profiles by alias, guide models (multiplexed)")
@@ -220,6 +263,20 @@ def check_config(data: dict):
                 except ValidationError as exc:
                     raise ValueError(f"{_deployment_label(app, dep)}.user_config: {_first_error(exc)}") from None
     return schema
+
+
+def check_http_auth(schema, environ: Optional[dict] = None) -> None:
+    """Refuse (`serve.auth.AuthConfigError`) a checked config whose proxy binds a non-loopback host while
+    one of our apps has no API token, from `environ` (default: this process's) or its `args.auth.token`.
+
+    What the ingress replicas check again at start-up, with their own environment; this check says it
+    before anything starts where the replicas will run with this process's environment (a local cluster).
+    """
+    host = schema.http_options.host
+    for app in schema.applications:
+        if app.import_path == APP_BUILDER:
+            auth = AppArgs.model_validate(app.args or {}).auth
+            check_exposure(host, resolve_token(auth.token, auth.token_env, environ), auth.token_env)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -15,6 +15,14 @@ in the background and swapped whole, so a request keeps the profile it started w
 classifiers and denoisers are called through their deployment's handle with the resolved version as
 the multiplexed model id: a request never names a file there either, only `NAME@ALIAS`/`NAME/VERSION`.
 
+With a bearer token set (`serve.auth`, `args.auth`; required when the HTTP proxy binds anything but
+loopback), /v1/generate and /v1/models answer 401 without it; /healthz stays open.
+
+Admission is by work, not by request count (`serve.admission`, `args.admission`): right before
+sampling, a request whose samples x denoiser evaluations could not be done by `request_timeout_s`
+given the work already sampling on this replica (at its measured throughput) is answered 503 with
+Retry-After at once, so the requests that are admitted finish. Each ingress replica admits on its own.
+
 With `args.generator: score-subnet` the ingress holds a handle to the `Fused` deployment instead:
 one call per denoiser evaluation returns the guided x0_hat (score and guide gradient from one pass of
 the ScoreSubnet's frozen classifier backbone), so there is no classifier hop per step. Such an app
@@ -51,11 +59,13 @@ from guidance.finite import NonFiniteError
 from guidance.vocoders import describe_vocoder, load_vocoder
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.pipeline import make_noise
-from serve.config import AppArgs
+from serve.admission import AdmissionController, Job, sampler_evaluations
+from serve.auth import check_bearer, check_exposure, resolve_token
+from serve.config import AppArgs, Auth
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
 from serve.fused import FusedCall, FusedResult, fused_answerer
 from serve.merge import CallMerger
-from serve.steps import GuideCall, GuidePlan, GuideResult, StepStats, drive_sampler, from_wire, to_wire
+from serve.steps import GuideCall, GuidePlan, GuideResult, drive_sampler, from_wire, to_wire
 
 log = logging.getLogger("ray.serve")
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
@@ -70,21 +80,29 @@ api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
 class ApiError(Exception):
     """A request that cannot be served, with the status and the one-line detail the client sees."""
 
-    def __init__(self, status: int, detail: str, retry_after: Optional[int] = None) -> None:
+    def __init__(
+        self, status: int, detail: str, retry_after: Optional[int] = None, extra: Optional[dict] = None, headers: Optional[dict] = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.retry_after = retry_after
+        self.extra = extra or {}
+        self.headers = headers or {}
 
 
-def _error_response(status: int, detail: str, retry_after: Optional[int] = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+def _error_response(
+    status: int, detail: str, retry_after: Optional[int] = None, extra: Optional[dict] = None, headers: Optional[dict] = None
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse({"detail": detail, **(extra or {})}, status_code=status, headers=headers or None)
 
 
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return _error_response(exc.status, exc.detail, exc.retry_after)
+    return _error_response(exc.status, exc.detail, exc.retry_after, exc.extra, exc.headers)
 
 
 @api.exception_handler(NonFiniteError)
@@ -138,6 +156,32 @@ def load_profiles(profiles_dir: Optional[str]) -> dict[str, GuidanceProfile]:
     return table
 
 
+def proxy_host() -> Optional[str]:
+    """The address Serve's HTTP proxies bind, as the controller knows it (None if it cannot be asked)."""
+    import ray
+
+    if not ray.is_initialized():  # not in a replica: asking would start a cluster
+        return None
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        return client.http_config.host if client is not None else None
+    except Exception as exc:  # outside a Serve cluster, or a Ray that moved this: treated as not loopback
+        log.warning("could not ask the Serve controller for the HTTP host: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def api_token(auth: Auth) -> Optional[str]:
+    """The replica's API token (None: open API), or AuthConfigError when the app must not start:
+    no token while the proxies bind a non-loopback address, or a token unfit for a header."""
+    token = resolve_token(auth.token, auth.token_env)
+    host = proxy_host()
+    check_exposure(host, token, auth.token_env)
+    log.info("HTTP API: %s (proxy host %s)", "bearer token required" if token else "open, no token set", host)
+    return token
+
+
 def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
     """16-bit PCM mono WAV, byte for byte what `guidance.data.write_wav` writes to a file."""
     buf = io.BytesIO()
@@ -164,6 +208,7 @@ class SpeechIngress:
         fused: Optional[DeploymentHandle] = None,
     ) -> None:
         self.args = AppArgs.model_validate(args or {})
+        self.api_token = api_token(self.args.auth)  # never logged
         self.denoiser = denoiser
         self.classifier = classifier
         self.fused = fused  # set for generator score-subnet (then denoiser and classifier are None)
@@ -184,6 +229,8 @@ class SpeechIngress:
         self._poller: Optional[asyncio.Task] = None
         self._mergers: dict[str, CallMerger] = {}
         self._sampling = 0  # requests of this replica between their first and last step call
+        # Work in flight and measured throughput of this replica (each ingress replica admits on its own).
+        self.admission = AdmissionController(deadline_s=self.args.request_timeout_s, **self.args.admission.model_dump())
         self._guide_handles: dict[str, DeploymentHandle] = {}
         self._guide_descriptions: dict[str, dict] = {}
         self._catalog: Optional[Catalog] = None
@@ -437,9 +484,18 @@ class SpeechIngress:
 
     # ---- routes -------------------------------------------------------------------------------
 
+    def _authorize(self, request: Request) -> None:
+        """401 with WWW-Authenticate unless the request carries the API token (no-op when none is set)."""
+        if self.api_token is None:
+            return
+        refused = check_bearer(request.headers.get("authorization"), self.api_token)
+        if refused is not None:
+            raise ApiError(401, refused[0], headers={"WWW-Authenticate": refused[1]})
+
     @api.post("/v1/generate")
     async def generate(self, request: Request) -> Response:
         t_start = time.perf_counter()
+        self._authorize(request)
         self._ensure_poller()
         req = await self._read_request(request)
         cat = await self.catalog()
@@ -456,28 +512,36 @@ class SpeechIngress:
         denoiser_desc = registered_denoiser[1] if registered_denoiser else {k: cat.denoiser[k] for k in ("name", "version", "alias")}
         den_handle = registered_denoiser[0] if registered_denoiser else None
 
-        async def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return await self._denoise(x, sigma, den_handle)
-
         prof = self._profile(req, registered)
         settings = prof.settings_for("digit")
         reads_x_t = guide["noise_conditioned"] or settings.input == "x_t"
         if settings.through_denoiser and not reads_x_t and settings.scale > 0:
             raise ApiError(422, "profile: through_denoiser (gradients through D) is not available in the split deployment")
         labels = torch.tensor(classes).repeat_interleave(req.num_samples)
-        noise = make_noise(len(labels), cat.spec, req.seed)
-        plan = GuidePlan(guide_key, labels, settings, reads_x_t) if settings.scale > 0 else None
-        # the fused generator answers each evaluation's denoiser and guide calls with one backbone pass
-        answer = fused_answerer(self._fused_step) if self.fused is not None else None
-        sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide, answer)
-        t_valid = time.perf_counter()
-        self._sampling += 1
+        # Admission by work: decided and registered in one synchronous call, right before sampling.
+        job, decision = self.admission.admit(len(labels), sampler_evaluations(prof.sampler.steps, prof.sampler.kind))
+        if job is None:
+            extra = {"admission": decision.as_dict(), "timings_ms": {"validate": round((time.perf_counter() - t_start) * 1e3, 2)}}
+            raise ApiError(503, decision.message(self.args.request_timeout_s), retry_after=decision.retry_after_s, extra=extra)
         try:
-            mels, stats = await asyncio.wait_for(sampling, timeout=self.args.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(503, f"sampling took longer than {self.args.request_timeout_s:g} s; retry later", retry_after=5) from None
+            noise = make_noise(len(labels), cat.spec, req.seed)
+            plan = GuidePlan(guide_key, labels, settings, reads_x_t) if settings.scale > 0 else None
+            if self.fused is not None:  # one Fused call per evaluation answers its denoiser and guide calls
+                answer = fused_answerer(self._counted(job, self._fused_step))
+                sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, None, None, answer)
+            else:
+                denoise = self._counted(job, lambda x, sigma: self._denoise(x, sigma, den_handle))
+                sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide)
+            t_valid = time.perf_counter()
+            self._sampling += 1
+            try:
+                mels, stats = await asyncio.wait_for(sampling, timeout=self.args.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(503, f"sampling took longer than {self.args.request_timeout_s:g} s; retry later", retry_after=5) from None
+            finally:
+                self._sampling -= 1
         finally:
-            self._sampling -= 1
+            self.admission.finish(job)
         t_sampled = time.perf_counter()
         scorer = ("fused generator", self.fused) if self.fused is not None else ("classifier", self._classifier_for(guide_key))
         probs = from_wire(await self._remote(scorer[0], scorer[1].probabilities, guide_key, to_wire(mels)))
@@ -530,13 +594,24 @@ class SpeechIngress:
             }
         )
 
+    def _counted(self, job: Job, denoise: Any) -> Any:
+        """`denoise` (or the fused step) that reports each completed evaluation of `job` to the admission accounting."""
+
+        async def counted(*args: Any) -> Any:
+            out = await denoise(*args)
+            self.admission.progress(job)
+            return out
+
+        return counted
+
     def _vocode(self, mels: torch.Tensor) -> np.ndarray:
         assert self._vocoder is not None
         with self._vocoder_lock:
             return self._vocoder(mels).cpu().numpy()
 
     @api.get("/v1/models")
-    async def models(self) -> dict:
+    async def models(self, request: Request) -> dict:
+        self._authorize(request)
         self._ensure_poller()
         cat = await self.catalog()
         extra = ("generator", "fused", "backbone") if self.fused is not None else ()
@@ -568,9 +643,13 @@ class SpeechIngress:
                     g.update(name=served["name"], version=served["version"], alias=served["ref"].partition("@")[2] or None)
         return body
 
+    def admission_stats(self) -> dict:
+        """This replica's admission state: work in flight, measured throughput, admitted and refused counts."""
+        return self.admission.describe()
+
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """200 when every model deployment answers within 5 s, else 503."""
+        """200 when every model deployment answers within 5 s, else 503. Open without a token (liveness)."""
         if self.fused is not None:
             names, calls = ("Fused",), [self.fused.describe.remote()]
         else:

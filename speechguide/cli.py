@@ -263,6 +263,10 @@ def generate(
     label_map: Optional[str] = typer.Option(None, "--label-map", help="--hf-guide label names to targets: seven=7,... or a JSON file (digit words zero..nine and 0..9 are built in)."),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help="With --url: a registered classifier guides, NAME@ALIAS or NAME/VERSION (the app loads it from its model registry)."),
     profile_name: Optional[str] = typer.Option(None, "--profile-name", help="With --url: a profile the app knows by name, e.g. a registry alias such as production or candidate."),
+    api_token: Optional[str] = typer.Option(
+        None, "--api-token", envvar="SPEECHGUIDE_API_TOKEN", show_default=False, show_envvar=True,
+        help="With --url: bearer token for an app that wants one (prefer the environment variable: a command line is visible to other users).",
+    ),
     voice_guide: str = typer.Option("stats", "--voice-guide", help="For speaker=REF.wav targets: stats (the reference's spectral statistics) | encoder (resemblyzer's speaker encoder)."),
     vocoder: str = typer.Option("neural", "--vocoder", help=VOCODER_HELP),
 ) -> None:
@@ -329,7 +333,7 @@ def generate(
     if url is not None:
         _generate_remote(
             url, targets, num, seed, guide, prof if profile is not None else None, scale, steps, sampler, out,
-            guide_model=guide_model, profile_name=profile_name,
+            guide_model=guide_model, profile_name=profile_name, api_token=api_token,
         )
         return
     models, digit_guide = _models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map, vocoder)
@@ -419,7 +423,7 @@ def _load_hf_guide(source: str, label_map: Optional[str], models):
 
 def _generate_remote(
     url, targets, num, seed, guide, profile, scale, steps, sampler, out: Path,
-    guide_model: Optional[str] = None, profile_name: Optional[str] = None,
+    guide_model: Optional[str] = None, profile_name: Optional[str] = None, api_token: Optional[str] = None,
 ) -> None:
     """`generate --url`: the same request through the Serve app's HTTP API, the same files written."""
     import base64
@@ -446,7 +450,7 @@ def _generate_remote(
     if guide_model is not None:
         payload["guide_model"] = guide_model
     try:
-        response = generate_remote(url, payload)
+        response = generate_remote(url, payload, token=api_token)
     except ValueError as exc:
         fail(str(exc))
     except httpx.HTTPError as exc:

@@ -62,7 +62,10 @@ def register(app: typer.Typer) -> None:
         models_dir: Optional[Path] = typer.Option(
             None, "--models-dir", envvar="SPEECHGUIDE_MODELS", help="Directory of model files (default: the config's, else models/)."
         ),
-        host: str = typer.Option("127.0.0.1", "--host", help="Address the HTTP proxy binds (loopback by default)."),
+        host: str = typer.Option(
+            "127.0.0.1", "--host",
+            help="Address the HTTP proxy binds (loopback by default). Any other address needs an API token in $SPEECHGUIDE_API_TOKEN.",
+        ),
         port: int = typer.Option(8000, "--port", help="HTTP port."),
         blocking: bool = typer.Option(
             True, "--blocking/--no-blocking", help="Stay in the foreground until Ctrl-C (--no-blocking needs RAY_ADDRESS)."
@@ -72,7 +75,8 @@ def register(app: typer.Typer) -> None:
 
         Starts a local Ray cluster unless RAY_ADDRESS names one to join.
         """
-        from serve.config import DEFAULT_CONFIG_PATH, check_config, load_config_file, with_overrides
+        from serve.auth import AuthConfigError
+        from serve.config import DEFAULT_CONFIG_PATH, check_config, check_http_auth, load_config_file, with_overrides
 
         if not 1 <= port <= 65535:
             _fail(f"--port must be between 1 and 65535, got {port}")
@@ -91,6 +95,11 @@ def register(app: typer.Typer) -> None:
             schema = check_config(with_overrides(raw, models_dir=root, host=host, port=port))
         except ValueError as exc:
             _fail(f"--config {config_path}: {exc}")
+        if not os.environ.get("RAY_ADDRESS"):  # a local cluster's replicas see this environment; a remote one's check their own
+            try:
+                check_http_auth(schema)
+            except AuthConfigError as exc:
+                _fail(f"--host {host}: {exc}")
 
         from ray import serve
 

@@ -31,6 +31,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("SPEECHGUIDE_CACHE", str(ROOT / ".cache"))
     if "SPEECHGUIDE_FSDD_DIR" not in os.environ and (SHARED_FSDD / "recordings").is_dir():
         os.environ["SPEECHGUIDE_FSDD_DIR"] = str(SHARED_FSDD)  # CLI subprocesses find it as under `make test`
+    # The Serve apps tests start are open on loopback unless a test gives them a token; one from the
+    # developer's shell would otherwise reach their replicas (a local cluster inherits the environment).
+    os.environ.pop("SPEECHGUIDE_API_TOKEN", None)
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -91,6 +91,28 @@ def test_config_values_are_checked_too():
         check_config(bad)
 
 
+def test_config_file_documents_the_admission_defaults_of_config_py():
+    """serve/config.yaml lists the admission knobs as comments; the values there are config.py's defaults."""
+    import re
+
+    import yaml
+
+    from serve.config import Admission
+
+    after = DEFAULT_CONFIG_PATH.read_text().split("admission: {}\n", 1)[1].splitlines()
+    block = "\n".join(after[: next(i for i, line in enumerate(after) if not re.match(r"\s*#   ", line))])  # its commented keys
+    documented = dict(re.findall(r"^\s*#\s+(\w+): (\S+)\s+#", block, flags=re.M))
+    defaults = Admission().model_dump()
+    assert set(documented) == set(defaults)
+    assert {k: yaml.safe_load(v) for k, v in documented.items()} == defaults
+    app = load_config_file(DEFAULT_CONFIG_PATH)["applications"][0]
+    assert app["args"]["admission"] == {}  # the defaults apply from one place
+    bad = copy.deepcopy(load_config_file(DEFAULT_CONFIG_PATH))
+    bad["applications"][0]["args"]["admission"] = {"safety_margin": 1.5}
+    with pytest.raises(ValueError, match="safety_margin"):
+        check_config(bad)
+
+
 def test_overrides_reach_every_part(tmp_path):
     data = with_overrides(
         load_config_file(DEFAULT_CONFIG_PATH), models_dir=tmp_path, port=8123, user_config={"max_batch_size": 1},
