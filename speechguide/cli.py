@@ -237,9 +237,10 @@ def _subnet_label(path: Path) -> str:
 
 
 def _file_version(path: Path) -> str:
-    import hashlib
+    """A model file's short content hash: the version a manifest shows."""
+    from guidance.files import file_sha256
 
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 @app.command()

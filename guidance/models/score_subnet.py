@@ -20,7 +20,6 @@ file; loading verifies the hash and refuses any other backbone.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from guidance.diffusion.precond import edm_coefficients
+from guidance.files import file_sha256
 from guidance.guides.base import GuideTerm, active_terms, guidance_delta, guide_gradient
 from guidance.models.classifier import ClassifierConfig, LogMelClassifier
 from guidance.models.layers import FiLMResBlock, NoiseEmbedding, group_norm
@@ -123,14 +123,6 @@ class BackboneTaps:
     logits: torch.Tensor
     features: list[torch.Tensor]
     gradients: list[torch.Tensor] | None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _per_sample(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
