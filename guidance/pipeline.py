@@ -18,8 +18,9 @@ from guidance.diffusion.precond import Denoiser
 from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import nonfinite_rows
 from guidance.guides import ClassifierGuide, Guide, GuidanceProfile, GuidedDenoiser, GuideSettings, GuideTerm
+from guidance.guides.single_backbone import GuidedSingleBackbone
 from guidance.models import ModelFile, load_model
-from guidance.models.score_subnet import GuidedSingleBackbone, SingleBackboneModel, load_score_subnet
+from guidance.models.score_subnet import SingleBackboneModel, load_score_subnet
 from guidance.vocoders import DEFAULT_VOCODER, VOCODER_FILE, describe_vocoder, load_vocoder, vocode_batched
 
 GuideKind = Literal["noisy", "clean", "none", "hf"]

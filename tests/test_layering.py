@@ -2,7 +2,8 @@
 
 1. `guidance/` is the pure PyTorch + pydantic core: no module under it imports MLflow or Ray, not even
    inside a function (MLflow tracking and the registry live in `mlops/`).
-2. The project's own modules form no import circle. Every import statement counts, at module level or
+2. Models never import guides (`guidance.models` sits below `guidance.guides`).
+3. The project's own modules form no import circle. Every import statement counts, at module level or
    inside a function: a lazy import hides a circle from Python's import machinery, not from the design.
 """
 
@@ -151,6 +152,16 @@ def test_guidance_never_imports_mlflow_or_ray() -> None:
                 offenders.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
     offenders = sorted(set(offenders), key=lambda o: (o.split(":")[0], int(o.split(":")[1].split()[0])))
     assert not offenders, "guidance/ must not import MLflow or Ray (use mlops/, serve/, tune/):\n" + "\n".join(offenders)
+
+
+def test_models_never_import_guides() -> None:
+    graph, lines = import_graph()
+    offenders = [
+        f"{a} line {lines[(a, b)]} imports {b}"
+        for a in sorted(graph) if a.startswith("guidance.models")
+        for b in sorted(graph[a]) if b == "guidance.guides" or b.startswith("guidance.guides.")
+    ]
+    assert not offenders, "guidance.models must not import guidance.guides:\n" + "\n".join(offenders)
 
 
 def test_no_import_cycles_among_project_modules() -> None:

@@ -14,10 +14,10 @@ from guidance.data import DIGITS
 from guidance.diffusion import EDMLoss
 from guidance.features import FeatureSpec
 from guidance.guides import ClassifierGuide, GuidedDenoiser, GuideSettings, GuideTerm
+from guidance.guides.single_backbone import GuidedSingleBackbone
 from guidance.models import ClassifierConfig, LogMelClassifier, load_model, save_model
 from guidance.models.checkpoint import MODEL_BUILDERS, config_dict
 from guidance.models.score_subnet import (
-    GuidedSingleBackbone,
     ScoreSubnet,
     ScoreSubnetConfig,
     SingleBackboneModel,
