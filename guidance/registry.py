@@ -34,7 +34,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from guidance.guides.profile import GuidanceProfile
-from guidance.models.score_subnet import file_sha256
+from guidance.files import file_sha256
 from guidance.tracking import default_tracking_uri
 
 PROFILE_MODEL_NAME = "speechguide-profile"

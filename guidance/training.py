@@ -32,6 +32,7 @@ from guidance.models import (
     save_model,
 )
 from guidance.models.checkpoint import config_dict
+from guidance.train_common import Batches, update_ema
 from guidance.tracking import tracked_run
 
 ModelRole = Literal["denoiser", "classifier", "noisy-classifier", "judge", "score-subnet", "vocoder"]
@@ -115,29 +116,6 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, floor: floa
 
 
 _log_db = math.log(10) / 10  # one dB of power in natural-log units, before normalisation
-
-
-class _Batches:
-    """Endless shuffled mini-batches from in-memory tensors, reproducible from the generator."""
-
-    def __init__(self, n: int, batch_size: int, gen: torch.Generator) -> None:
-        self.n, self.batch_size, self.gen = n, batch_size, gen
-        self.order, self.pos = torch.randperm(n, generator=gen), 0
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > self.n:
-            self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
-        idx = self.order[self.pos : self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return idx
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
-    """Exponential moving average of the weights, with the decay warming up over the first steps."""
-    decay = min(max_decay, (1 + step) / (10 + step))
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.lerp_(p, 1 - decay)
 
 
 def log_uniform_sigma(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
@@ -246,7 +224,7 @@ class _DenoiserTrainer:
         self.loss = EDMLoss(sigma_data=1.0)
         self.cfg, self.gen, self.floor, self.device = cfg, gen, floor, device
         self.x, self.val = train_set.mels, val_set.mels
-        self.batches = _Batches(len(self.x), cfg.batch_size, gen)
+        self.batches = Batches(len(self.x), cfg.batch_size, gen)
         self.step_count = 0
 
     def step(self) -> float:
@@ -295,7 +273,7 @@ class _ClassifierTrainer:
         self.cfg, self.gen, self.floor, self.device = cfg, gen, floor, device
         self.x, self.y = self.training_data(train_set, spec, data_root)
         self.val_x, self.val_y = val_set.mels, _targets(val_set, cfg.task)
-        self.batches = _Batches(len(self.x), cfg.batch_size, gen)
+        self.batches = Batches(len(self.x), cfg.batch_size, gen)
 
     def default_network(self, spec: FeatureSpec) -> ClassifierConfig:
         return ClassifierConfig(num_classes=len(self.labels), noise_conditioned=self.noisy)
@@ -392,7 +370,7 @@ class _ScoreSubnetTrainer(_DenoiserTrainer):
         seen = torch.isin(train_set.digits, torch.tensor(digits))
         val_seen = torch.isin(val_set.digits, torch.tensor(digits))
         self.x, self.val, self.val_unseen = train_set.mels[seen], val_set.mels[val_seen], val_set.mels[~val_seen]
-        self.batches = _Batches(len(self.x), cfg.batch_size, gen)
+        self.batches = Batches(len(self.x), cfg.batch_size, gen)
         self.step_count = 0
         self.card_extra = {
             "digits": digits,
@@ -427,7 +405,7 @@ def _default_models_dir() -> Path:
 
 
 def _vocoder_trainer(*args):
-    from guidance.vocoder_training import VocoderTrainer  # lazy: it imports this module's batch shuffler
+    from guidance.vocoder_training import VocoderTrainer  # lazy: only the vocoder role needs it
 
     return VocoderTrainer(*args)
 

@@ -16,7 +16,7 @@ from guidance.data import FeatureSet, fsdd_split, list_fsdd, load_waves, resolve
 from guidance.features import FeatureSpec, LogMel
 from guidance.models.checkpoint import config_dict
 from guidance.models.vocoder import NeuralVocoder, VocoderConfig
-from guidance.training import _Batches, update_ema  # guidance.training imports this module lazily, inside a function
+from guidance.train_common import Batches, update_ema
 from guidance.vocoder_losses import log_magnitude_loss, multi_resolution_stft_loss, phase_loss
 
 SEGMENT_FRAMES = 32  # training crops: half a clip (the network is convolutional, so whole clips work at inference)
@@ -49,7 +49,7 @@ class VocoderTrainer:
         clips = list_fsdd(resolve_fsdd_root(data_root))
         self.waves = load_waves(fsdd_split(clips, "train"), spec)
         self.val_waves = load_waves(fsdd_split(clips, "val"), spec)[:: max(1, len(val_set) // VAL_CLIPS)][:VAL_CLIPS]  # whole clips
-        self.batches = _Batches(len(self.waves), cfg.batch_size, gen)
+        self.batches = Batches(len(self.waves), cfg.batch_size, gen)
         self.step_count = 0
         self.card_extra = {"train_clips": int(len(self.waves)), "losses": "MR-STFT + log-magnitude L1 + log-Mel L1 + anti-wrapped phase"}
 

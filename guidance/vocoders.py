@@ -46,7 +46,7 @@ def load_vocoder(
             f"vocoder file not found: {path} (train one with `speechguide train vocoder`, or use --vocoder {GRIFFIN_LIM})"
         )
     from guidance.models.checkpoint import load_model
-    from guidance.models.score_subnet import file_sha256
+    from guidance.files import file_sha256
 
     loaded = load_model(path, expected_spec=spec, kind="vocoder", device=device)
     vocoder = loaded.model

@@ -12,7 +12,6 @@ the replica's event loop keeps accepting calls while torch computes.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
@@ -25,6 +24,7 @@ from ray import serve
 
 from guidance.device import pick_device
 from guidance.features import FeatureSpec
+from guidance.files import file_sha256
 from guidance.guides import ClassifierGuide
 from guidance.models import ModelFile, load_model, read_metadata
 from guidance.models.score_subnet import resolve_backbone
@@ -47,7 +47,7 @@ _MODEL_DEPLOYMENT = dict(
 
 def file_version(path: Path) -> str:
     """Content hash of a model file: what a response reports as the model's version."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 # Registered models a replica keeps loaded (least recently used ones are dropped).

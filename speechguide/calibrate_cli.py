@@ -10,13 +10,9 @@ from typing import Optional
 
 import typer
 
+from speechguide.common import fail
+
 SPLITS = ("val", "train")  # the test split is for final reports only
-
-
-def _fail(message: str) -> None:
-    from speechguide.cli import fail  # lazy: speechguide.cli imports this module to register the command
-
-    fail(message)
 
 
 def calibrate(
@@ -43,21 +39,21 @@ def calibrate(
 ) -> None:
     """Fit one temperature per sigma bin for the clean classifier on x0_hat; write the calibrated profile."""
     if not 1 <= bins <= 50:
-        _fail(f"--bins must be between 1 and 50, got {bins}")
+        fail(f"--bins must be between 1 and 50, got {bins}")
     if not 0 < sigma_min < sigma_max:
-        _fail(f"need 0 < --sigma-min < --sigma-max, got {sigma_min} and {sigma_max}")
+        fail(f"need 0 < --sigma-min < --sigma-max, got {sigma_min} and {sigma_max}")
     if not 1 <= draws <= 100:
-        _fail(f"--draws must be between 1 and 100, got {draws}")
+        fail(f"--draws must be between 1 and 100, got {draws}")
     if split not in SPLITS:
-        _fail(f"--split must be one of {', '.join(SPLITS)} (the test split is kept for final reports), got {split!r}")
+        fail(f"--split must be one of {', '.join(SPLITS)} (the test split is kept for final reports), got {split!r}")
     if max_clips is not None and max_clips < 2:
-        _fail(f"--max-clips must be at least 2 (two cross-fitting folds), got {max_clips}")
+        fail(f"--max-clips must be at least 2 (two cross-fitting folds), got {max_clips}")
     if batch_size < 1:
-        _fail(f"--batch-size must be at least 1, got {batch_size}")
+        fail(f"--batch-size must be at least 1, got {batch_size}")
     if min_temperature is not None and not 0 < min_temperature <= 100:
-        _fail(f"--min-temperature must be in (0, 100], got {min_temperature}")
+        fail(f"--min-temperature must be in (0, 100], got {min_temperature}")
 
-    from speechguide.cli import _read_profile
+    from speechguide.common import read_profile
 
     from guidance.calibration import CalibrationConfig, calibrate as run_calibration
     from guidance.calibration.report import write_outputs
@@ -69,13 +65,13 @@ def calibrate(
     from guidance.tracking import tracked_run
     from guidance.training import progress_bar
 
-    base = _read_profile(base_profile, "--base-profile") if base_profile else DEFAULT_PROFILES["clean"]
+    base = read_profile(base_profile, "--base-profile") if base_profile else DEFAULT_PROFILES["clean"]
     paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
     clean_path = classifier or paths.path("clean_classifier")
     try:
         root = resolve_fsdd_root(data_dir, download=download)
     except FileNotFoundError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     dev = pick_device(device)
     try:
         denoiser = load_model(paths.path("denoiser"), kind="denoiser-unet", device=dev)
@@ -83,9 +79,9 @@ def calibrate(
         noisy_path = paths.path("noisy_classifier")
         noisy = ClassifierGuide.from_file(load_model(noisy_path, denoiser.spec, "classifier", dev)) if noisy_path.exists() else None
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if clean.needs_sigma:
-        _fail(f"--classifier {clean_path} is noise-conditioned; calibration is for clean classifiers")
+        fail(f"--classifier {clean_path} is noise-conditioned; calibration is for clean classifiers")
     cfg = CalibrationConfig(bins=bins, sigma_min=sigma_min, sigma_max=sigma_max, draws=draws, seed=seed, batch_size=batch_size)
     data = fsdd_features(split, denoiser.spec, root=str(root))
     mels, labels = data.mels, data.digits

@@ -13,10 +13,20 @@ from typing import Optional
 
 import typer
 
-try:  # typer vendors its own click since 0.2x; its exceptions are the ones raised
-    from typer._click import exceptions as click_exc
-except ImportError:  # pragma: no cover - older typer on top of click
-    from click import exceptions as click_exc
+from speechguide.common import (
+    OUTSIDE_JUDGES_HELP,
+    VOCODER_HELP,
+    check_vocoder,
+    click_exc,
+    fail,
+    file_version,
+    load_models,
+    load_subnet,
+    models_and_digit_guide,
+    outside_listen,
+    read_profile,
+    write_manifest,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -24,14 +34,6 @@ app = typer.Typer(
     help="Classifier-guided speech diffusion: train, generate, evaluate.",
     pretty_exceptions_enable=False,
 )
-
-
-class UsageProblem(click_exc.UsageError):
-    """A bad argument discovered after parsing; reported like any usage error (exit 2, one line)."""
-
-
-def fail(message: str) -> None:
-    raise UsageProblem(message)
 
 
 @app.callback()
@@ -96,7 +98,7 @@ def train(
         if role != "judge":
             fail("--vocoder applies to the judge role only")
         for v in vocoder:
-            _check_vocoder(v)
+            check_vocoder(v)
         overrides.update(vocoders=tuple(vocoder), models_dir=str(models_dir) if models_dir else None)
     cfg = dataclasses.replace(TRAIN_DEFAULTS[role], task=task, **overrides)
     spec = project_spec(root)
@@ -146,55 +148,6 @@ def _parse_scales(text: str, option: str) -> list[float]:
     return values
 
 
-def _read_profile(path: Path, option: str):
-    from guidance.guides import GuidanceProfile
-
-    try:
-        return GuidanceProfile.load(path)
-    except FileNotFoundError:
-        fail(f"{option} {path} does not exist")
-    except ValueError as exc:
-        fail(f"{option} {path} is not a valid guidance profile: {' '.join(str(exc).split())[:300]}")
-
-
-VOCODER_HELP = "neural (the models directory's vocoder.safetensors, default) | griffin-lim | a vocoder file."
-
-
-def _check_vocoder(vocoder: str) -> None:
-    from guidance.vocoders import VOCODER_CHOICES
-
-    if vocoder not in VOCODER_CHOICES and not vocoder.endswith(".safetensors"):
-        fail(f"--vocoder must be one of {', '.join(VOCODER_CHOICES)} or a .safetensors file, got {vocoder!r}")
-
-
-def _load_models(models_dir: Optional[Path], device: Optional[str], vocoder: str = "neural"):
-    from guidance.pipeline import ModelPaths, ModelSet
-
-    _check_vocoder(vocoder)
-    paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
-    try:
-        return ModelSet.load(paths, device, vocoder=vocoder)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-
-
-OUTSIDE_JUDGES_HELP = "Also score the waveforms with the outside judges (PocketSphinx digit ASR, DNSMOS), about 0.5 s per clip on a CPU core."
-
-
-def outside_listen(enabled: bool):
-    """The evaluations' `listen` hook from `outside_judges` (None when disabled); a missing package ends
-    the command with one line (exit 2) before anything is sampled."""
-    if not enabled:
-        return None
-    try:
-        from outside_judges.report import listen, ready
-
-        ready()
-    except ImportError as exc:  # MissingJudgeDependency names the PyPI package to install
-        fail(f"--outside-judges: {' '.join(str(exc).split())} (or pass --no-outside-judges)")
-    return listen
-
-
 GENERATORS = ("unet", "score-subnet")
 
 
@@ -207,39 +160,9 @@ def _check_generator(generator: str, subnet: Optional[Path], guide: str) -> None
         fail("--generator score-subnet guides with its own noise-conditioned backbone: use --guide noisy or none")
 
 
-def _load_subnet(subnet: Optional[Path], models_dir: Optional[Path], device: Optional[str], vocoder: str = "neural"):
-    """The single-backbone generator as a model set (its backbone is found next to the subnet file)."""
-    from guidance.pipeline import ModelPaths, ModelSet
-
-    _check_vocoder(vocoder)
-    paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
-    path = subnet or paths.path("score_subnet")
-    try:
-        return ModelSet.from_score_subnet(path, device, vocoder=vocoder)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-
-
-def _models_and_digit_guide(generator, subnet, models_dir, device, guide: str, hf_guide, label_map, vocoder: str = "neural"):
-    """The generator's models and the guide that steers digit targets (noisy, clean or a Hugging Face one)."""
-    if generator == "unet":
-        models = _load_models(models_dir, device, vocoder)
-    else:
-        models = _load_subnet(subnet, models_dir, device, vocoder)
-    if guide == "hf":
-        models.guides["hf"] = _load_hf_guide(hf_guide, label_map, models)
-    return models, models.guides[guide if guide in ("clean", "hf") else "noisy"]
-
-
 def _subnet_label(path: Path) -> str:
     """score-subnet-3.safetensors -> "3": the regime's name in system names."""
     return path.stem.removeprefix("score-subnet-") or path.stem
-
-
-def _file_version(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 @app.command()
@@ -295,7 +218,7 @@ def generate(
         fail(f"--sampler must be 'euler' or 'heun', got {sampler!r}")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} exists and is not a directory")
-    _check_vocoder(vocoder)
+    check_vocoder(vocoder)
     try:
         targets = [Target.parse(t) for t in target]
     except ValueError as exc:
@@ -313,7 +236,7 @@ def generate(
     if unknown:
         fail(f"unknown guide {unknown[0]!r} in --target; this build guides with: digit, speaker")
     if profile is not None:
-        prof = _read_profile(profile, "--profile")
+        prof = read_profile(profile, "--profile")
     else:
         prof = DEFAULT_PROFILES["unconditional" if guide == "none" else guide]
     if scale is not None:
@@ -336,7 +259,7 @@ def generate(
             guide_model=guide_model, profile_name=profile_name, api_token=api_token,
         )
         return
-    models, digit_guide = _models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map, vocoder)
+    models, digit_guide = models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map, vocoder)
     try:
         classes = [digit_guide.label_index(t.label) for t in targets]
     except KeyError as exc:
@@ -363,7 +286,7 @@ def generate(
             }
         )
     model_info = {
-        "denoiser": {"name": models.denoiser.name, "version": _file_version(models.denoiser.path), "alias": None},
+        "denoiser": {"name": models.denoiser.name, "version": file_version(models.denoiser.path), "alias": None},
         "guide": None
         if guide == "none"
         else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
@@ -381,16 +304,6 @@ def generate(
     write_manifest(out, manifest)
 
 
-def write_manifest(out: Path, manifest: dict) -> None:
-    """Write `out/manifest.json` atomically (a reader never sees half a file) and say what was written."""
-    import json
-
-    tmp = out / "manifest.json.partial"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(out / "manifest.json")
-    typer.echo(f"wrote {len(manifest['samples'])} WAVs and manifest.json to {out}")
-
-
 def _check_hf_guide(hf_guide: Optional[str], label_map: Optional[str], guide: str, generator: str, url: Optional[str]) -> str:
     """--hf-guide makes the guide kind "hf" (a Hugging Face classifier read in-process by the U-Net sampler)."""
     if hf_guide is None:
@@ -406,19 +319,6 @@ def _check_hf_guide(hf_guide: Optional[str], label_map: Optional[str], guide: st
     if url is not None:
         fail("--hf-guide runs in-process only, not through --url")
     return "hf"
-
-
-def _load_hf_guide(source: str, label_map: Optional[str], models):
-    """The Hugging Face classifier behind --hf-guide as a digit guide (a local directory never touches the network)."""
-    import os
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from guidance.guides.hf import HFAudioGuide, HFGuideError
-
-    try:
-        return HFAudioGuide.from_pretrained(source, models.spec, label_map, device=models.device)
-    except HFGuideError as exc:
-        fail(str(exc))
 
 
 def _generate_remote(
@@ -518,7 +418,7 @@ def evaluate(
         fail(f"--split must be 'test' or 'val', got {split!r}")
     if outside_real_per_class is not None and not 1 <= outside_real_per_class <= 1000:
         fail(f"--outside-real-per-class must be between 1 and 1000, got {outside_real_per_class}")
-    bases = {kind: _read_profile(path, f"--{kind}-profile") for kind, path in (("noisy", noisy_profile), ("clean", clean_profile)) if path}
+    bases = {kind: read_profile(path, f"--{kind}-profile") for kind, path in (("noisy", noisy_profile), ("clean", clean_profile)) if path}
     cfg = EvalConfig(
         per_class=per_class,
         seed=seed,
@@ -535,8 +435,8 @@ def evaluate(
     except FileNotFoundError as exc:
         fail(str(exc))
     listen = outside_listen(outside_judges)
-    models = _load_models(models_dir, device, vocoder)
-    subnets = {_subnet_label(p): _load_subnet(p, models_dir, device, vocoder) for p in subnet or []}
+    models = load_models(models_dir, device, vocoder)
+    subnets = {_subnet_label(p): load_subnet(p, models_dir, device, vocoder) for p in subnet or []}
     if len(subnets) != len(subnet or []):
         fail("--subnet files must have distinct names")
     paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()

@@ -12,21 +12,17 @@ from typing import Optional
 
 import typer
 
+from speechguide.common import fail
+
 PORT_HELP = "GCS port of the local cluster's head (not Ray's default 6379, so it never meets another local cluster)."
 STATE_HELP = "Directory for the cluster's state, logs and Ray temp files (default /tmp/speechguide-ray-PORT)."
-
-
-def _fail(message: str) -> None:
-    from speechguide.cli import fail  # lazy: speechguide.cli imports this module to register the commands
-
-    fail(message)
 
 
 def _state_dir(port: int, state_dir: Optional[Path]) -> Path:
     from cluster.local.nodes import default_state_dir
 
     if not 1024 <= port <= 65535:
-        _fail(f"--port must be between 1024 and 65535, got {port}")
+        fail(f"--port must be between 1024 and 65535, got {port}")
     return state_dir or default_state_dir(port)
 
 
@@ -61,7 +57,7 @@ def register(app: typer.Typer) -> None:
         root = _state_dir(port, state_dir)
         for name, value, lo in (("head-cpus", head_cpus, 1), ("worker-cpus", worker_cpus, 1), ("object-store-mb", object_store_mb, 80)):
             if value < lo:
-                _fail(f"--{name} must be at least {lo}, got {value}")
+                fail(f"--{name} must be at least {lo}, got {value}")
         specs = nodes.default_nodes(head_cpus, worker_cpus)
         if dry_run:
             dash = nodes.free_port() if dashboard else None
@@ -131,7 +127,7 @@ def register(app: typer.Typer) -> None:
         try:
             code = render.main(["--check"] if check else [])
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         if code:
             raise typer.Exit(code)
 
@@ -149,11 +145,11 @@ def register(app: typer.Typer) -> None:
 
         crd = crd_dir or validate.DEFAULT_CRD_DIR
         if not crd.is_dir():
-            _fail(f"--crd-dir {crd} does not exist (KubeRay's CRDs: ray-operator/config/crd/bases in the KubeRay repo)")
+            fail(f"--crd-dir {crd} does not exist (KubeRay's CRDs: ray-operator/config/crd/bases in the KubeRay repo)")
         paths = files or validate.cluster_files()
         for p in paths:
             if not p.is_file():
-                _fail(f"{p} does not exist")
+                fail(f"{p} does not exist")
         bad = 0
         for p in paths:
             problems = validate.check_file(p, crd)

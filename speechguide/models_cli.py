@@ -12,13 +12,9 @@ from typing import Optional
 
 import typer
 
+from speechguide.common import fail
+
 TRACKING_HELP = "MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)."
-
-
-def _fail(message: str) -> None:
-    from speechguide.cli import fail  # lazy: speechguide.cli imports this module to register the group
-
-    fail(message)
 
 
 def _quiet_mlflow(uri: Optional[str]) -> None:
@@ -47,7 +43,7 @@ def register(app: typer.Typer) -> None:
         try:
             models = list_registered()
         except RegistryError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         table = Table(title=f"registered models ({resolve_uri()})")
         for col in ("name", "version", "aliases", "kind", "sha256", "details"):
             table.add_column(col)
@@ -82,10 +78,10 @@ def register(app: typer.Typer) -> None:
 
         root = models_dir or default_models_dir()
         if not root.is_dir():
-            _fail(f"--models-dir {root} is not a directory")
+            fail(f"--models-dir {root} is not a directory")
         for a in alias:
             if not a or a.isdigit() or a == "latest":
-                _fail(f"--alias {a!r}: an alias must not be empty, a number or 'latest'")
+                fail(f"--alias {a!r}: an alias must not be empty, a number or 'latest'")
         prof = None
         if profile is not None:
             from pydantic import ValidationError
@@ -95,7 +91,7 @@ def register(app: typer.Typer) -> None:
             try:
                 prof = GuidanceProfile.load(profile)
             except (OSError, ValueError, ValidationError) as exc:
-                _fail(f"--profile {profile}: {' '.join(str(exc).split())[:300]}")
+                fail(f"--profile {profile}: {' '.join(str(exc).split())[:300]}")
         try:
             for info in register_models_dir(root, aliases=tuple(alias), production_if_missing=production_if_missing):
                 typer.echo(f"{info.name} version {info.version}  aliases: {', '.join(info.aliases)}")
@@ -106,7 +102,7 @@ def register(app: typer.Typer) -> None:
                     promote(profile_name, version, a)
                 typer.echo(f"{profile_name} version {version}  aliases: {', '.join(aliases)} (profile {prof.name!r})")
         except RegistryError as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
     @models_app.command("promote")
     def promote_command(
@@ -121,7 +117,7 @@ def register(app: typer.Typer) -> None:
         from guidance.registry import RegistryError, promote, resolve
 
         if version is not None and version < 1:
-            _fail(f"--version must be at least 1, got {version}")
+            fail(f"--version must be at least 1, got {version}")
         try:
             before = None
             try:
@@ -130,6 +126,6 @@ def register(app: typer.Typer) -> None:
                 pass  # no such alias yet (an unknown model fails below, with its own message)
             got = promote(name, version if version is not None else source, to)
         except RegistryError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         moved = "unchanged at" if before == got else (f"moved from version {before} to" if before else "set to")
         typer.echo(f"{name}@{to} {moved} version {got}")

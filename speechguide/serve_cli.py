@@ -14,13 +14,9 @@ from typing import Optional
 
 import typer
 
+from speechguide.common import fail
+
 REQUIRED_MODELS = ("denoiser", "noisy_classifier", "clean_classifier")
-
-
-def _fail(message: str) -> None:
-    from speechguide.cli import fail  # lazy: speechguide.cli imports this module to register the command
-
-    fail(message)
 
 
 def _effective_models_dir(models_dir: Optional[Path], config: dict) -> Path:
@@ -41,16 +37,16 @@ def _check_models_dir(root: Path) -> None:
     from guidance.pipeline import ModelPaths
 
     if not root.is_dir():
-        _fail(f"models directory {root} does not exist")
+        fail(f"models directory {root} does not exist")
     paths = ModelPaths(root=root)
     for name in REQUIRED_MODELS:
         path = paths.path(name)
         if not path.is_file():
-            _fail(f"models directory {root} lacks {path.name} (train it with `make models`, or pass --models-dir)")
+            fail(f"models directory {root} lacks {path.name} (train it with `make models`, or pass --models-dir)")
         try:
             read_metadata(path)
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
 
 def register(app: typer.Typer) -> None:
@@ -79,27 +75,27 @@ def register(app: typer.Typer) -> None:
         from serve.config import DEFAULT_CONFIG_PATH, check_config, check_http_auth, load_config_file, with_overrides
 
         if not 1 <= port <= 65535:
-            _fail(f"--port must be between 1 and 65535, got {port}")
+            fail(f"--port must be between 1 and 65535, got {port}")
         if not host.strip():
-            _fail("--host must not be empty")
+            fail("--host must not be empty")
         if not blocking and not os.environ.get("RAY_ADDRESS"):
-            _fail("--no-blocking needs a cluster that outlives this command: set RAY_ADDRESS (a local cluster stops with it)")
+            fail("--no-blocking needs a cluster that outlives this command: set RAY_ADDRESS (a local cluster stops with it)")
         config_path = config or DEFAULT_CONFIG_PATH
         try:
             raw = load_config_file(config_path)
         except (FileNotFoundError, ValueError) as exc:
-            _fail(f"--config: {exc}")
+            fail(f"--config: {exc}")
         root = _effective_models_dir(models_dir, raw).resolve()
         _check_models_dir(root)
         try:
             schema = check_config(with_overrides(raw, models_dir=root, host=host, port=port))
         except ValueError as exc:
-            _fail(f"--config {config_path}: {exc}")
+            fail(f"--config {config_path}: {exc}")
         if not os.environ.get("RAY_ADDRESS"):  # a local cluster's replicas see this environment; a remote one's check their own
             try:
                 check_http_auth(schema)
             except AuthConfigError as exc:
-                _fail(f"--host {host}: {exc}")
+                fail(f"--host {host}: {exc}")
 
         from ray import serve
 

@@ -11,11 +11,7 @@ from typing import Optional
 
 import typer
 
-
-def _fail(message: str) -> None:
-    from speechguide.cli import fail  # lazy: speechguide.cli imports this module to register the command
-
-    fail(message)
+from speechguide.common import fail
 
 
 def _settings(**options):
@@ -28,7 +24,7 @@ def _settings(**options):
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err.get("loc", ())) or "settings"
-        _fail(f"--{where.replace('_', '-')}: {err['msg']}" if where != "settings" else err["msg"])
+        fail(f"--{where.replace('_', '-')}: {err['msg']}" if where != "settings" else err["msg"])
 
 
 def _table(result) -> None:
@@ -92,23 +88,23 @@ def register(app: typer.Typer) -> None:
 
         for label, value, choices in (("--scheduler", scheduler, ("asha", "fifo")), ("--objective", objective, ("scalar", "multi")), ("--guide", guide, ("clean", "noisy"))):
             if value is not None and value not in choices:
-                _fail(f"{label} must be one of {', '.join(choices)}, got {value!r}")
+                fail(f"{label} must be one of {', '.join(choices)}, got {value!r}")
         if out is not None and out.suffix != ".json":
-            _fail(f"--out must end in .json, got {out}")
+            fail(f"--out must end in .json, got {out}")
         if profile is not None and not profile.is_file():
-            _fail(f"--profile {profile} does not exist")
+            fail(f"--profile {profile} does not exist")
         if models_dir is not None and not models_dir.is_dir():
-            _fail(f"--models-dir {models_dir} does not exist")
+            fail(f"--models-dir {models_dir} does not exist")
         if resume is not None:
             given = {k: v for k, v in dict(trials=trials, scheduler=scheduler, objective=objective, per_class=per_class, guide=guide, name=name, storage_path=storage_path, outside_asr_weight=outside_asr_weight).items() if v is not None}
             if given:
-                _fail(f"--resume continues a stored sweep with its own settings; drop {', '.join('--' + k.replace('_', '-') for k in given)}")
+                fail(f"--resume continues a stored sweep with its own settings; drop {', '.join('--' + k.replace('_', '-') for k in given)}")
             from tune.sweep import read_sidecar
 
             try:
                 read_sidecar(resume)
             except FileNotFoundError as exc:
-                _fail(str(exc))
+                fail(str(exc))
             settings = TuneSettings()
         else:
             settings = _settings(
@@ -125,11 +121,11 @@ def register(app: typer.Typer) -> None:
 
                     default_recognizer()
                 except ImportError as exc:  # MissingJudgeDependency names the PyPI package to install
-                    _fail(f"--outside-asr-weight: {' '.join(str(exc).split())} (or pass --outside-asr-weight 0)")
+                    fail(f"--outside-asr-weight: {' '.join(str(exc).split())} (or pass --outside-asr-weight 0)")
             if settings.profile:
-                from speechguide.cli import _read_profile
+                from speechguide.common import read_profile
 
-                _read_profile(Path(settings.profile), "--profile")
+                read_profile(Path(settings.profile), "--profile")
         from tune.sweep import run
 
         result = run(settings, resume=resume, log=typer.echo)

@@ -29,9 +29,9 @@ def vocode_command(
     from guidance.features import FeatureSpec
     from guidance.pipeline import ModelPaths
     from guidance.vocoders import load_vocoder, resynthesize
-    from speechguide.cli import _check_vocoder, fail
+    from speechguide.common import check_vocoder, fail
 
-    _check_vocoder(vocoder)
+    check_vocoder(vocoder)
     if out.exists() and not out.is_dir():
         fail(f"--out {out} exists and is not a directory")
     names = [p.name for p in inputs]

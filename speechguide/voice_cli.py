@@ -18,7 +18,7 @@ def parse_weights(texts: list[str], targeted: set[str]) -> dict[str, float]:
     """`--weight guide=w` options -> {guide: w}; each guide must be one that is targeted."""
     import math
 
-    from speechguide.cli import fail
+    from speechguide.common import fail
 
     weights: dict[str, float] = {}
     for text in texts:
@@ -67,7 +67,7 @@ def generate_composite(
     from guidance.guides.voice_stats import words_said
     from guidance.pipeline import guide_settings, make_noise, sample_mels, vocode
     from guidance.vocoders import describe_vocoder
-    from speechguide.cli import _file_version, _models_and_digit_guide, fail, write_manifest
+    from speechguide.common import fail, file_version, models_and_digit_guide, write_manifest
 
     weights = parse_weights(weight_texts, {t.guide for t in targets})
     if url is not None:
@@ -80,7 +80,7 @@ def generate_composite(
             references.append((t.label, read_reference(Path(t.label))))
         except ValueError as exc:
             fail(f"--target speaker=...: {exc}")
-    models, digit_guide = _models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map, vocoder)
+    models, digit_guide = models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map, vocoder)
     try:
         classes = [digit_guide.label_index(t.label) for t in digit_targets]
     except KeyError as exc:
@@ -150,7 +150,7 @@ def generate_composite(
             "device": str(models.device),
         },
         "models": {
-            "denoiser": {"name": models.denoiser.name, "version": _file_version(models.denoiser.path), "alias": None},
+            "denoiser": {"name": models.denoiser.name, "version": file_version(models.denoiser.path), "alias": None},
             "guide": None
             if guide == "none" or not classes
             else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
@@ -178,10 +178,10 @@ def word_offsets_for(voice, composite: bool, models_dir: Optional[Path], spec):
 def speaker_guide_record(guide) -> dict:
     """What the manifest says about the voice guide: the shipped encoder's file version, or the statistics' settings."""
     from guidance.guides.voice import shipped_weights_path
-    from speechguide.cli import _file_version
+    from speechguide.common import file_version
 
     if guide.kind == "encoder":
-        return {"name": "resemblyzer-voice-encoder", "kind": guide.kind, "version": _file_version(shipped_weights_path()), "alias": None, "frozen": True}
+        return {"name": "resemblyzer-voice-encoder", "kind": guide.kind, "version": file_version(shipped_weights_path()), "alias": None, "frozen": True}
     return {
         "name": "reference-spectral-statistics", "kind": guide.kind, "trained": False,
         "frame_sharpness": guide.frame_sharpness, "spread_weight": guide.spread_weight,
@@ -222,7 +222,7 @@ def evaluate_voice_command(
     from guidance.models import load_model
     from guidance.pipeline import ModelPaths
     from guidance.voice_eval import COMPOSITE_DIGIT_SCALE, SYSTEMS, VoiceEvalConfig, evaluate_voice
-    from speechguide.cli import _load_models, fail, outside_listen
+    from speechguide.common import fail, load_models, outside_listen
 
     digit_scale = COMPOSITE_DIGIT_SCALE if digit_scale is None else digit_scale
 
@@ -251,7 +251,7 @@ def evaluate_voice_command(
     except FileNotFoundError as exc:
         fail(str(exc))
     listen = outside_listen(outside_judges)
-    models = _load_models(models_dir, device, vocoder)
+    models = load_models(models_dir, device, vocoder)
     paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
     try:
         judge_digit = load_model(paths.path("judge_digit"), models.spec, "judge", models.device)

@@ -78,7 +78,8 @@ def test_registered_model_round_trips(registered, mlflow_server_uri, tiny_models
     from mlflow import MlflowClient
 
     from guidance.models import load_model
-    from guidance.registry import file_sha256, resolve, resolve_model_file
+    from guidance.files import file_sha256
+    from guidance.registry import resolve, resolve_model_file
 
     src = tiny_models_dir / "classifier-noisy.safetensors"
     path = resolve_model_file("classifier-noisy", "production", mlflow_server_uri)

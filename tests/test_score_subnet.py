@@ -253,7 +253,7 @@ COMMITTED = {"score-subnet-all": None, "score-subnet-3": [0, 1, 2], "score-subne
 @pytest.mark.parametrize("name", list(COMMITTED))
 def test_committed_subnets_reference_the_committed_backbone(name):
     from guidance.models import read_metadata
-    from guidance.models.score_subnet import file_sha256
+    from guidance.files import file_sha256
     from guidance.pipeline import ModelPaths
 
     paths = ModelPaths()

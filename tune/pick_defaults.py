@@ -25,7 +25,7 @@ from guidance.guides import GuidanceProfile, GuideSettings
 from guidance.guides.defaults import DEFAULTS_DIR
 from guidance.metrics import accuracy, hear, judge_outputs
 from guidance.models import load_model, read_metadata
-from guidance.models.score_subnet import file_sha256
+from guidance.files import file_sha256
 from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels, vocode_finite
 from outside_judges.report import judge_waves, summary_row
 

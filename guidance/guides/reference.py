@@ -69,19 +69,3 @@ def read_reference(path: Path, sample_rate: int = 16000) -> torch.Tensor:
         raise ValueError(f"reference WAV {path} is silent")
     return wave
 
-
-VOICE_GUIDE_KINDS = ("stats", "encoder")
-
-
-def make_voice_guide(kind: str, spec: FeatureSpec, device: str | torch.device = "cpu") -> ReferenceGuide:
-    """The zero-shot voice guide of a kind: "stats" (the reference's spectral statistics, the default: it
-    moves the voice on FSDD; `guidance.guides.voice_stats`) or "encoder" (resemblyzer's speaker encoder)."""
-    if kind == "stats":
-        from guidance.guides.voice_stats import VoiceStatsGuide
-
-        return VoiceStatsGuide(spec, device=device)
-    if kind == "encoder":
-        from guidance.guides.voice import VoiceGuide
-
-        return VoiceGuide(spec, device=device)
-    raise ValueError(f"voice guide must be one of {', '.join(VOICE_GUIDE_KINDS)}, got {kind!r}")

@@ -1,44 +1,36 @@
-"""Model files: safetensors weights plus JSON metadata (kind, network config, feature spec, labels,
-model card). Nothing is ever unpickled, and a model is refused when its front end differs from the
-one it is used with.
+"""Model files: save and load every kind of model the project ships. The file format itself
+(safetensors weights plus JSON metadata) is `guidance.models.model_file`; this module adds the
+builder of each kind. Nothing is ever unpickled, and a model is refused when its front end differs
+from the one it is used with.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import save_file
 
 from guidance.diffusion.precond import EDMPrecond
 from guidance.features import FeatureSpec
-from guidance.models.classifier import ClassifierConfig, LogMelClassifier
+from guidance.models.classifier import build_classifier
 from guidance.models.judge import JudgeConfig, TDNNJudge
+from guidance.models.model_file import FORMAT, ModelFile, config_dict, from_dict, load_model_file, read_metadata
 from guidance.models.unet import UNet, UNetConfig
 
-FORMAT = "speechguide-model/1"
+__all__ = ["FORMAT", "MODEL_BUILDERS", "ModelFile", "config_dict", "count_parameters", "load_model", "read_metadata", "save_model"]
 
 
 def _build_unet_denoiser(cfg: dict) -> torch.nn.Module:
     cfg = dict(cfg)
     sigma_data = cfg.pop("sigma_data", 1.0)
-    return EDMPrecond(UNet(_from_dict(UNetConfig, cfg)), sigma_data=sigma_data)
-
-
-def _from_dict(cls: type, data: dict) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    return EDMPrecond(UNet(from_dict(UNetConfig, cfg)), sigma_data=sigma_data)
 
 
 def _build_score_subnet(cfg: dict) -> torch.nn.Module:
-    from guidance.models.score_subnet import build_single_backbone  # lazy: it imports the guides package
+    from guidance.models.score_subnet import build_single_backbone
 
     return build_single_backbone(cfg)
 
@@ -46,45 +38,23 @@ def _build_score_subnet(cfg: dict) -> torch.nn.Module:
 def _build_word_spectra(cfg: dict) -> torch.nn.Module:
     from guidance.models.word_spectra import WordSpectra, WordSpectraConfig
 
-    return WordSpectra(_from_dict(WordSpectraConfig, cfg))
+    return WordSpectra(from_dict(WordSpectraConfig, cfg))
 
 
 def _build_vocoder(cfg: dict) -> torch.nn.Module:
     from guidance.models.vocoder import NeuralVocoder, VocoderConfig
 
-    return NeuralVocoder(_from_dict(VocoderConfig, cfg))
+    return NeuralVocoder(from_dict(VocoderConfig, cfg))
 
 
 MODEL_BUILDERS: dict[str, Callable[[dict], torch.nn.Module]] = {
     "denoiser-unet": _build_unet_denoiser,
-    "classifier": lambda cfg: LogMelClassifier(_from_dict(ClassifierConfig, cfg)),
-    "judge": lambda cfg: TDNNJudge(_from_dict(JudgeConfig, cfg)),
+    "classifier": build_classifier,
+    "judge": lambda cfg: TDNNJudge(from_dict(JudgeConfig, cfg)),
     "score-subnet": _build_score_subnet,
     "word-spectra": _build_word_spectra,
     "vocoder": _build_vocoder,
 }
-
-
-@dataclass
-class ModelFile:
-    """A loaded model and everything needed to use it correctly."""
-
-    model: torch.nn.Module
-    kind: str
-    config: dict
-    spec: FeatureSpec
-    labels: list[str] = field(default_factory=list)
-    task: str = ""
-    card: dict = field(default_factory=dict)
-    path: Path | None = None
-
-    @property
-    def name(self) -> str:
-        return self.path.stem if self.path else self.kind
-
-
-def config_dict(config: Any) -> dict:
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
 
 
 def save_model(
@@ -120,52 +90,14 @@ def save_model(
     return path
 
 
-def read_metadata(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("speechguide")
-    except Exception as exc:  # safetensors raises its own error types for non-safetensors input
-        raise ValueError(f"{path} is not a safetensors model file: {exc}") from exc
-    if not raw:
-        raise ValueError(f"{path} has no speechguide metadata (not a speechguide model file)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
-
-
 def load_model(
     path: Path,
     expected_spec: FeatureSpec | None = None,
     kind: str | None = None,
     device: torch.device | str = "cpu",
 ) -> ModelFile:
-    """Load a model file; refuse it if its kind or feature spec is not what the caller expects."""
-    meta = read_metadata(path)
-    if kind is not None and meta["kind"] != kind:
-        raise ValueError(f"{path} holds a {meta['kind']!r} model, expected {kind!r}")
-    spec = FeatureSpec.from_dict(meta["feature_spec"])
-    if expected_spec is not None:
-        expected_spec.check_compatible(spec, what=f"model file {path}")
-    model = MODEL_BUILDERS[meta["kind"]](meta["config"])
-    if hasattr(model, "load_checkpoint_state"):  # loads (and verifies) what the file only references
-        model.load_checkpoint_state(load_file(str(path)), Path(path), spec)
-    else:
-        model.load_state_dict(load_file(str(path)))
-    model.to(device).eval()
-    return ModelFile(
-        model=model,
-        kind=meta["kind"],
-        config=meta["config"],
-        spec=spec,
-        labels=meta.get("labels", []),
-        task=meta.get("task", ""),
-        card=meta.get("card", {}),
-        path=Path(path),
-    )
+    """Load a model file of any kind; refuse it if its kind or feature spec is not what the caller expects."""
+    return load_model_file(path, MODEL_BUILDERS, expected_spec, kind, device)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -13,6 +13,7 @@ from torch import nn
 
 from guidance.diffusion.precond import edm_coefficients
 from guidance.models.layers import FiLMResBlock, NoiseEmbedding
+from guidance.models.model_file import from_dict
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,8 @@ class LogMelClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_with_features(x, sigma).logits
+
+
+def build_classifier(cfg: dict) -> LogMelClassifier:
+    """The model-file builder of kind "classifier": the network from its metadata config."""
+    return LogMelClassifier(from_dict(ClassifierConfig, cfg))

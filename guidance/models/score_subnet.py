@@ -21,7 +21,6 @@ file; loading verifies the hash and refuses any other backbone.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,13 @@ import torch
 from torch import nn
 
 from guidance.diffusion.precond import edm_coefficients
-from guidance.models.classifier import ClassifierConfig, LogMelClassifier
+from guidance.files import file_sha256
+from guidance.models.classifier import ClassifierConfig, LogMelClassifier, build_classifier
 from guidance.models.layers import FiLMResBlock, NoiseEmbedding, group_norm
+from guidance.models.model_file import ModelFile, config_dict, from_dict, load_model_file, read_metadata
 
 KIND = "score-subnet"
+BACKBONE_BUILDERS = {"classifier": build_classifier}  # the only kind of model file a subnet loads itself
 
 
 @dataclass(frozen=True)
@@ -125,15 +127,7 @@ class BackboneTaps:
     gradients: list[torch.Tensor] | None
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _per_sample(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def per_sample_sigma(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     sigma = torch.as_tensor(sigma, device=x.device).to(x.dtype).reshape(-1)
     return sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
 
@@ -161,9 +155,7 @@ class SingleBackboneModel(nn.Module):
     @classmethod
     def from_backbone_file(cls, path: Path, config: ScoreSubnetConfig | None = None, device: torch.device | str = "cpu") -> "SingleBackboneModel":
         """A fresh subnet on the classifier stored at `path` (the reference records its name and hash)."""
-        from guidance.models.checkpoint import load_model
-
-        mf = load_model(path, kind="classifier", device=device)
+        mf = load_model_file(path, BACKBONE_BUILDERS, kind="classifier", device=device)
         backbone = mf.model
         cfg = config or ScoreSubnetConfig(feature_channels=tuple(backbone.config.channels), sigma_data=backbone.config.sigma_data)
         ref = {"file": Path(path).name, "sha256": file_sha256(Path(path)), "config": mf.config}
@@ -171,8 +163,6 @@ class SingleBackboneModel(nn.Module):
 
     def network_config(self) -> dict:
         """What a model file's metadata stores: the subnet's config and the backbone reference."""
-        from guidance.models.checkpoint import config_dict
-
         return {"subnet": config_dict(self.subnet.config), "backbone": self.backbone_ref}
 
     def train(self, mode: bool = True) -> "SingleBackboneModel":
@@ -200,19 +190,19 @@ class SingleBackboneModel(nn.Module):
         return BackboneTaps(out.logits.detach(), [f.detach() for f in out.features], gradients)
 
     def taps(self, x: torch.Tensor, sigma: torch.Tensor) -> BackboneTaps:
-        _, out = self.backbone_graph(x, _per_sample(sigma, x))
+        _, out = self.backbone_graph(x, per_sample_sigma(sigma, x))
         return self.taps_from(out)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, taps: BackboneTaps) -> torch.Tensor:
         """D = c_skip x + c_out F(taps, c_in x, c_noise) (EDM preconditioning, Karras et al. 2022 Table 1)."""
-        sigma = _per_sample(sigma, x)
+        sigma = per_sample_sigma(sigma, x)
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         view = (-1, 1, 1, 1)
         f = self.subnet(taps.features, taps.gradients, c_in.view(view) * x, c_noise)
         return c_skip.view(view) * x + c_out.view(view) * f
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        sigma = _per_sample(sigma, x)
+        sigma = per_sample_sigma(sigma, x)
         return self.denoise(x, sigma, self.taps(x, sigma))
 
     # --- model files ------------------------------------------------------------------------------------
@@ -230,8 +220,6 @@ class SingleBackboneModel(nn.Module):
 
     def attach_backbone(self, backbone_path: Path, subnet_path: Path | None = None, spec=None) -> None:
         """Load the backbone weights from `backbone_path`, refusing a file whose hash differs from the reference."""
-        from guidance.models.checkpoint import load_model
-
         expected = self.backbone_ref.get("sha256")
         actual = file_sha256(backbone_path)
         if actual != expected:
@@ -240,7 +228,7 @@ class SingleBackboneModel(nn.Module):
                 f"backbone mismatch: {owner} was trained on {self.backbone_ref.get('file')} with sha256 {str(expected)[:16]}..., "
                 f"but {backbone_path} has sha256 {actual[:16]}...; refusing to run the subnet on another backbone"
             )
-        mf = load_model(backbone_path, expected_spec=spec, kind="classifier")
+        mf = load_model_file(backbone_path, BACKBONE_BUILDERS, expected_spec=spec, kind="classifier")
         self.backbone.load_state_dict(mf.model.state_dict())
         self.backbone.eval().requires_grad_(False)
 
@@ -261,23 +249,18 @@ def resolve_backbone(ref: dict, subnet_path: Path) -> Path:
 
 def build_single_backbone(cfg: dict) -> SingleBackboneModel:
     """MODEL_BUILDERS entry: the architecture from the metadata; weights come from load_checkpoint_state."""
-    from guidance.models.checkpoint import _from_dict
-
-    backbone_cfg = _from_dict(ClassifierConfig, dict(cfg["backbone"]["config"]))
-    subnet_cfg = _from_dict(ScoreSubnetConfig, dict(cfg["subnet"]))
+    backbone_cfg = from_dict(ClassifierConfig, dict(cfg["backbone"]["config"]))
+    subnet_cfg = from_dict(ScoreSubnetConfig, dict(cfg["subnet"]))
     return SingleBackboneModel(LogMelClassifier(backbone_cfg), ScoreSubnet(subnet_cfg), cfg["backbone"])
 
 
-def load_score_subnet(path: Path, backbone: Path | None = None, device: torch.device | str = "cpu"):
+def load_score_subnet(path: Path, backbone: Path | None = None, device: torch.device | str = "cpu") -> ModelFile:
     """Load a subnet file; `backbone` overrides where its backbone is looked for (the hash is checked either way)."""
-    from guidance.models.checkpoint import load_model
-
     if backbone is None:
-        return load_model(path, kind=KIND, device=device)
+        return load_model_file(path, {KIND: build_single_backbone}, kind=KIND, device=device)
     from safetensors.torch import load_file
 
     from guidance.features import FeatureSpec
-    from guidance.models.checkpoint import ModelFile, read_metadata
 
     meta = read_metadata(path)
     if meta["kind"] != KIND:
