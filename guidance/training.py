@@ -1,6 +1,7 @@
 """Training loops for every model the project ships: denoiser, clean and noise-conditioned
-classifiers, judges. Each loop is seeded, shows a progress bar, logs to MLflow and writes one
-safetensors model file with its feature spec and a model card of measured figures.
+classifiers, judges. Each loop is seeded, shows a progress bar, logs to the tracker it is given (the CLI
+passes MLflow's, `mlops.tracking.tracked_run`; none by default) and writes one safetensors model file
+with its feature spec and a model card of measured figures.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from guidance.models import (
     save_model,
 )
 from guidance.models.checkpoint import config_dict
+from guidance.run_log import OpenRun, no_run
 from guidance.train_common import Batches, update_ema
-from guidance.tracking import tracked_run
 
 ModelRole = Literal["denoiser", "classifier", "noisy-classifier", "judge", "score-subnet", "vocoder"]
 
@@ -151,11 +152,13 @@ def train(
     out: Path,
     cfg: TrainConfig | None = None,
     data_root: str | None = None,
-    track: bool = True,
+    tracker: OpenRun | None = None,
     show_progress: bool = True,
     network_config: object | None = None,
 ) -> TrainResult:
-    """Train one model on the FSDD training split (validation takes for model selection) and save it."""
+    """Train one model on the FSDD training split (validation takes for model selection) and save it.
+
+    `tracker` opens the run that params, metrics and the model file are logged to (none: not logged)."""
     cfg = cfg or TRAIN_DEFAULTS[role]
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -174,7 +177,8 @@ def train(
     trainer = builders[role](role, cfg, spec, train_set, val_set, device, gen, floor, network_config, data_root)
     params = {"role": role, **dataclasses.asdict(cfg), "network": trainer.network_config, "device": str(device)}
     started = time.time()
-    with tracked_run("speechguide-train", f"train-{role}", params, enabled=track) as run, progress_bar(show_progress) as bar:
+    open_run = tracker or no_run
+    with open_run("speechguide-train", f"train-{role}", params) as run, progress_bar(show_progress) as bar:
         task = bar.add_task(f"train {role}", total=cfg.steps, status="")
         metrics: dict[str, float] = {}
         for step in range(1, cfg.steps + 1):

@@ -27,7 +27,7 @@ def build_app(args: Optional[dict] = None) -> Application:
     parsed = parsed.model_copy(update={"models_dir": models_dir})
     registry_uri = None
     if parsed.registry is not None:  # resolved here, where the app is built: replicas run elsewhere
-        from guidance.tracking import default_tracking_uri
+        from mlops.tracking import default_tracking_uri
 
         registry_uri = parsed.registry.tracking_uri or default_tracking_uri()
         parsed = parsed.model_copy(update={"registry": parsed.registry.model_copy(update={"tracking_uri": registry_uri})})

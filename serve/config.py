@@ -53,7 +53,7 @@ class RegistryArgs(_Strict):
     classifier deployment through model multiplexing; `denoiser` does the same for the denoiser.
     """
 
-    tracking_uri: Optional[str] = Field(None, description="default: guidance.tracking.default_tracking_uri() where the app is built")
+    tracking_uri: Optional[str] = Field(None, description="default: mlops.tracking.default_tracking_uri() where the app is built")
     profile_name: str = Field(
         "speechguide-profile", min_length=1, max_length=200,
         description="registered profile; with {guide} one per guide kind (speechguide-profile-{guide}, as `speechguide tune` registers)",

@@ -193,12 +193,12 @@ class Denoiser(_Batcher):
         """A registered U-Net denoiser `NAME/VERSION`, loaded on first use and checked against this app's features."""
         if not self.registry_uri:
             raise ValueError("this app has no model registry configured (args.registry)")
-        from guidance.registry import parse_ref, resolve_model_file
+        from mlops.registry import parse_ref, resolve_model_file
 
         name, version = parse_ref(model_id)
 
         def load() -> torch.nn.Module:
-            path = resolve_model_file(name, version, self.registry_uri)
+            path = resolve_model_file(name, version, tracking_uri=self.registry_uri)
             return load_model(path, self.model_file.spec, "denoiser-unet", self.device).model.requires_grad_(False)
 
         model = await asyncio.to_thread(load)
@@ -286,18 +286,18 @@ class Classifier(_Batcher):
     async def registry_guide(self, model_id: str) -> ClassifierGuide:
         """A registered classifier, `NAME/VERSION` (versions never change, so caching by id is safe).
 
-        Loaded on first use through `guidance.registry` (downloaded from MLflow, checked against the
+        Loaded on first use through `mlops.registry` (downloaded from MLflow, checked against the
         app's feature spec); Serve keeps the most recently used few per replica and routes calls
         for a model to the replicas that hold it.
         """
         if not self.registry_uri:
             raise ValueError("this app has no model registry configured (args.registry)")
-        from guidance.registry import parse_ref, resolve_model_file
+        from mlops.registry import parse_ref, resolve_model_file
 
         name, version = parse_ref(model_id)
 
         def load() -> ClassifierGuide:
-            path = resolve_model_file(name, version, self.registry_uri)
+            path = resolve_model_file(name, version, tracking_uri=self.registry_uri)
             return ClassifierGuide.from_file(load_model(path, self.spec, "classifier", self.device))
 
         guide = await asyncio.to_thread(load)

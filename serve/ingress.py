@@ -283,7 +283,7 @@ class SpeechIngress:
         ref = self.registry.args.denoiser if self.registry is not None else None
         if ref is None:
             return None
-        from guidance.registry import RegistryError
+        from mlops.registry import RegistryError
 
         try:
             info = await asyncio.to_thread(self.registry.resolve_ref, ref)
@@ -357,7 +357,7 @@ class SpeechIngress:
             return None
         if self.registry is None:
             raise ApiError(404, "guide_model: this app has no model registry configured; use guide_kind noisy or clean")
-        from guidance.registry import RegistryError
+        from mlops.registry import RegistryError
 
         try:
             info = await asyncio.to_thread(self.registry.resolve_ref, ref)

@@ -18,7 +18,7 @@ from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from guidance.guides import GuidanceProfile
-from guidance.registry import RegistryError, VersionInfo, load_profile_version, parse_ref, resolve
+from mlops.registry import RegistryError, VersionInfo, load_profile_version, parse_ref, resolve
 from serve.config import RegistryArgs
 
 log = logging.getLogger("ray.serve")
@@ -67,10 +67,10 @@ class RegistryWatch:
             for alias in self.args.profile_aliases:
                 key = f"{name}@{alias}"
                 try:
-                    info = resolve(name, alias, self.uri)
+                    info = resolve(name, alias, tracking_uri=self.uri)
                     current = profiles.get((kind, alias))
                     if current is None or current.version != info.version:
-                        profile, info = load_profile_version(name, info.version, self.uri)
+                        profile, info = load_profile_version(name, info.version, tracking_uri=self.uri)
                         profiles[(kind, alias)] = LoadedProfile(profile, info.name, info.version, alias)
                         changes.append(f"{key}: version {current.version if current else None} -> {info.version}")
                 except Exception as exc:  # unreachable server, unknown alias, bad artifact: keep serving the last good one
@@ -98,7 +98,7 @@ class RegistryWatch:
 
     def _resolve(self, ref: str) -> VersionInfo:
         name, alias = parse_ref(ref)
-        return resolve(name, alias, self.uri)
+        return resolve(name, alias, tracking_uri=self.uri)
 
     def resolve_ref(self, ref: str) -> VersionInfo:
         """The version a guide reference points at now (cached until the next refresh re-resolves it)."""

@@ -62,7 +62,7 @@ def calibrate(
     from guidance.guides import DEFAULT_PROFILES, ClassifierGuide
     from guidance.models import load_model
     from guidance.pipeline import ModelPaths
-    from guidance.tracking import tracked_run
+    from mlops.tracking import tracked_run
     from guidance.training import progress_bar
 
     base = read_profile(base_profile, "--base-profile") if base_profile else DEFAULT_PROFILES["clean"]

@@ -64,8 +64,9 @@ def train(
     import dataclasses
 
     from guidance.data import resolve_fsdd_root
-    from guidance.training import TRAIN_DEFAULTS, train as run_training
     from guidance.spec import project_spec
+    from guidance.training import TRAIN_DEFAULTS, train as run_training
+    from mlops.tracking import tracked_run
 
     if role not in TRAIN_DEFAULTS and role != "word-spectra":
         fail(f"unknown role {role!r}; choose one of {', '.join([*TRAIN_DEFAULTS, 'word-spectra'])}")
@@ -102,7 +103,8 @@ def train(
         overrides.update(vocoders=tuple(vocoder), models_dir=str(models_dir) if models_dir else None)
     cfg = dataclasses.replace(TRAIN_DEFAULTS[role], task=task, **overrides)
     spec = project_spec(root)
-    result = run_training(role, spec, out, cfg, data_root=str(root), track=mlflow, show_progress=progress)
+    tracker = tracked_run if mlflow else None  # MLflow is imported only when a run opens
+    result = run_training(role, spec, out, cfg, data_root=str(root), tracker=tracker, show_progress=progress)
     typer.echo(f"wrote {result.path}  " + " ".join(f"{k}={v}" for k, v in result.card.items() if k.startswith("val_")))
 
 
@@ -407,7 +409,7 @@ def evaluate(
     from guidance.evaluation import EvalConfig, evaluate as run_eval
     from guidance.models import load_model
     from guidance.pipeline import ModelPaths
-    from guidance.tracking import tracked_run
+    from mlops.tracking import tracked_run
     from guidance.training import progress_bar
 
     if not 1 <= per_class <= 1000:

@@ -17,11 +17,9 @@ from speechguide.common import fail
 TRACKING_HELP = "MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)."
 
 
-def _quiet_mlflow(uri: Optional[str]) -> None:
-    """Use `uri` for everything below (registry calls read it) and drop MLflow's progress bars."""
+def _quiet_mlflow() -> None:
+    """Drop MLflow's progress bars (the registry calls are given --tracking-uri explicitly)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if uri:
-        os.environ["MLFLOW_TRACKING_URI"] = uri
 
 
 def register(app: typer.Typer) -> None:
@@ -34,17 +32,18 @@ def register(app: typer.Typer) -> None:
         tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     ) -> None:
         """Show every registered model: versions, aliases, kind and content hash."""
-        _quiet_mlflow(tracking_uri)
+        _quiet_mlflow()
         from rich.console import Console
         from rich.table import Table
 
-        from guidance.registry import RegistryError, list_registered, tracking_uri as resolve_uri
+        from mlops.registry import RegistryError, list_registered
+        from mlops.tracking import resolve_tracking_uri
 
         try:
-            models = list_registered()
+            models = list_registered(tracking_uri=tracking_uri)
         except RegistryError as exc:
             fail(str(exc))
-        table = Table(title=f"registered models ({resolve_uri()})")
+        table = Table(title=f"registered models ({resolve_tracking_uri(tracking_uri)})")
         for col in ("name", "version", "aliases", "kind", "sha256", "details"):
             table.add_column(col)
         for rm in models:
@@ -72,9 +71,9 @@ def register(app: typer.Typer) -> None:
         tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     ) -> None:
         """Register every model file of the models directory (and optionally a profile); identical files are not duplicated."""
-        _quiet_mlflow(tracking_uri)
+        _quiet_mlflow()
         from guidance.pipeline import default_models_dir
-        from guidance.registry import RegistryError, promote, register_models_dir, register_profile
+        from mlops.registry import RegistryError, promote, register_models_dir, register_profile
 
         root = models_dir or default_models_dir()
         if not root.is_dir():
@@ -93,13 +92,13 @@ def register(app: typer.Typer) -> None:
             except (OSError, ValueError, ValidationError) as exc:
                 fail(f"--profile {profile}: {' '.join(str(exc).split())[:300]}")
         try:
-            for info in register_models_dir(root, aliases=tuple(alias), production_if_missing=production_if_missing):
+            for info in register_models_dir(root, aliases=tuple(alias), production_if_missing=production_if_missing, tracking_uri=tracking_uri):
                 typer.echo(f"{info.name} version {info.version}  aliases: {', '.join(info.aliases)}")
             if prof is not None:
                 aliases = alias or ["candidate"]
-                version = register_profile(prof, profile_name, {}, alias=aliases[0])
+                version = register_profile(prof, profile_name, {}, alias=aliases[0], tracking_uri=tracking_uri)
                 for a in aliases[1:]:
-                    promote(profile_name, version, a)
+                    promote(profile_name, version, a, tracking_uri=tracking_uri)
                 typer.echo(f"{profile_name} version {version}  aliases: {', '.join(aliases)} (profile {prof.name!r})")
         except RegistryError as exc:
             fail(str(exc))
@@ -113,18 +112,18 @@ def register(app: typer.Typer) -> None:
         tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     ) -> None:
         """Move alias --to (production) to the version --from (candidate) or --version names."""
-        _quiet_mlflow(tracking_uri)
-        from guidance.registry import RegistryError, promote, resolve
+        _quiet_mlflow()
+        from mlops.registry import RegistryError, promote, resolve
 
         if version is not None and version < 1:
             fail(f"--version must be at least 1, got {version}")
         try:
             before = None
             try:
-                before = resolve(name, to).version
+                before = resolve(name, to, tracking_uri=tracking_uri).version
             except RegistryError:
                 pass  # no such alias yet (an unknown model fails below, with its own message)
-            got = promote(name, version if version is not None else source, to)
+            got = promote(name, version if version is not None else source, to, tracking_uri=tracking_uri)
         except RegistryError as exc:
             fail(str(exc))
         moved = "unchanged at" if before == got else (f"moved from version {before} to" if before else "set to")

@@ -79,12 +79,12 @@ def test_registered_model_round_trips(registered, mlflow_server_uri, tiny_models
 
     from guidance.models import load_model
     from guidance.files import file_sha256
-    from guidance.registry import resolve, resolve_model_file
+    from mlops.registry import resolve, resolve_model_file
 
     src = tiny_models_dir / "classifier-noisy.safetensors"
-    path = resolve_model_file("classifier-noisy", "production", mlflow_server_uri)
+    path = resolve_model_file("classifier-noisy", "production", tracking_uri=mlflow_server_uri)
     assert path.suffix == ".safetensors" and file_sha256(path) == file_sha256(src)
-    info = resolve("classifier-noisy", "production", mlflow_server_uri)
+    info = resolve("classifier-noisy", "production", tracking_uri=mlflow_server_uri)
     assert info.tags["kind"] == "classifier" and json.loads(info.tags["feature_spec"])["n_mels"] == 64
 
     # The pyfunc wrapper (models:/name@alias) computes what the model file computes.
@@ -105,7 +105,7 @@ def test_registered_model_round_trips(registered, mlflow_server_uri, tiny_models
 
 def test_profile_candidate_promote_production(registered, capsys):
     from guidance.guides import DEFAULT_PROFILES
-    from guidance.registry import load_profile, register_profile, resolve
+    from mlops.registry import load_profile, register_profile, resolve
 
     first = DEFAULT_PROFILES["noisy"].model_copy(update={"name": "first"})
     second = DEFAULT_PROFILES["noisy"].with_guide(scale=7.5).model_copy(update={"name": "second"})
@@ -159,7 +159,7 @@ def test_default_store_is_sqlite_in_the_working_directory(tmp_path, monkeypatch)
     """Without MLFLOW_TRACKING_URI the registry is the embedded SQLite store in the working directory;
     a ScoreSubnet travels with its backbone, so the registered copy loads on its own."""
     from guidance.models import load_model
-    from guidance.registry import list_registered, register_model_file, resolve_model_file
+    from mlops.registry import list_registered, register_model_file, resolve_model_file
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -192,7 +192,7 @@ def test_serve_config_checks_registry_args():
 def test_registry_watch_follows_aliases_per_guide_kind(registered, mlflow_server_uri):  # noqa: F811
     """What the Serve ingress polls with (no Ray needed): one profile per guide kind, moves, outages."""
     from guidance.guides import DEFAULT_PROFILES
-    from guidance.registry import promote, register_profile
+    from mlops.registry import promote, register_profile
     from serve.config import RegistryArgs
     from serve.registry_watch import RegistryWatch
 

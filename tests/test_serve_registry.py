@@ -36,13 +36,13 @@ def _profile(name: str, steps: int, scale: float):
 
 @pytest.fixture(scope="module")
 def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory):  # noqa: F811
-    from guidance.registry import promote, register_models_dir, register_profile
+    from mlops.registry import promote, register_models_dir, register_profile
     from serve.config import DEFAULT_CONFIG_PATH
 
     os.environ["SPEECHGUIDE_REGISTRY_CACHE"] = str(tmp_path_factory.mktemp("registry-cache"))  # replicas inherit it
-    register_models_dir(tiny_models_dir, uri=mlflow_server_uri)
+    register_models_dir(tiny_models_dir, tracking_uri=mlflow_server_uri)
     register_profile(_profile("reg-one", steps=2, scale=2.0), PROFILE, {"objective": 0.1})
-    promote(PROFILE, "candidate", "production", mlflow_server_uri)
+    promote(PROFILE, "candidate", "production", tracking_uri=mlflow_server_uri)
 
     registry = {
         "tracking_uri": mlflow_server_uri,
@@ -143,7 +143,7 @@ def _load(app_url: str, stop: threading.Event, log: list) -> None:
 
 
 def test_promotion_is_picked_up_without_a_failed_request(app_url, client, mlflow_server_uri, tiny_models_dir, capsys):  # noqa: F811
-    from guidance.registry import register_profile
+    from mlops.registry import register_profile
     from speechguide.cli import main
 
     version = register_profile(_profile("reg-two", steps=3, scale=4.0), PROFILE, {"objective": 0.2})
@@ -188,16 +188,16 @@ def test_guide_alias_move_loads_the_new_version(client, mlflow_server_uri, tiny_
     from guidance.models import ClassifierConfig, LogMelClassifier, read_metadata, save_model
     from guidance.models.checkpoint import config_dict
     from guidance.features import FeatureSpec
-    from guidance.registry import promote, register_model_file
+    from mlops.registry import promote, register_model_file
 
     before = _generate(client, guide_model="classifier-noisy@production", profile="noisy", steps=3)
     torch.manual_seed(123)
     cfg = ClassifierConfig(channels=(8, 16), emb_dim=16, noise_conditioned=True)
     spec = FeatureSpec.from_dict(read_metadata(tiny_models_dir / "classifier-noisy.safetensors")["feature_spec"])
     path = save_model(tmp_path / "classifier-noisy.safetensors", LogMelClassifier(cfg), "classifier", config_dict(cfg), spec, DIGITS, "digit")
-    info = register_model_file(path, name="classifier-noisy", uri=mlflow_server_uri)
+    info = register_model_file(path, name="classifier-noisy", tracking_uri=mlflow_server_uri)
     assert info.version == 2 and "production" not in info.aliases
-    promote("classifier-noisy", info.version, "production", mlflow_server_uri)
+    promote("classifier-noisy", info.version, "production", tracking_uri=mlflow_server_uri)
     deadline = time.monotonic() + POLL_S + 20
     after = before
     while time.monotonic() < deadline:
@@ -219,7 +219,7 @@ def test_denoiser_alias_move_swaps_the_denoiser(client, mlflow_server_uri, tiny_
     from guidance.features import FeatureSpec
     from guidance.models import UNet, UNetConfig, read_metadata, save_model
     from guidance.models.checkpoint import config_dict
-    from guidance.registry import promote, register_model_file
+    from mlops.registry import promote, register_model_file
 
     before = _generate(client, profile="noisy", steps=3)
     assert before["models"]["denoiser"]["version"] == 1
@@ -231,8 +231,8 @@ def test_denoiser_alias_move_swaps_the_denoiser(client, mlflow_server_uri, tiny_
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     path = save_model(tmp_path / "denoiser-unet.safetensors", model, "denoiser-unet", {**config_dict(cfg), "sigma_data": 1.0}, spec)
-    info = register_model_file(path, name="denoiser-unet", uri=mlflow_server_uri)
-    promote("denoiser-unet", info.version, "production", mlflow_server_uri)
+    info = register_model_file(path, name="denoiser-unet", tracking_uri=mlflow_server_uri)
+    promote("denoiser-unet", info.version, "production", tracking_uri=mlflow_server_uri)
     deadline = time.monotonic() + POLL_S + 20
     after = before
     while time.monotonic() < deadline and after["models"]["denoiser"]["version"] != 2:

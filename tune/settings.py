@@ -72,7 +72,7 @@ class TuneSettings(BaseModel):
 
     def resolved(self) -> "TuneSettings":
         """Absolute paths everywhere: trials run in their own working directories on other processes."""
-        from guidance.tracking import default_tracking_uri
+        from mlops.tracking import default_tracking_uri
 
         def absolute(p: Optional[str]) -> Optional[str]:
             return p if p is None or _is_uri(p) else str(Path(p).expanduser().resolve())

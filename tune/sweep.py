@@ -249,23 +249,18 @@ def _pick_best(rows: list[TrialRow], multi: bool) -> tuple[Optional[TrialRow], l
 
 
 def _register(profile: GuidanceProfile, settings: TuneSettings, metrics: dict, parent: Optional[str]) -> tuple[Optional[int], str]:
-    """Register the best profile as `candidate` in the MLflow model registry (guidance.registry)."""
+    """Register the best profile as `candidate` in the MLflow model registry (mlops.registry)."""
     try:
-        from guidance.registry import register_profile
+        from mlops.registry import register_profile
     except ImportError:
-        return None, "not registered: guidance.registry (the model registry) is not available in this build"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = settings.tracking_uri or ""
+        return None, "not registered: mlops.registry (the model registry) is not available in this build"
     try:
-        version = register_profile(profile, settings.register_name, metrics, alias="candidate", run_id=parent)
+        version = register_profile(
+            profile, settings.register_name, metrics, alias="candidate", run_id=parent, tracking_uri=settings.tracking_uri
+        )
         return int(version), f"registered {settings.register_name} version {version} as 'candidate'"
     except Exception as exc:  # the sweep's results stand even when the registry is unreachable
         return None, f"not registered: {type(exc).__name__}: {exc}"
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def run(
@@ -274,7 +269,7 @@ def run(
     """Start a sweep (or resume the one stored at `resume`), then pick, save and register the best profile."""
     from ray import tune
 
-    from tune import tracking
+    from mlops import tracking
 
     started = time.time()
     sidecar: dict = {}
@@ -294,12 +289,14 @@ def run(
 
     exp_id, parent = sidecar.get("experiment_id"), sidecar.get("parent_run_id")
     if settings.mlflow and not resume:
-        exp_id = tracking.experiment_id(settings.tracking_uri, settings.experiment)
-        parent = tracking.start_parent(settings.tracking_uri, exp_id, f"sweep {name}", {
-            k: v for k, v in settings.model_dump().items() if k not in ("tracking_uri",)})
+        exp_id = tracking.experiment_id(settings.experiment, tracking_uri=settings.tracking_uri)
+        parent = tracking.start_run(
+            exp_id, f"sweep {name}", {k: v for k, v in settings.model_dump().items() if k not in ("tracking_uri",)},
+            tags={"speechguide.kind": "tune-sweep"}, tracking_uri=settings.tracking_uri,
+        )
         log(f"MLflow parent run {parent} at {settings.tracking_uri}")
     elif settings.mlflow and parent:
-        tracking.reopen_parent(settings.tracking_uri, parent)
+        tracking.reopen_run(parent, tracking_uri=settings.tracking_uri)
     if not resume:
         write_sidecar(exp_path, {"name": name, "settings": json.loads(settings.model_dump_json()),
                                  "experiment_id": exp_id, "parent_run_id": parent})
@@ -338,9 +335,10 @@ def run(
                           "default_objective": baseline.get("objective", float("nan")),
                           "trials_complete": summary["complete"], "trials_stopped": summary["stopped"],
                           "samples_generated": summary["samples_generated"], "trial_seconds": summary["trial_seconds"]}
-        tracking.finish_parent(settings.tracking_uri, parent, parent_metrics,
-                               json.loads(best_profile.to_json()) if best_profile else None,
-                               [{"trial_id": r.trial_id, "status": r.status, **r.metrics, "default": r.is_default} for r in rows])
+        dicts = {"trials.json": {"trials": [{"trial_id": r.trial_id, "status": r.status, **r.metrics, "default": r.is_default} for r in rows]}}
+        if best_profile is not None:
+            dicts = {"best_profile.json": json.loads(best_profile.to_json()), **dicts}
+        tracking.finish_run(parent, parent_metrics, dicts, tracking_uri=settings.tracking_uri)
     write_sidecar_file(exp_path, "sweep_summary.json", json.dumps(result.summary(), indent=2))
     return result
 

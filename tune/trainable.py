@@ -81,9 +81,9 @@ def trial(
     mlflow = None
     if settings.mlflow and experiment_id and parent_run_id:
         if previous_run:  # the interrupted attempt's run ends here; this attempt logs to a new nested run
-            from mlflow.tracking import MlflowClient
+            from mlops.tracking import client
 
-            MlflowClient(settings.tracking_uri).set_terminated(previous_run, "FAILED")
+            client(tracking_uri=settings.tracking_uri).set_terminated(previous_run, "FAILED")
         mlflow = _start_mlflow(settings, experiment_id, parent_run_id, profile, start)
     run_id = mlflow.active_run().info.run_id if mlflow else ""
 

@@ -8,10 +8,11 @@ with its JSON as the artifact (`speechguide-profile` by default). Versions are a
 (`models:/name@alias`; stages are deprecated): registration sets `candidate`, `promote` moves
 `production`, and consumers (the Serve app) follow the alias.
 
-The tracking URI comes from `guidance.tracking.default_tracking_uri()` (a SQLite store in the
-working directory unless `MLFLOW_TRACKING_URI` says otherwise); the registry URI equals it. All
-calls go through an explicit `MlflowClient`, never MLflow's process-global state, so they are safe
-inside a process that also tracks runs elsewhere. Never imports Ray.
+Every public function takes the tracking URI as the keyword argument `tracking_uri`; left out, it is
+`mlops.tracking.default_tracking_uri()` (a SQLite store in the working directory unless
+`MLFLOW_TRACKING_URI` says otherwise). The registry URI equals it. All calls go through an explicit
+`MlflowClient`, never MLflow's process-global state, so they are safe inside a process that also
+tracks runs elsewhere. Never imports Ray.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ import mlflow.pyfunc
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from guidance.guides.profile import GuidanceProfile
 from guidance.files import file_sha256
-from guidance.tracking import default_tracking_uri
+from guidance.guides.profile import GuidanceProfile
+from mlops import tracking
+from mlops.tracking import resolve_tracking_uri
 
 PROFILE_MODEL_NAME = "speechguide-profile"
 REGISTRY_EXPERIMENT = "speechguide-registry"
@@ -54,11 +56,6 @@ class RegistryError(Exception):
 # ---- connection ---------------------------------------------------------------------------------
 
 
-def tracking_uri(uri: Optional[str] = None) -> str:
-    """The URI to use: `uri`, else `guidance.tracking.default_tracking_uri()`."""
-    return uri or default_tracking_uri()
-
-
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast (RegistryError) when a tracking server does not answer, instead of MLflow's long retries."""
     if not uri.startswith(("http://", "https://")):
@@ -73,11 +70,11 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         raise RegistryError(f"MLflow server at {uri} is not reachable ({reason})") from None
 
 
-def client(uri: Optional[str] = None) -> MlflowClient:
-    """A client whose tracking and registry URIs are both `tracking_uri(uri)`."""
-    u = tracking_uri(uri)
-    check_reachable(u)
-    return MlflowClient(tracking_uri=u, registry_uri=u)
+def client(*, tracking_uri: Optional[str] = None) -> MlflowClient:
+    """`mlops.tracking.client`, after checking that a tracking server answers (RegistryError if not)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    return tracking.client(tracking_uri=uri)
 
 
 def _not_found(exc: MlflowException) -> bool:
@@ -136,9 +133,9 @@ def parse_ref(ref: str, default_alias: str = PRODUCTION) -> tuple[str, str]:
     return name, alias
 
 
-def resolve(name: str, alias: Union[str, int] = PRODUCTION, uri: Optional[str] = None) -> VersionInfo:
+def resolve(name: str, alias: Union[str, int] = PRODUCTION, *, tracking_uri: Optional[str] = None) -> VersionInfo:
     """The version `alias` points at (an integer or digit string is a version number itself)."""
-    c = client(uri)
+    c = client(tracking_uri=tracking_uri)
     try:
         if isinstance(alias, int) or str(alias).isdigit():
             mv = c.get_model_version(name, str(alias))
@@ -153,7 +150,7 @@ def resolve(name: str, alias: Union[str, int] = PRODUCTION, uri: Optional[str] =
         if _not_found(exc):
             known = _known_aliases(c, name)
             if known is None:
-                raise RegistryError(f"no registered model {name!r} in {tracking_uri(uri)}") from None
+                raise RegistryError(f"no registered model {name!r} in {resolve_tracking_uri(tracking_uri)}") from None
             raise RegistryError(
                 f"registered model {name!r} has no {'version' if str(alias).isdigit() else 'alias'} {str(alias)!r}"
                 f"; aliases: {', '.join(sorted(known)) or 'none'}"
@@ -175,9 +172,9 @@ def _known_aliases(c: MlflowClient, name: str) -> Optional[dict[str, str]]:
         raise
 
 
-def list_registered(uri: Optional[str] = None) -> list[RegisteredInfo]:
+def list_registered(*, tracking_uri: Optional[str] = None) -> list[RegisteredInfo]:
     """Every registered model with its versions, aliases and tags (sorted by name, versions ascending)."""
-    c = client(uri)
+    c = client(tracking_uri=tracking_uri)
     out = []
     for rm in c.search_registered_models(max_results=1000):
         by_version: dict[int, list[str]] = {}
@@ -202,13 +199,13 @@ def list_registered(uri: Optional[str] = None) -> list[RegisteredInfo]:
 
 
 def promote(
-    name: str, version_or_alias_from: Union[str, int] = CANDIDATE, to: str = PRODUCTION, uri: Optional[str] = None
+    name: str, version_or_alias_from: Union[str, int] = CANDIDATE, to: str = PRODUCTION, *, tracking_uri: Optional[str] = None
 ) -> int:
     """Point alias `to` at the version `version_or_alias_from` names (a version or an alias); returns it."""
     if not to or to.isdigit() or to == "latest":
         raise RegistryError(f"cannot use {to!r} as an alias")
-    info = resolve(name, version_or_alias_from, uri)
-    client(uri).set_registered_model_alias(name, to, str(info.version))
+    info = resolve(name, version_or_alias_from, tracking_uri=tracking_uri)
+    client(tracking_uri=tracking_uri).set_registered_model_alias(name, to, str(info.version))
     return info.version
 
 
@@ -263,7 +260,7 @@ class ProfileModel(mlflow.pyfunc.PythonModel):
 def _model_code(directory: Path, cls: str) -> str:
     """A models-from-code file naming the wrapper class: the logged model holds no pickle at all."""
     code = directory / "speechguide_pyfunc.py"
-    code.write_text(f"import mlflow.models\nfrom guidance.registry import {cls}\n\nmlflow.models.set_model({cls}())\n")
+    code.write_text(f"import mlflow.models\nfrom mlops.registry import {cls}\n\nmlflow.models.set_model({cls}())\n")
     return str(code)
 
 
@@ -297,21 +294,6 @@ def _profile_signature() -> Any:
 # ---- registering ----------------------------------------------------------------------------------
 
 
-def _experiment_id(c: MlflowClient, uri: str) -> str:
-    exp = c.get_experiment_by_name(REGISTRY_EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    # The embedded SQLite store keeps artifacts beside it, as guidance.tracking does; a server decides itself.
-    location = (Path.cwd() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    try:
-        return c.create_experiment(REGISTRY_EXPERIMENT, artifact_location=location)
-    except MlflowException:  # created concurrently
-        exp = c.get_experiment_by_name(REGISTRY_EXPERIMENT)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
-
 def _existing_version(c: MlflowClient, name: str, sha256: str) -> Optional[VersionInfo]:
     try:
         c.get_registered_model(name)
@@ -338,7 +320,8 @@ def _register_saved(
     """Upload a saved pyfunc directory to a run and create a model version from it."""
     own_run = run_id is None
     if own_run:
-        run = c.create_run(_experiment_id(c, uri), run_name=f"register {name}", tags={"speechguide.registered_model": name})
+        exp_id = tracking.experiment_id(REGISTRY_EXPERIMENT, tracking_uri=uri)
+        run = c.create_run(exp_id, run_name=f"register {name}", tags={"speechguide.registered_model": name})
         run_id = run.info.run_id
     artifact_path = MODEL_ARTIFACT_PATH if own_run else f"registered/{name}"
     try:
@@ -370,8 +353,9 @@ def register_model_file(
     path: Union[str, Path],
     name: Optional[str] = None,
     aliases: tuple[str, ...] = (CANDIDATE,),
-    uri: Optional[str] = None,
     production_if_missing: bool = False,
+    *,
+    tracking_uri: Optional[str] = None,
 ) -> VersionInfo:
     """Register one model file (name: the file's stem) and set `aliases` on its version.
 
@@ -387,8 +371,8 @@ def register_model_file(
     except (ValueError, FileNotFoundError) as exc:
         raise RegistryError(str(exc)) from None
     name = name or path.stem
-    u = tracking_uri(uri)
-    c = client(u)
+    u = resolve_tracking_uri(tracking_uri)
+    c = client(tracking_uri=u)
     sha = file_sha256(path)
     existing = _existing_version(c, name, sha)
     if existing is None:
@@ -425,7 +409,7 @@ def register_model_file(
         c.set_registered_model_alias(name, alias, str(version))
     if production_if_missing and PRODUCTION not in (_known_aliases(c, name) or {}):
         c.set_registered_model_alias(name, PRODUCTION, str(version))
-    return resolve(name, version, u)
+    return resolve(name, version, tracking_uri=u)
 
 
 def _save_pyfunc(tmp: Path, class_name: str, artifacts: dict[str, str], signature: Any, metadata: dict) -> Path:
@@ -449,17 +433,27 @@ def _extra_artifacts(weights: Path, main: str) -> dict[str, str]:
 
 
 def register_models_dir(
-    models_dir: Union[str, Path], aliases: tuple[str, ...] = (CANDIDATE,), uri: Optional[str] = None, production_if_missing: bool = True
+    models_dir: Union[str, Path],
+    aliases: tuple[str, ...] = (CANDIDATE,),
+    production_if_missing: bool = True,
+    *,
+    tracking_uri: Optional[str] = None,
 ) -> list[VersionInfo]:
     """Register every `*.safetensors` model file of a directory (see `register_model_file`)."""
     files = sorted(Path(models_dir).glob("*.safetensors"))
     if not files:
         raise RegistryError(f"no *.safetensors model files in {models_dir}")
-    return [register_model_file(p, aliases=aliases, uri=uri, production_if_missing=production_if_missing) for p in files]
+    return [register_model_file(p, aliases=aliases, production_if_missing=production_if_missing, tracking_uri=tracking_uri) for p in files]
 
 
 def register_profile(
-    profile: GuidanceProfile, name: str, metrics: dict, alias: str = CANDIDATE, run_id: Optional[str] = None
+    profile: GuidanceProfile,
+    name: str,
+    metrics: dict,
+    alias: str = CANDIDATE,
+    run_id: Optional[str] = None,
+    *,
+    tracking_uri: Optional[str] = None,
 ) -> int:
     """Register a guidance profile as a version of registered model `name`, aliased `alias`; returns the version.
 
@@ -468,8 +462,8 @@ def register_profile(
     profile's artifacts are logged to that run and the version links to it. The same profile JSON is
     registered once: registering it again moves `alias` to its existing version.
     """
-    u = tracking_uri()
-    c = client(u)
+    u = resolve_tracking_uri(tracking_uri)
+    c = client(tracking_uri=u)
     text = profile.to_json()
     sha = hashlib.sha256(text.encode()).hexdigest()
     existing = _existing_version(c, name, sha)
@@ -504,7 +498,7 @@ def _cache_root() -> Path:
     return Path(base) / "registry"
 
 
-def download_version(info: VersionInfo, uri: Optional[str] = None) -> Path:
+def download_version(info: VersionInfo, *, tracking_uri: Optional[str] = None) -> Path:
     """The version's pyfunc directory on local disk (downloaded once; versions never change)."""
     import mlflow.artifacts
 
@@ -512,8 +506,8 @@ def download_version(info: VersionInfo, uri: Optional[str] = None) -> Path:
     dest = _cache_root() / info.name / f"{info.version}-{key}"
     if (dest / "MLmodel").is_file():
         return dest
-    u = tracking_uri(uri)
-    c = client(u)
+    u = resolve_tracking_uri(tracking_uri)
+    c = client(tracking_uri=u)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{info.version}-", dir=dest.parent))
     try:
@@ -531,14 +525,14 @@ def download_version(info: VersionInfo, uri: Optional[str] = None) -> Path:
     return dest
 
 
-def resolve_model_file(name: str, alias: Union[str, int] = PRODUCTION, uri: Optional[str] = None) -> Path:
+def resolve_model_file(name: str, alias: Union[str, int] = PRODUCTION, *, tracking_uri: Optional[str] = None) -> Path:
     """Local path of the safetensors file behind `models:/name@alias` (downloaded, hash-checked)."""
-    info = resolve(name, alias, uri)
+    info = resolve(name, alias, tracking_uri=tracking_uri)
     if info.tags.get("kind") == "guidance-profile":
         raise RegistryError(f"{name}@{alias} is a guidance profile, not a model file")
-    path = download_version(info, uri) / "artifacts" / info.tags.get("file", "")
+    path = download_version(info, tracking_uri=tracking_uri) / "artifacts" / info.tags.get("file", "")
     if not path.is_file():
-        found = sorted((download_version(info, uri) / "artifacts").rglob("*.safetensors"))
+        found = sorted((download_version(info, tracking_uri=tracking_uri) / "artifacts").rglob("*.safetensors"))
         if not found:
             raise RegistryError(f"{info.uri} holds no safetensors file")
         path = found[0]
@@ -547,15 +541,19 @@ def resolve_model_file(name: str, alias: Union[str, int] = PRODUCTION, uri: Opti
     return path
 
 
-def load_profile_version(name: str = PROFILE_MODEL_NAME, alias: Union[str, int] = PRODUCTION, uri: Optional[str] = None) -> tuple[GuidanceProfile, VersionInfo]:
+def load_profile_version(
+    name: str = PROFILE_MODEL_NAME, alias: Union[str, int] = PRODUCTION, *, tracking_uri: Optional[str] = None
+) -> tuple[GuidanceProfile, VersionInfo]:
     """The profile `models:/name@alias` points at, with the version it came from."""
-    info = resolve(name, alias, uri)
-    path = download_version(info, uri) / "artifacts" / PROFILE_FILE
+    info = resolve(name, alias, tracking_uri=tracking_uri)
+    path = download_version(info, tracking_uri=tracking_uri) / "artifacts" / PROFILE_FILE
     if not path.is_file():
         raise RegistryError(f"{name}@{alias} (version {info.version}) is not a guidance profile")
     return GuidanceProfile.load(path), info
 
 
-def load_profile(name: str = PROFILE_MODEL_NAME, alias: Union[str, int] = PRODUCTION, uri: Optional[str] = None) -> GuidanceProfile:
+def load_profile(
+    name: str = PROFILE_MODEL_NAME, alias: Union[str, int] = PRODUCTION, *, tracking_uri: Optional[str] = None
+) -> GuidanceProfile:
     """The guidance profile `models:/name@alias` points at."""
-    return load_profile_version(name, alias, uri)[0]
+    return load_profile_version(name, alias, tracking_uri=tracking_uri)[0]
