@@ -2,7 +2,7 @@
 
 1. `guidance/` is the pure PyTorch + pydantic core: no module under it imports MLflow or Ray, not even
    inside a function (MLflow tracking and the registry live in `mlops/`).
-2. Models never import guides (`guidance.models` sits below `guidance.guides`).
+2. Models never import guides (`guidance.models` sits below `guidance.guides`); `mlops/` never imports Ray.
 3. The project's own modules form no import circle. Every import statement counts, at module level or
    inside a function: a lazy import hides a circle from Python's import machinery, not from the design.
 """
@@ -152,6 +152,15 @@ def test_guidance_never_imports_mlflow_or_ray() -> None:
                 offenders.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
     offenders = sorted(set(offenders), key=lambda o: (o.split(":")[0], int(o.split(":")[1].split()[0])))
     assert not offenders, "guidance/ must not import MLflow or Ray (use mlops/, serve/, tune/):\n" + "\n".join(offenders)
+
+
+def test_mlops_never_imports_ray() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} imports {target}"
+        for name, path in project_modules().items() if name.split(".")[0] == "mlops"
+        for target, line, _ in imported_names(path, name) if target.split(".")[0] == "ray"
+    ]
+    assert not offenders, "mlops/ must not import Ray:\n" + "\n".join(offenders)
 
 
 def test_models_never_import_guides() -> None:
