@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from guidance.data import DIGITS, FSDD_SPEAKERS, FeatureSet, fsdd_features, fsdd_vocoded_features
 from guidance.device import pick_device
 from guidance.diffusion import EDMLoss, EDMPrecond
+from guidance.diffusion.schedule import SIGMA_MAX, SIGMA_MIN
 from guidance.features import FeatureSpec
 from guidance.models import (
     ClassifierConfig,
@@ -54,8 +55,8 @@ class TrainConfig:
     gain_db: float = 6.0
     feature_noise: float = 0.0
     spec_mask: bool = False
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
     task: Literal["digit", "speaker"] = "digit"
     backbone: str | None = None  # score-subnet: the frozen noise-conditioned classifier file
     digits: tuple[int, ...] | None = None  # score-subnet: the digits its training data is limited to (None: all)

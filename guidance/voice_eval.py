@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from guidance.data import DIGITS, FSDD_SPEAKERS, Clip, fsdd_split, list_fsdd, load_wave, resolve_fsdd_root, write_wav
+from guidance.diffusion.samplers import SamplerConfig
 from guidance.features import LogMel, Vocoder, fit_length
 from guidance.finite import nonfinite_rows
 from guidance.listening import OUTSIDE_COLUMNS, WHAT_EACH_JUDGE_HEARS, Listen, fmt_outside, listen_to, strip_settings
@@ -60,7 +61,7 @@ class VoiceEvalConfig:
     refs_per_speaker: int = 3
     samples_per_ref: int = 4
     seed: int = 0
-    steps: int = 18
+    steps: int = SamplerConfig.steps
     digit_kind: str = "noisy"
     stats: GuideSettings = DEFAULT_STATS_SETTINGS
     encoder: GuideSettings = DEFAULT_VOICE_SETTINGS

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from guidance.edm_constants import SIGMA_MAX, SIGMA_MIN
 from speechguide.common import fail
 
 SPLITS = ("val", "train")  # the test split is for final reports only
@@ -20,8 +21,8 @@ def calibrate(
     classifier: Optional[Path] = typer.Option(None, help="Clean classifier file (default: classifier-clean in the models directory)."),
     base_profile: Optional[Path] = typer.Option(None, help="Profile JSON the temperatures are added to (default: the clean-guide default)."),
     bins: int = typer.Option(10, help="Sigma bins, log-spaced from --sigma-min to --sigma-max."),
-    sigma_min: float = typer.Option(0.002, help="Lowest sigma (the sampler's)."),
-    sigma_max: float = typer.Option(80.0, help="Highest sigma (the sampler's)."),
+    sigma_min: float = typer.Option(SIGMA_MIN, help="Lowest sigma (the sampler's)."),
+    sigma_max: float = typer.Option(SIGMA_MAX, help="Highest sigma (the sampler's)."),
     draws: int = typer.Option(2, help="Noise draws per clip and sigma bin."),
     seed: int = typer.Option(0, help="Seed for noise levels, noise and the cross-fitting folds."),
     split: str = typer.Option("val", help="Data to calibrate on: val (default) | train. Never test."),

@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from guidance.edm_constants import SIGMA_MAX
+
 COMPOSITE_GUIDES: tuple[str, ...] = ("digit", "speaker")
 
 
@@ -200,9 +202,9 @@ def evaluate_voice_command(
     encoder_blur: int = typer.Option(7, help="Box blur (bins x frames) applied to the encoder guide's gradient; 1 = none."),
     encoder_through_denoiser: bool = typer.Option(False, help="Backpropagate the encoder guide through the denoiser."),
     voice_sigma_lo: float = typer.Option(1.0, help="Voice guidance is off below this sigma."),
-    voice_sigma_hi: float = typer.Option(80.0, help="Voice guidance is off above this sigma."),
+    voice_sigma_hi: float = typer.Option(SIGMA_MAX, help="Voice guidance is off above this sigma."),
     digit_scale: Optional[float] = typer.Option(None, help="Digit guide scale in composites (noise-conditioned classifier, plain gamma; default: the val-picked composite scale, 20)."),
-    digit_sigma_hi: float = typer.Option(80.0, help="Digit guidance is off above this sigma."),
+    digit_sigma_hi: float = typer.Option(SIGMA_MAX, help="Digit guidance is off above this sigma."),
     voice_weight: float = typer.Option(1.0, help="Weight of the voice term in composites."),
     word_spectra: bool = typer.Option(True, "--word-spectra/--no-word-spectra", help="stats+digit: retarget each reference to the digit asked for (models/word-spectra.safetensors)."),
     systems: str = typer.Option(",".join(("unguided", "stats", "encoder", "stats+digit", "encoder+digit")), help="Comma-separated subset of the systems."),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from guidance.edm_constants import SIGMA_MAX, SIGMA_MIN
 from guidance.guides import GuidanceProfile, GuideSettings
 
 SCHEDULES = ("constant", "ramp-up", "ramp-down", "hump")
@@ -23,8 +24,8 @@ class SpaceBounds:
 
     scale_norm: tuple[float, float] = (0.03, 3.0)  # fraction of ||D - x|| (norm scaling on)
     scale_plain: tuple[float, float] = (0.3, 30.0)  # gamma (norm scaling off)
-    sigma_lo: tuple[float, float] = (0.002, 0.8)  # 0.002 = sampler's sigma_min: no lower cut in effect
-    sigma_hi: tuple[float, float] = (1.0, 80.0)
+    sigma_lo: tuple[float, float] = (SIGMA_MIN, 0.8)  # the sampler's sigma_min: no lower cut in effect
+    sigma_hi: tuple[float, float] = (1.0, SIGMA_MAX)
     temperature: tuple[float, float] = (0.3, 3.0)
     temperature_mult: tuple[float, float] = (0.5, 2.0)
     steps: tuple[int, int] = (8, 12)

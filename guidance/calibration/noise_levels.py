@@ -33,6 +33,7 @@ from guidance.calibration.temperature import (
     reliability,
 )
 from guidance.diffusion.precond import Denoiser
+from guidance.diffusion.schedule import SIGMA_MAX, SIGMA_MIN
 from guidance.finite import require_finite
 from guidance.guides.base import Guide, GuideTerm, guide_gradient
 from guidance.guides.profile import GuidanceProfile, GuideSettings
@@ -43,8 +44,8 @@ class CalibrationConfig:
     """One source of defaults for `speechguide calibrate`."""
 
     bins: int = 10
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
     draws: int = 2  # noise draws per clip and bin
     seed: int = 0
     batch_size: int = 100

@@ -20,7 +20,7 @@ from typing import Callable, Generator, Literal
 import torch
 
 from guidance.diffusion.precond import Denoiser
-from guidance.diffusion.schedule import karras_sigmas
+from guidance.diffusion.schedule import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
 from guidance.finite import NonFiniteError, nonfinite_count, nonfinite_rows
 
 DenoiseCall = tuple[torch.Tensor, torch.Tensor]
@@ -32,9 +32,9 @@ class SamplerConfig:
 
     steps: int = 18
     kind: Literal["euler", "heun"] = "heun"
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    rho: float = RHO
     churn: float = 0.0
     s_tmin: float = 0.0
     s_tmax: float = float("inf")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from guidance.edm_constants import RHO, SIGMA_MAX, SIGMA_MIN
 
-def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+
+def karras_sigmas(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO) -> torch.Tensor:
     """EDM's time steps (Karras et al. 2022, eq. 5): `steps` decreasing sigmas, then a final 0."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")

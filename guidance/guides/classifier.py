@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from guidance.diffusion.schedule import SIGMA_MIN
 from guidance.guides.base import Guide
 from guidance.models.checkpoint import ModelFile
 from guidance.models.classifier import LogMelClassifier
@@ -44,5 +45,5 @@ class ClassifierGuide(Guide):
     @torch.no_grad()
     def probabilities(self, mels: torch.Tensor) -> torch.Tensor:
         """Class probabilities on clean samples (sigma ~ 0), for reports and manifests."""
-        sigma = torch.full((mels.shape[0],), 0.002, device=mels.device)
+        sigma = torch.full((mels.shape[0],), SIGMA_MIN, device=mels.device)
         return torch.softmax(self.logits(mels, sigma), dim=-1)

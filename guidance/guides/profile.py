@@ -27,12 +27,13 @@ class _Strict(BaseModel):
 class SamplerSettings(_Strict):
     """How to integrate the ODE/SDE (EDM's schedule and solver)."""
 
-    steps: int = Field(18, ge=1, le=1000)
-    kind: Literal["euler", "heun"] = "heun"
-    sigma_min: float = Field(0.002, gt=0)
-    sigma_max: float = Field(80.0, gt=0)
-    rho: float = Field(7.0, gt=0)
-    churn: float = Field(0.0, ge=0)
+    # defaults are SamplerConfig's (written once, in guidance.diffusion)
+    steps: int = Field(SamplerConfig.steps, ge=1, le=1000)
+    kind: Literal["euler", "heun"] = SamplerConfig.kind
+    sigma_min: float = Field(SamplerConfig.sigma_min, gt=0)
+    sigma_max: float = Field(SamplerConfig.sigma_max, gt=0)
+    rho: float = Field(SamplerConfig.rho, gt=0)
+    churn: float = Field(SamplerConfig.churn, ge=0)
 
     @model_validator(mode="after")
     def _range(self) -> "SamplerSettings":
@@ -58,7 +59,7 @@ class GuideSettings(_Strict):
     scale: float = Field(1.0, ge=0, le=1000)
     schedule: Schedule = "constant"
     sigma_lo: float = Field(0.0, ge=0, description="guidance is off below this sigma")
-    sigma_hi: float = Field(80.0, gt=0, description="guidance is off above this sigma")
+    sigma_hi: float = Field(SamplerConfig.sigma_max, gt=0, description="guidance is off above this sigma")
     temperature: float = Field(1.0, gt=0, le=100)
     temperature_sigma_edges: list[float] | None = Field(None, description="ascending sigma bin edges (n+1)")
     temperatures: list[float] | None = Field(None, description="one temperature per sigma bin (n)")

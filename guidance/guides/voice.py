@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from guidance.edm_constants import SIGMA_MAX
 from guidance.features import FeatureSpec
 from guidance.guides.adapters import EncoderFrontEnd, LogMelToEncoderMel, reference_mel
 from guidance.guides.reference import ReferenceGuide
@@ -70,7 +71,7 @@ class SpeakerEncoder(torch.nn.Module):
 # gradient scale has nothing to do with a classifier's), on the x0 estimate, for sigma 1..80, with the
 # gradient blurred over 7x7 bins (`low_pass_gradient`). Picked on the validation split
 # (reports/voice-val-sweep.md); from scale 0.15 up the samples lose both voice and digit, at 0.6 they blow up.
-DEFAULT_VOICE_SETTINGS = GuideSettings(scale=0.1, norm_scaling=True, sigma_lo=1.0, sigma_hi=80.0, input="x0_hat")
+DEFAULT_VOICE_SETTINGS = GuideSettings(scale=0.1, norm_scaling=True, sigma_lo=1.0, sigma_hi=SIGMA_MAX, input="x0_hat")
 DEFAULT_GRADIENT_BLUR = 7
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torchaudio
 
+from guidance.edm_constants import SIGMA_MAX
 from guidance.features import FeatureSpec, LogMel, fit_length
 from guidance.guides.profile import GuideSettings
 from guidance.guides.reference import ReferenceGuide
@@ -24,7 +25,7 @@ from guidance.spectral_stats import DEFAULT_FRAME_SHARPNESS, spectral_statistics
 # Picked on the validation split (reports/voice-val-sweep.md): frames weighted by softmax(0.5 * loudness),
 # spread weighted 0.3 against the mean, norm-scaled 0.1 of the denoiser's step for sigma 1..80.
 DEFAULT_SPREAD_WEIGHT = 0.3
-DEFAULT_STATS_SETTINGS = GuideSettings(scale=0.1, norm_scaling=True, sigma_lo=1.0, sigma_hi=80.0, input="x0_hat")
+DEFAULT_STATS_SETTINGS = GuideSettings(scale=0.1, norm_scaling=True, sigma_lo=1.0, sigma_hi=SIGMA_MAX, input="x0_hat")
 
 
 class VoiceStatsGuide(ReferenceGuide):
