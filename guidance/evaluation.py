@@ -29,6 +29,7 @@ import torch
 
 from guidance.data import DIGITS, fsdd_features, fsdd_split, fsdd_vocoded_features, list_fsdd, load_waves, resolve_fsdd_root, write_wav
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
+from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from guidance.finite import nonfinite_rows, require_finite
 from guidance.listening import OUTSIDE_COLUMNS, WHAT_EACH_JUDGE_HEARS, Listen, fmt_outside, listen_to, real_clip_subset, strip_settings
 from guidance.metrics import (
@@ -249,7 +250,7 @@ def evaluate(
         progress("report", len(systems), len(systems))
     report["systems"] = [_system_record(r) for r in results]
     best = {}
-    for kind in ("noisy", "clean"):
+    for kind in CLASSIFIER_GUIDE_KINDS:
         candidates = [r for r in results if r.kind == kind and r.generator == "unet"]
         if candidates:
             top = max(candidates, key=lambda r: (r.nonfinite_samples == 0, r.judge_accuracy, -r.fd if math.isfinite(r.fd) else -math.inf))
@@ -334,7 +335,7 @@ def _json_ready(value):
 
 def _write_outputs(report, results, generated, targets, spec, out: Path, cfg: EvalConfig, vocoder: Vocoder) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    shown = ["unconditional"] + [report["best"][k] for k in ("noisy", "clean") if k in report["best"]]
+    shown = ["unconditional"] + [report["best"][k] for k in CLASSIFIER_GUIDE_KINDS if k in report["best"]]
     shown += [r.name for r in results if r.generator == "score-subnet" and r.kind != "none"][:3]
     first = [int((targets == d).nonzero()[0]) for d in range(len(DIGITS))]
     rows = {name: generated[name][first] for name in shown}

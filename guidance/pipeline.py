@@ -19,12 +19,13 @@ from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import nonfinite_rows
 from guidance.guides import ClassifierGuide, Guide, GuidanceProfile, GuidedDenoiser, GuideSettings, GuideTerm
 from guidance.models import ModelFile, load_model
+from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS, GUIDE_KIND_TABLE
 from guidance.guides.single_backbone import SingleBackboneProvider
 from guidance.models.score_subnet import SingleBackboneModel, load_score_subnet
 from guidance.vocoders import DEFAULT_VOCODER, VOCODER_FILE, describe_vocoder, load_vocoder, vocode_batched
 
 GuideKind = Literal["noisy", "clean", "none", "hf"]
-GUIDE_KINDS: tuple[str, ...] = ("noisy", "clean", "none", "hf")  # hf: a Hugging Face classifier the caller puts in ModelSet.guides
+GUIDE_KINDS: tuple[str, ...] = (*GUIDE_KIND_TABLE, "none")  # hf: a Hugging Face classifier the caller puts in ModelSet.guides
 MODELS_ENV = "SPEECHGUIDE_MODELS"
 
 
@@ -71,8 +72,8 @@ class ModelSet:
         denoiser = load_model(paths.path("denoiser"), kind="denoiser-unet", device=dev)
         spec = denoiser.spec
         guides = {
-            "noisy": ClassifierGuide.from_file(load_model(paths.path("noisy_classifier"), spec, "classifier", dev)),
-            "clean": ClassifierGuide.from_file(load_model(paths.path("clean_classifier"), spec, "classifier", dev)),
+            kind: ClassifierGuide.from_file(load_model(paths.path(GUIDE_KIND_TABLE[kind].model), spec, "classifier", dev))
+            for kind in CLASSIFIER_GUIDE_KINDS
         }
         return cls(denoiser, guides, spec, dev, load_vocoder(vocoder, spec, paths.root, dev))
 

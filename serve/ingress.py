@@ -58,6 +58,7 @@ from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import NonFiniteError
 from guidance.vocoders import describe_vocoder, load_vocoder
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
+from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from guidance.pipeline import make_noise
 from serve.admission import AdmissionController, Job, sampler_evaluations
 from serve.auth import check_bearer, check_exposure, resolve_token
@@ -71,7 +72,6 @@ log = logging.getLogger("ray.serve")
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
 RETRYABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
 SUPPORTED_GUIDES = ("digit",)
-BUILTIN_GUIDES = ("noisy", "clean")  # the Classifier deployment's own; registry guides go multiplexed, call by call
 MAX_SIGMA = 1000.0  # EDM's default is 80; far larger only overflows
 
 api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
@@ -312,12 +312,12 @@ class SpeechIngress:
         return await (merger.submit(call) if merger else self._remote("fused generator", self.fused.step, call))
 
     async def _guide(self, call: GuideCall) -> GuideResult:
-        merger = self._merger("classifier", self.classifier.guide_many) if call.kind in BUILTIN_GUIDES else None
+        merger = self._merger("classifier", self.classifier.guide_many) if call.kind in CLASSIFIER_GUIDE_KINDS else None
         return await (merger.submit(call) if merger else self._remote("classifier", self._classifier_for(call.kind).guide, call))
 
     def _classifier_for(self, kind: str) -> DeploymentHandle:
         """The classifier handle for a guide: built-in kinds plainly, registry models multiplexed by id."""
-        if kind in ("noisy", "clean"):
+        if kind in CLASSIFIER_GUIDE_KINDS:  # the Classifier deployment's own; registry guides go multiplexed
             return self.classifier
         handle = self._guide_handles.get(kind)
         if handle is None:

@@ -18,12 +18,12 @@ from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from guidance.guides import GuidanceProfile
+from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from mlops.registry import RegistryError, VersionInfo, load_profile_version, parse_ref, resolve
 from serve.config import RegistryArgs
 
 log = logging.getLogger("ray.serve")
 MAX_CACHED_REFS = 64
-GUIDE_KINDS = ("noisy", "clean")
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class RegistryWatch:
     def profile_names(self) -> list[tuple[str, str]]:
         """(guide kind, registered name): one name for all kinds, or one per kind when the name has `{guide}`."""
         if "{guide}" in self.args.profile_name:
-            return [(kind, self.args.profile_name.replace("{guide}", kind)) for kind in GUIDE_KINDS]
+            return [(kind, self.args.profile_name.replace("{guide}", kind)) for kind in CLASSIFIER_GUIDE_KINDS]
         return [("", self.args.profile_name)]
 
     def profile(self, alias: str, guide_kind: str) -> Optional[LoadedProfile]:

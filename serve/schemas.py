@@ -15,6 +15,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guidance.guides import GuidanceProfile
+from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from serve.config import REF_PATTERN
 
 MAX_NUM_SAMPLES = 16  # samples per target
@@ -82,7 +83,7 @@ class GenerateRequest(_Strict):
     guidance_scale: Optional[float] = Field(None, ge=0, le=1000)
     steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS)
     sampler: Optional[Literal["euler", "heun"]] = None
-    guide_kind: Literal["noisy", "clean"] = "noisy"
+    guide_kind: Literal[CLASSIFIER_GUIDE_KINDS] = "noisy"  # type: ignore[valid-type]
     guide_model: Optional[str] = Field(
         None, min_length=1, max_length=220, description="a registered classifier, NAME@ALIAS or NAME/VERSION (NAME: @production)"
     )

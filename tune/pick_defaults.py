@@ -23,6 +23,7 @@ import torch
 from guidance.data import DIGITS
 from guidance.guides import GuidanceProfile, GuideSettings
 from guidance.guides.defaults import DEFAULTS_DIR
+from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from guidance.metrics import accuracy, hear, judge_outputs
 from guidance.models import load_model, read_metadata
 from guidance.files import file_sha256
@@ -138,7 +139,7 @@ def write_report(out: Path, meta: dict, rows: list[dict]) -> None:
 
 def write_winners(rows: list[dict]) -> None:
     """The best-scoring finite candidate per guide kind becomes that kind's shipped default profile."""
-    for kind in ("noisy", "clean"):
+    for kind in CLASSIFIER_GUIDE_KINDS:
         mine = [r for r in rows if r["kind"] == kind and r["nonfinite_samples"] == 0]
         if mine:
             best = max(mine, key=lambda r: r["score"])
