@@ -241,3 +241,40 @@ def format_table(results: list[CaseResult]) -> str:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in rows)])
+
+
+def promote_mismatched_denoiser(url: str, tracking_uri: str, workdir: str, name: str = "denoiser-unet", wait_s: float = 60.0) -> Callable[[], str]:
+    """A fault: register a denoiser made for another feature config (n_mels and mean differ from the app's)
+    and promote it to `name@production`; returns once the app's registry watch has resolved the alias to it."""
+
+    def fault() -> str:
+        import dataclasses
+        from pathlib import Path
+
+        from guidance.diffusion import EDMPrecond
+        from guidance.features import FeatureSpec
+        from guidance.models import UNet, UNetConfig, save_model
+        from guidance.models.checkpoint import config_dict
+        from mlops.registry import promote, register_model_file
+
+        cfg = UNetConfig(channels=(8, 16), emb_dim=16)
+        spec = dataclasses.replace(FeatureSpec(), n_mels=32, mean=-3.0)
+        path = save_model(Path(workdir) / f"{name}.safetensors", EDMPrecond(UNet(cfg)), "denoiser-unet", {**config_dict(cfg), "sigma_data": 1.0}, spec)
+        info = register_model_file(path, name=name, tracking_uri=tracking_uri)
+        promote(name, info.version, "production", tracking_uri=tracking_uri)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            den = httpx.get(f"{url}/v1/models", timeout=30).json().get("registry", {}).get("denoiser") or {}
+            if den.get("version") == info.version:
+                return f"promoted {name}/{info.version} (n_mels 32) to production; the app resolved it"
+            time.sleep(0.5)
+        raise TimeoutError(f"the app did not resolve {name}@production to version {info.version} within {wait_s:.0f} s")
+
+    return fault
+
+
+def served_denoiser(url: str) -> dict:
+    """The denoiser a /v1/generate request is answered with right now (`models.denoiser`)."""
+    r = httpx.post(f"{url}/v1/generate", json={**PAYLOAD, "seed": 1}, timeout=60)
+    r.raise_for_status()
+    return r.json()["models"]["denoiser"]
