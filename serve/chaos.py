@@ -14,8 +14,8 @@ The clients resend a lost answer the way `serve.client.generate_remote` does (up
 send was lost too, and `resent` counts the sends that were repeated. With `resends=0` the clients
 report raw HTTP.
 
-Time to full service: from the fault to the first 200 after which every answer until the end of the
-case is a 200 (None if the case ended still failing).
+Time to full service: from the fault to the first 200 of a request sent after the fault, after which
+every answer until the end of the case is a 200 (None if the case ended still failing).
 
 Faults here need the driver to be connected to the app's Ray cluster (`ray.init` done); the load itself
 is plain HTTP (httpx).
@@ -72,15 +72,16 @@ class CaseResult:
         return sum(a.resent for a in self.answers)
 
     def recovery_s(self) -> Optional[float]:
-        """Seconds from the fault to the first 200 followed only by 200s until the case ended."""
+        """Seconds from the fault to the first 200 of a request sent after the fault, followed only by
+        200s until the case ended (a request in flight across the fault may finish early without
+        showing that the service is back)."""
         after = sorted((a for a in self.answers if a.done >= self.fault_at), key=lambda a: a.done)
         first_ok = None
         for a in after:
-            if a.kind == "ok":
-                if first_ok is None:
-                    first_ok = a
-            else:
+            if a.kind != "ok":
                 first_ok = None
+            elif first_ok is None and a.sent >= self.fault_at:
+                first_ok = a
         return None if first_ok is None else first_ok.done - self.fault_at
 
     def examples(self, kind: str, n: int = 3) -> list[str]:
@@ -180,11 +181,8 @@ def run_case(
         deadline = fault_at + max_s
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            after = sorted(load.since(fault_at), key=lambda a: a.done)
-            bad = [a.done for a in after if a.kind != "ok"]
-            last_bad = max(bad) if bad else fault_at
-            oks_since = [a for a in after if a.done > last_bad and a.kind == "ok"]
-            if oks_since and time.monotonic() - max(last_bad, oks_since[0].done) >= sustain_s:
+            recovery = CaseResult(name, fault_at, load.since(fault_at)).recovery_s()
+            if recovery is not None and time.monotonic() - (fault_at + recovery) >= sustain_s:
                 break
     finally:
         answers = load.stop()
