@@ -11,7 +11,7 @@ DOWNLOAD := $(if $(SPEECHGUIDE_FSDD_DIR),,--download)
 MODELS := models
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test bench bench-serve bench-overload bench-tune bench-vocoder models venv clean
+.PHONY: demo test bench bench-serve bench-overload bench-tune bench-vocoder chaos models venv clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -47,6 +47,11 @@ bench-serve: venv
 ## goodput / capacity, the slowest rejection, p99 of admitted requests vs the deadline (about 3 minutes on 2 cores).
 bench-overload: venv
 	OMP_NUM_THREADS=1 $(PY) bench/overload_bench.py
+
+## chaos: replicas of each deployment killed under a steady load: requests answered, failed with a clear error,
+## lost (must be 0) and the time to full service, as a table (about 2 minutes on 2 cores).
+chaos: venv
+	OMP_NUM_THREADS=1 $(PY) bench/chaos.py
 
 ## bench-tune: ASHA vs FIFO at equal budget (same trials and seed): best validation objective and compute spent.
 bench-tune: venv

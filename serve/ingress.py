@@ -72,6 +72,7 @@ log = logging.getLogger("ray.serve")
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
 RETRYABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
 SUPPORTED_GUIDES = ("digit",)
+REFUSED_RETRY_S = 30.0  # a registered denoiser version that failed to load is tried again after this
 MAX_SIGMA = 1000.0  # EDM's default is 80; far larger only overflows
 
 api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
@@ -233,6 +234,11 @@ class SpeechIngress:
         self.admission = AdmissionController(deadline_s=self.args.request_timeout_s, **self.args.admission.model_dump())
         self._guide_handles: dict[str, DeploymentHandle] = {}
         self._guide_descriptions: dict[str, dict] = {}
+        # The registered denoiser that last loaded, served on while the alias points at a version that
+        # does not (wrong kind or features); such versions by model id, with when and why they failed.
+        self._denoiser_good: Optional[tuple[DeploymentHandle, dict]] = None
+        self._denoiser_refused: dict[str, tuple[float, str]] = {}
+        self._denoiser_loading: dict[str, asyncio.Future] = {}
         self._catalog: Optional[Catalog] = None
         self._vocoder: Optional[Vocoder] = None
         # Griffin-Lim seeds torch's global RNG for its phase; one vocoding at a time keeps audio reproducible.
@@ -292,19 +298,40 @@ class SpeechIngress:
         if info.tags.get("kind") != "denoiser-unet":
             raise ApiError(503, f"the configured denoiser {ref} is a {info.tags.get('kind')!r} model, not a U-Net denoiser", retry_after=30)
         model_id = f"{info.name}/{info.version}"
+        desc = {"name": info.name, "version": info.version, "alias": ref.partition("@")[2] or None}
+        good = self._denoiser_good
+        refused = self._denoiser_refused.get(model_id)
+        if refused is not None and good is not None and time.monotonic() - refused[0] < REFUSED_RETRY_S:
+            return good  # a version that would not load is tried again only every REFUSED_RETRY_S
         handle = self._guide_handles.get(f"denoiser:{model_id}")
-        if handle is None:
-            handle = self.denoiser.options(multiplexed_model_id=model_id)
-            self._guide_handles[f"denoiser:{model_id}"] = handle
+        if handle is None:  # concurrent requests wait for one load; none is sent to a version before it loaded
+            loading = self._denoiser_loading.get(model_id)
+            if loading is None:
+                loading = self._denoiser_loading[model_id] = asyncio.ensure_future(self._load_registry_denoiser(model_id))
+                loading.add_done_callback(lambda _: self._denoiser_loading.pop(model_id, None))
             try:
-                await self._remote("denoiser", handle.describe_model, model_id)
+                handle = await asyncio.shield(loading)
             except ApiError:
                 raise
             except Exception as exc:
                 cause = getattr(exc, "cause", exc)
-                del self._guide_handles[f"denoiser:{model_id}"]
-                raise ApiError(503, f"could not load the configured denoiser {ref}: {' '.join(str(cause).split())[:300]}", retry_after=30) from None
-        return handle, {"name": info.name, "version": info.version, "alias": ref.partition("@")[2] or None}
+                why = " ".join(str(cause).split())[:300]
+                self._denoiser_refused[model_id] = (time.monotonic(), why)
+                if good is not None:  # e.g. a version whose features do not match this app: keep serving the last good one
+                    log.warning("registry: %s resolved to %s, which does not load (%s); still serving %s/%s",
+                                ref, model_id, why, good[1]["name"], good[1]["version"])
+                    return good
+                raise ApiError(503, f"could not load the configured denoiser {ref}: {why}", retry_after=30) from None
+        self._denoiser_refused.pop(model_id, None)
+        self._denoiser_good = (handle, desc)
+        return handle, desc
+
+    async def _load_registry_denoiser(self, model_id: str) -> DeploymentHandle:
+        """Load registered denoiser `model_id` on the Denoiser deployment; its handle once it has loaded."""
+        handle = self.denoiser.options(multiplexed_model_id=model_id)
+        await self._remote("denoiser", handle.describe_model, model_id)
+        self._guide_handles[f"denoiser:{model_id}"] = handle
+        return handle
 
     async def _fused_step(self, call: FusedCall) -> FusedResult:
         assert self.fused is not None

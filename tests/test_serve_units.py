@@ -313,3 +313,29 @@ def test_serve_command_refuses_config_typos(cli, tmp_path, tiny_models_dir):
     bad.write_text(text)
     result = CliRunner().invoke(cli, ["serve", "--config", str(bad), "--models-dir", str(tiny_models_dir)])
     assert result.exit_code == 2 and "max_queued_request" in result.output
+
+
+def test_client_resends_a_request_whose_answer_was_lost(monkeypatch):
+    """The proxy's bare 500 (an ingress replica died mid-request) and a dropped connection are sent
+    again; the app's own JSON errors are not."""
+    import httpx
+
+    from serve import client
+
+    monkeypatch.setattr(client, "RESEND_PAUSE_S", 0)
+    answers = [httpx.RemoteProtocolError("dropped"), httpx.Response(500, text="Internal Server Error"), httpx.Response(200, json={"samples": []})]
+
+    def post(url, **kwargs):
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return httpx.Response(a.status_code, content=a.content, headers=a.headers, request=httpx.Request("POST", url))
+
+    monkeypatch.setattr(client.httpx, "post", post)
+    assert client.generate_remote("http://127.0.0.1:9", {"targets": []}) == {"samples": []}
+    assert not answers
+    answers[:] = [httpx.Response(503, json={"detail": "the denoiser deployment is unavailable; retry later"}), httpx.Response(200, json={})]
+    with pytest.raises(httpx.HTTPStatusError, match="denoiser deployment is unavailable"):
+        client.generate_remote("http://127.0.0.1:9", {"targets": []})
+    assert len(answers) == 1  # a clear error is the app's answer: not resent
+    assert client.lost_answer(httpx.Response(502, text="Bad Gateway")) and not client.lost_answer(httpx.Response(404, text="x"))

@@ -1,0 +1,278 @@
+"""Chaos cases for the Serve app: a steady closed-loop load, a fault in the middle, and what the clients saw.
+
+Shared by `bench/chaos.py` (prints the table) and `tests/test_chaos.py` (asserts no request is lost).
+A few client threads each send a small /v1/generate request, wait for its answer, and send the next
+one. Every answer is one of:
+
+- ok: 200;
+- failed: a clear error, an HTTP status whose body is JSON with a `detail` (e.g. 503 with Retry-After);
+- lost: no usable answer: connection dropped, client timeout, or an error status without a JSON `detail`
+  (e.g. a proxy's bare "Internal Server Error"), which a client cannot tell from a crash.
+
+The clients resend a lost answer the way `serve.client.generate_remote` does (up to `RESENDS` times,
+`RESEND_PAUSE_S` apart; generating has no side effects): a request counts as lost only when its last
+send was lost too, and `resent` counts the sends that were repeated. With `resends=0` the clients
+report raw HTTP.
+
+Time to full service: from the fault to the first 200 of a request sent after the fault, after which
+every answer until the end of the case is a 200 (None if the case ended still failing).
+
+Faults here need the driver to be connected to the app's Ray cluster (`ray.init` done); the load itself
+is plain HTTP (httpx).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import httpx
+
+from serve.client import RESEND_PAUSE_S, RESENDS, lost_answer
+
+PAYLOAD = {"targets": [{"guide": "digit", "label": "3"}], "num_samples": 1, "steps": 4}
+
+
+@dataclass
+class Answer:
+    sent: float  # time.monotonic()
+    done: float
+    kind: str  # ok | failed | lost
+    status: int  # 0: no HTTP answer
+    note: str = ""
+    resent: int = 0  # sends of this request lost and repeated before this answer
+
+
+@dataclass
+class CaseResult:
+    name: str
+    fault_at: float
+    answers: list[Answer] = field(default_factory=list)
+    fault_note: str = ""
+
+    def count(self, kind: str) -> int:
+        return sum(a.kind == kind for a in self.answers)
+
+    @property
+    def ok(self) -> int:
+        return self.count("ok")
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+    @property
+    def lost(self) -> int:
+        return self.count("lost")
+
+    @property
+    def resent(self) -> int:
+        return sum(a.resent for a in self.answers)
+
+    def recovery_s(self) -> Optional[float]:
+        """Seconds from the fault to the first 200 of a request sent after the fault, followed only by
+        200s until the case ended (a request in flight across the fault may finish early without
+        showing that the service is back)."""
+        after = sorted((a for a in self.answers if a.done >= self.fault_at), key=lambda a: a.done)
+        first_ok = None
+        for a in after:
+            if a.kind != "ok":
+                first_ok = None
+            elif first_ok is None and a.sent >= self.fault_at:
+                first_ok = a
+        return None if first_ok is None else first_ok.done - self.fault_at
+
+    def examples(self, kind: str, n: int = 3) -> list[str]:
+        return [f"{a.status} {a.note}" for a in self.answers if a.kind == kind][:n]
+
+    def row(self) -> dict:
+        rec = self.recovery_s()
+        return {"case": self.name, "200": self.ok, "failed": self.failed, "lost": self.lost, "resent": self.resent,
+                "recovery_s": None if rec is None else round(rec, 1)}
+
+
+def classify(response: httpx.Response) -> tuple[str, str]:
+    if response.status_code == 200:
+        return "ok", ""
+    if lost_answer(response):
+        return "lost", f"no JSON detail: {response.text[:120]!r}"
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "detail" in body:
+        return "failed", str(body["detail"])[:160]
+    return "lost", f"no JSON detail: {response.text[:120]!r}"
+
+
+class Load:
+    """`clients` closed-loop threads posting `payload` to URL/v1/generate until `stop()`."""
+
+    def __init__(self, url: str, clients: int = 3, payload: Optional[dict] = None, timeout_s: float = 60.0, pause_after_error_s: float = 0.2,
+                 resends: int = RESENDS):
+        self.url, self.clients, self.payload, self.timeout_s = url, clients, payload or PAYLOAD, timeout_s
+        self.pause_after_error_s, self.resends = pause_after_error_s, resends
+        self.answers: list[Answer] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _run(self, i: int) -> None:
+        seed = 1000 * i
+        with httpx.Client(base_url=self.url, timeout=self.timeout_s) as client:
+            while not self._stop.is_set():
+                seed += 1
+                t0 = time.monotonic()
+                for attempt in range(self.resends + 1):
+                    try:
+                        r = client.post("/v1/generate", json={**self.payload, "seed": seed})
+                        kind, note = classify(r)
+                        status = r.status_code
+                    except httpx.HTTPError as exc:
+                        kind, note, status = "lost", f"{type(exc).__name__}: {exc}"[:160], 0
+                        if isinstance(exc, httpx.TimeoutException):
+                            break  # a client timeout is not resent (as in generate_remote)
+                    if kind != "lost" or attempt == self.resends:
+                        break
+                    time.sleep(RESEND_PAUSE_S)
+                with self._lock:
+                    self.answers.append(Answer(t0, time.monotonic(), kind, status, note, attempt))
+                if kind != "ok":
+                    time.sleep(self.pause_after_error_s)
+
+    def start(self) -> "Load":
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.clients)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> list[Answer]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=self.timeout_s + 10)
+        with self._lock:
+            return list(self.answers)
+
+    def since(self, t: float) -> list[Answer]:
+        with self._lock:
+            return [a for a in self.answers if a.done >= t]
+
+
+def run_case(
+    name: str,
+    url: str,
+    fault: Callable[[], str],
+    clients: int = 3,
+    warmup_s: float = 3.0,
+    sustain_s: float = 4.0,
+    max_s: float = 90.0,
+    payload: Optional[dict] = None,
+    resends: int = RESENDS,
+) -> CaseResult:
+    """Load for `warmup_s`, call `fault()` (returns a note), keep the load on until the service has
+    answered only 200s for `sustain_s` after the fault (or `max_s` passed), then stop the load."""
+    load = Load(url, clients, payload, resends=resends).start()
+    try:
+        time.sleep(warmup_s)
+        fault_at = time.monotonic()
+        note = fault()
+        deadline = fault_at + max_s
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            recovery = CaseResult(name, fault_at, load.since(fault_at)).recovery_s()
+            if recovery is not None and time.monotonic() - (fault_at + recovery) >= sustain_s:
+                break
+    finally:
+        answers = load.stop()
+    return CaseResult(name, fault_at, answers, note)
+
+
+# ---- faults -------------------------------------------------------------------------------------
+
+
+def replica_actors(deployment: str, app: str = "speechguide") -> list[tuple[str, str]]:
+    """(name, namespace) of the live replica actors of `deployment` (Serve names them
+    SERVE_REPLICA::APP#DEPLOYMENT#ID); needs no dashboard."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return [(a["name"], a["namespace"]) for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+
+
+def kill_replica(deployment: str, app: str = "speechguide") -> Callable[[], str]:
+    """A fault: `ray.kill` one replica of `deployment` (the process dies mid-call; Serve replaces it)."""
+
+    def fault() -> str:
+        import ray
+
+        actors = replica_actors(deployment, app)
+        if not actors:
+            raise RuntimeError(f"no replica of {deployment} found")
+        name, namespace = actors[0]
+        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=False)
+        return f"killed {name}"
+
+    return fault
+
+
+def wait_healthy(app: str = "speechguide", timeout_s: float = 180.0) -> None:
+    """Until the app is RUNNING and each of its deployments HEALTHY (a killed replica replaced)."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(app)
+        if status is not None:
+            last = {n: d.status for n, d in status.deployments.items()}
+            if status.status == "RUNNING" and all(s == "HEALTHY" for s in last.values()):
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{app} not healthy after {timeout_s:.0f} s: {last}")
+
+
+def format_table(results: list[CaseResult]) -> str:
+    head = ["case", "requests 200", "failed (clear error)", "lost", "resent (dropped answer)", "time to full service (s)"]
+    rows = [[r.name, str(r.ok), str(r.failed), str(r.lost), str(r.resent), "not restored" if r.recovery_s() is None else f"{r.recovery_s():.1f}"] for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in rows)])
+
+
+def promote_mismatched_denoiser(url: str, tracking_uri: str, workdir: str, name: str = "denoiser-unet", wait_s: float = 60.0) -> Callable[[], str]:
+    """A fault: register a denoiser made for another feature config (n_mels and mean differ from the app's)
+    and promote it to `name@production`; returns once the app's registry watch has resolved the alias to it."""
+
+    def fault() -> str:
+        import dataclasses
+        from pathlib import Path
+
+        from guidance.diffusion import EDMPrecond
+        from guidance.features import FeatureSpec
+        from guidance.models import UNet, UNetConfig, save_model
+        from guidance.models.checkpoint import config_dict
+        from mlops.registry import promote, register_model_file
+
+        cfg = UNetConfig(channels=(8, 16), emb_dim=16)
+        spec = dataclasses.replace(FeatureSpec(), n_mels=32, mean=-3.0)
+        path = save_model(Path(workdir) / f"{name}.safetensors", EDMPrecond(UNet(cfg)), "denoiser-unet", {**config_dict(cfg), "sigma_data": 1.0}, spec)
+        info = register_model_file(path, name=name, tracking_uri=tracking_uri)
+        promote(name, info.version, "production", tracking_uri=tracking_uri)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            den = httpx.get(f"{url}/v1/models", timeout=30).json().get("registry", {}).get("denoiser") or {}
+            if den.get("version") == info.version:
+                return f"promoted {name}/{info.version} (n_mels 32) to production; the app resolved it"
+            time.sleep(0.5)
+        raise TimeoutError(f"the app did not resolve {name}@production to version {info.version} within {wait_s:.0f} s")
+
+    return fault
+
+
+def served_denoiser(url: str) -> dict:
+    """The denoiser a /v1/generate request is answered with right now (`models.denoiser`)."""
+    r = httpx.post(f"{url}/v1/generate", json={**PAYLOAD, "seed": 1}, timeout=60)
+    r.raise_for_status()
+    return r.json()["models"]["denoiser"]
