@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -45,32 +44,12 @@ POLL_S = 1.0
 REGISTRY_CASES = ("promote-mismatch", "mlflow-stop")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
 def app(models_dir, registry=None):
     """The app on a fresh local Ray cluster (2 CPUs); yields its URL."""
-    import ray
-    from ray import serve
-
     from serve.config import DEFAULT_CONFIG_PATH
-    from serve.launch import deploy, prepare_config
+    from serve.launch import running_app
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
-    try:
-        port = free_port()
-        args = {"registry": registry} if registry else None
-        deploy(prepare_config(DEFAULT_CONFIG_PATH, models_dir=models_dir, port=port, args=args), timeout_s=300)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+    return running_app(DEFAULT_CONFIG_PATH, timeout_s=300, models_dir=models_dir, args={"registry": registry} if registry else None)
 
 
 def report(result, results: list) -> None:

@@ -7,10 +7,12 @@ exercise is exactly what `serve run` / `serve deploy` would run.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import ray
 from ray import serve
@@ -74,3 +76,26 @@ def wait_running(app_names: list[str], timeout_s: float = 180.0) -> None:
             raise RuntimeError(f"Serve app {failed[0]!r} failed to deploy: {apps[failed[0]].message[:2000]}")
         time.sleep(0.5)
     raise TimeoutError(f"Serve apps not running after {timeout_s:.0f} s: {last}")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(config_path: Path, timeout_s: float = 240, **prepare_kwargs) -> Iterator[str]:
+    """Start a local 2-CPU Ray cluster, deploy `config_path` (with `prepare_config` overrides) on a free
+    port and yield its base URL; shut Serve and Ray down afterwards, whatever happened (tests, benches)."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
+    try:
+        port = free_port()
+        deploy(prepare_config(config_path, port=port, **prepare_kwargs), timeout_s=timeout_s)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

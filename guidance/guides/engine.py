@@ -80,6 +80,8 @@ class GuidedStep:
 
 
 def per_sample_sigma(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) sigmas in the sampler's own dtype: unlike score_subnet.per_sample_sigma (which casts to x's
+    dtype for its network), the guidance delta keeps the sigma the sampler handed over, as before."""
     sigma = torch.as_tensor(sigma, device=x.device)
     return sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
 
