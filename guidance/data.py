@@ -266,10 +266,27 @@ def sc09_waves(root: str | os.PathLike, spec: FeatureSpec, subset: str | None = 
     return waves, torch.tensor([d for _, d, _ in items])
 
 
+def wav_bytes(wave: torch.Tensor | np.ndarray, sample_rate: int) -> bytes:
+    """A mono wave as the bytes of a 16-bit PCM WAV file: clipped to [-1, 1], quantized by libsndfile."""
+    arr = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+    buf = io.BytesIO()
+    soundfile.write(buf, np.clip(arr, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
 def write_wav(path: Path, wave: torch.Tensor | np.ndarray, sample_rate: int) -> None:
     """16-bit PCM mono WAV, written to a temp file then renamed so no half-written file remains."""
-    arr = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    soundfile.write(str(tmp), np.clip(arr, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    tmp.write_bytes(wav_bytes(wave, sample_rate))
     tmp.replace(path)
+
+
+def as_written(waves: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Waves (n, samples) exactly as `write_wav` stores them (clipped, 16-bit), back as float32.
+
+    Judges that hear waveforms must hear the file a user gets: an outside recognizer's verdict on a
+    generated clip can flip on the 16-bit rounding of its near-silent stretches (on 200 generated
+    samples, 0.695 digit accuracy on the float waves, 0.655 on the same waves written as WAVs)."""
+    rows = [torch.from_numpy(soundfile.read(io.BytesIO(wav_bytes(w, sample_rate)), dtype="float32")[0]) for w in waves]
+    return torch.stack(rows) if rows else waves.detach().cpu().float()

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from guidance.data import FSDD_SPEAKERS, Clip
+from guidance.data import FSDD_SPEAKERS, Clip, as_written
 
 Listen = Callable[[torch.Tensor, int, "torch.Tensor | None"], dict]
 
@@ -58,7 +58,7 @@ def listen_to(
     """What the waveform judges say about a batch: {n, n_heard, asr_accuracy, asr_no_answer, dnsmos_sig,
     dnsmos_bak, dnsmos_ovrl, seconds_per_clip}.
 
-    Only rows with `ok` True are played. `asr_accuracy` is over all n rows (a row not played is a
+    The judges hear each row as `write_wav` stores it (16-bit PCM). Only rows with `ok` True are played. `asr_accuracy` is over all n rows (a row not played is a
     miss) and None without targets; the DNSMOS figures are means over the rows played (NaN if none).
     """
     n = len(waves)
@@ -68,7 +68,7 @@ def listen_to(
                  "dnsmos_sig": float("nan"), "dnsmos_bak": float("nan"), "dnsmos_ovrl": float("nan"), "seconds_per_clip": None}
     if heard == 0:
         return out
-    summary = listen(waves[ok].cpu(), sample_rate, None if targets is None else targets.cpu()[ok])
+    summary = listen(as_written(waves[ok], sample_rate), sample_rate, None if targets is None else targets.cpu()[ok])
     if targets is not None:
         acc = summary.get("asr_accuracy")
         out["asr_accuracy"] = None if acc is None else float(acc) * heard / n

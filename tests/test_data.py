@@ -120,3 +120,19 @@ def test_vocoder_round_trip_keeps_the_spectrum(fsdd_root, spec):
     # Round trip error in normalized log-Mel units, well below the spread of the features (std 1).
     assert (again - mels).abs().mean().item() < 0.35
     torch.testing.assert_close(GriffinLimVocoder(spec)(mels), wave)  # seeded: same audio every time
+
+
+def test_as_written_is_exactly_what_write_wav_stores(tmp_path):
+    from guidance.data import as_written, write_wav
+    import soundfile
+
+    waves = torch.randn(3, 800) * 0.5
+    waves[0, :10] = 3.0  # beyond full scale: clipped
+    waves[1, :400] = torch.randn(400) * 1e-5  # below one 16-bit step: rounds to 0 or one step
+    heard = as_written(waves, 8000)
+    for i, wave in enumerate(waves):
+        write_wav(tmp_path / f"{i}.wav", wave, 8000)
+        stored, rate = soundfile.read(str(tmp_path / f"{i}.wav"), dtype="float32")
+        assert rate == 8000 and torch.equal(heard[i], torch.from_numpy(stored))
+    assert heard.abs().max() <= 1.0 and set((heard[1, :400] * 32768).round().abs().unique().tolist()) <= {0.0, 1.0}
+    assert not list(tmp_path.glob("*.partial"))

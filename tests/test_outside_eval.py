@@ -51,7 +51,11 @@ def test_rows_that_are_not_finite_are_not_played_count_as_asr_misses_and_leave_t
     ok = torch.tensor([True, False, True, True])
     figures = listen_to(stub, waves, 16000, torch.tensor([1, 2, 3, 4]), ok)
     (played, rate, targets), = stub.calls
-    assert rate == 16000 and torch.equal(played, waves[ok]) and targets.tolist() == [1, 3, 4]
+    from guidance.data import as_written
+
+    assert rate == 16000 and targets.tolist() == [1, 3, 4]
+    assert torch.equal(played, as_written(waves[ok], 16000))  # judges hear the 16-bit WAV a user gets
+    assert played.abs().max() <= 1.0 and not torch.equal(played, waves[ok])
     assert figures["asr_accuracy"] == pytest.approx(0.5 * 3 / 4)  # the unplayed row is a miss
     assert (figures["dnsmos_sig"], figures["dnsmos_bak"], figures["dnsmos_ovrl"]) == (3.0, 3.5, 2.5)
     assert (figures["n"], figures["n_heard"]) == (4, 3)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from guidance.data import DIGITS
+from guidance.data import DIGITS, as_written
 from guidance.guides import GuidanceProfile, GuideSettings
 from guidance.guides.defaults import DEFAULTS_DIR
 from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
@@ -90,7 +90,7 @@ def main() -> None:
         mels = sample_mels(models, cand.kind, targets, cand.profile, noise, seed=args.seed, allow_nonfinite=True)
         waves, ok = vocode_finite(mels, models.vocoder)
         _, logits = judge_outputs(judge.model, hear(waves, models.spec))
-        outside = summary_row(judge_waves(waves, models.spec.sample_rate, targets.tolist()))
+        outside = summary_row(judge_waves(as_written(waves, models.spec.sample_rate), models.spec.sample_rate, targets.tolist()))
         row = {
             "name": cand.name,
             "kind": cand.kind,
