@@ -16,6 +16,7 @@ import torch
 import torchaudio
 
 from guidance.finite import require_finite
+from guidance.output_level import finish_wave
 
 
 class FeatureSpecMismatch(ValueError):
@@ -168,5 +169,4 @@ class GriffinLimVocoder(torch.nn.Module):
             torch.manual_seed(self.seed)
             wave = self.griffin_lim(magnitude)
         wave = fit_length(wave, length or self.spec.num_samples)
-        peak = wave.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
-        return wave / peak * 0.9
+        return finish_wave(wave, self.spec.sample_rate)

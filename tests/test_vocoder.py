@@ -93,3 +93,24 @@ def test_committed_vocoder_hears_real_speech_better_than_griffin_lim(spec, fsdd_
     print(f"log-Mel L1 {errors}, MR-STFT {stft}")
     assert all(math.isfinite(v) for v in [*errors.values(), *stft.values()])
     assert errors["neural"] < errors["griffin-lim"] and stft["neural"] < stft["griffin-lim"]
+
+
+def test_digital_silence_is_written_as_zeros_and_speech_is_left_alone():
+    from guidance.data import as_written
+    from guidance.output_level import finish_wave, gate_digital_silence
+
+    rate = 16000
+    t = torch.arange(rate) / rate
+    tone = 0.5 * torch.sin(2 * torch.pi * 220 * t) * ((t > 0.4) & (t < 0.6))
+    residue = 5e-6 * torch.randn(rate, generator=torch.Generator().manual_seed(0))  # below 1 step of 16-bit audio
+    wave = tone + residue * (tone == 0)
+    gated = gate_digital_silence(wave, rate)
+    speech = (t > 0.42) & (t < 0.58)
+    assert torch.equal(gated[speech], wave[speech])  # the word itself is never touched
+    assert (gated[t < 0.38] == 0).all() and (gated[t > 0.62] == 0).all()
+    assert ((wave - gated) ** 2).sum() / (wave**2).sum() < 1e-8  # -80 dB: far below anything audible
+    written = as_written(finish_wave(wave.unsqueeze(0), rate), rate)[0]
+    assert (written[t < 0.38] == 0).all()  # silence stays exact silence in the 16-bit file
+    assert not (as_written(wave.unsqueeze(0) / wave.abs().max() * 0.9, rate)[0][t < 0.38] == 0).all()  # without the gate it would not
+    finished = finish_wave(torch.stack([wave, 3 * wave]), rate)
+    assert torch.allclose(finished.abs().amax(-1), torch.tensor([0.9, 0.9]))

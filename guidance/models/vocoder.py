@@ -19,6 +19,7 @@ from torch import nn
 
 from guidance.features import FeatureSpec, fit_length
 from guidance.finite import require_finite
+from guidance.output_level import finish_wave
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class NeuralVocoder(nn.Module):
     """Normalized log-Mel (batch, 1, n_mels, frames) -> waveform (batch, num_samples).
 
     Follows the `guidance.features.Vocoder` protocol once `spec` is set (the model file's loader does
-    that). Like Griffin-Lim here, `forward` peak-normalizes to 0.9; `synthesize` returns the raw waveform
-    for training.
+    that). Like Griffin-Lim here, `forward` finishes the wave (`guidance.output_level`: peak 0.9, digital
+    silence kept silent); `synthesize` returns the raw waveform for training.
     """
 
     def __init__(self, config: VocoderConfig = VocoderConfig()) -> None:
@@ -109,5 +110,4 @@ class NeuralVocoder(nn.Module):
     def forward(self, mel: torch.Tensor, length: int | None = None) -> torch.Tensor:
         require_finite(mel, "the log-Mel given to the vocoder")
         wave = self.waveform(self.spectrum(mel), length)
-        peak = wave.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8)
-        return wave / peak * 0.9
+        return finish_wave(wave, (self.spec or FeatureSpec()).sample_rate)  # no spec yet: the default's rate
