@@ -36,18 +36,14 @@ PROFILE = {"name": "fused-test", "sampler": {"sigma_max": 1.0}, "guide": {"scale
 VALID = {"targets": [{"guide": "digit", "label": "7"}], "num_samples": 1, "seed": 3, "steps": 3, "profile": PROFILE}
 
 
-@pytest.fixture(scope="module")
-def subnet_dir(tiny_models_dir, tmp_path_factory) -> Path:
-    """The tiny models plus a tiny ScoreSubnet on their noise-conditioned classifier (random, but not
-    the zero-initialised output layer: D must depend on the taps for the comparison to mean anything)."""
+def make_subnet(directory: Path) -> Path:
+    """A tiny ScoreSubnet on the noise-conditioned classifier in `directory` (random, but not the
+    zero-initialised output layer: D must depend on the taps for a comparison to mean anything)."""
     from guidance.data import DIGITS
     from guidance.features import FeatureSpec
     from guidance.models import read_metadata, save_model
     from guidance.models.score_subnet import ScoreSubnetConfig, SingleBackboneModel
 
-    directory = tmp_path_factory.mktemp("fused-models")
-    for f in tiny_models_dir.glob("*.safetensors"):
-        shutil.copy(f, directory / f.name)
     backbone = directory / "classifier-noisy.safetensors"
     meta = read_metadata(backbone)
     cfg = ScoreSubnetConfig(feature_channels=tuple(meta["config"]["channels"]), channels=(8, 16), emb_dim=8)
@@ -57,7 +53,16 @@ def subnet_dir(tiny_models_dir, tmp_path_factory) -> Path:
         for p in model.subnet.out.parameters():
             p.add_(0.05 * torch.randn_like(p))
     spec = FeatureSpec.from_dict(meta["feature_spec"])
-    save_model(directory / "score-subnet-all.safetensors", model, "score-subnet", model.network_config(), spec, DIGITS, "digit")
+    return save_model(directory / "score-subnet-all.safetensors", model, "score-subnet", model.network_config(), spec, DIGITS, "digit")
+
+
+@pytest.fixture(scope="module")
+def subnet_dir(tiny_models_dir, tmp_path_factory) -> Path:
+    """The tiny models plus a tiny ScoreSubnet on their noise-conditioned classifier."""
+    directory = tmp_path_factory.mktemp("fused-models")
+    for f in tiny_models_dir.glob("*.safetensors"):
+        shutil.copy(f, directory / f.name)
+    make_subnet(directory)
     return directory
 
 
