@@ -6,9 +6,10 @@ ONE Serve instance, started once for the whole matrix: the split app (serve/conf
 Hugging Face classifier too) and the fused single-backbone app (serve/config-fused.yaml, under /fused)
 on one local 2-CPU Ray cluster, tiny models, 1 sample and a few steps per request.
 
-Bitwise where the math is the same. Where the guide deployment computes a voice guide's features or
-gradients, the numbers come from another process with another torch thread count, so float sums may
-round differently; those cases allow the tolerance measured here (in 16-bit PCM steps, stated per case).
+Bitwise where the math is the same, and it is the same everywhere here: the deployments run the very
+functions the in-process driver runs (the voice guides' reference features and gradients included, computed
+on the guide deployment), and on this CPU every case came back sample for sample equal (measured tolerance:
+0 PCM steps for every case; a case whose math differed would state its measured tolerance in CASES).
 """
 
 from __future__ import annotations
@@ -142,4 +143,32 @@ def test_same_request_same_audio_in_process_and_over_http(name, app_url, matrix_
     diff = int(np.abs(local_pcm.astype(int) - served.astype(int)).max())
     assert diff <= tolerance, f"{name}: served audio differs from in-process by up to {diff} PCM steps"
     assert [t["guide"] for t in sample["targets"]] == [t["guide"] for t in result.plan.targets_of(0)]
+    if name == "digit+speaker":  # the composite retargeted its reference to digit 7 at both doors
+        assert result.plan.retargeted and r.json()["models"]["speaker_guide"]["word_spectra"] is True
+        assert r.json()["profile"]["guide"]["scale"] == 20.0 == result.plan.profile.guide.scale
     assert set(sample["scores"]) >= set(result.scores[0]) - {"speaker_cosine_wav"}  # the encoder on the waveform is in-process only
+
+
+def test_cli_url_carries_every_target_and_writes_the_in_process_files(app_url, matrix_dir, fsdd_root, tmp_path):
+    """`speechguide generate --url` with a digit + speaker composite, a weight and the encoder voice guide
+    writes the same WAV files, byte for byte, as the in-process command."""
+    import json
+    import subprocess
+    import sys
+
+    ref = fsdd_root / "recordings" / REFERENCE
+    args = ["generate", "--target", "digit=3", "--target", f"speaker={ref}", "--weight", "speaker=2", "--voice-guide", "encoder",
+            "--num", "1", "--steps", "3", "--seed", "2", "--models-dir", str(matrix_dir)]
+    outs = {}
+    for door, extra in (("local", []), ("http", ["--url", app_url])):
+        outs[door] = tmp_path / door
+        r = subprocess.run([sys.executable, "-m", "speechguide", *args, *extra, "--out", str(outs[door])], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in outs["local"].glob("*.wav"))
+    assert names == sorted(p.name for p in outs["http"].glob("*.wav")) == ["3_000.wav"]
+    assert (outs["local"] / names[0]).read_bytes() == (outs["http"] / names[0]).read_bytes()
+    remote = json.loads((outs["http"] / "manifest.json").read_text())
+    assert remote["request"]["voice_guide"] == "encoder" and remote["request"]["weights"] == {"speaker": 2.0}
+    assert "reference_wav_base64" not in json.dumps(remote["request"])  # the manifest names the reference, not its bytes
+    assert [t["guide"] for t in remote["samples"][0]["targets"]] == ["digit", "speaker"]
+    assert -1 <= remote["samples"][0]["scores"]["speaker_cosine"] <= 1
