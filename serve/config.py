@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from guidance.strict import StrictModel
 from serve.auth import TOKEN_ENV, check_exposure, resolve_token
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
@@ -29,8 +30,8 @@ GENERATOR_DEPLOYMENTS = {"unet": ("Denoiser", "Classifier"), "score-subnet": ("F
 REF_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}(@[A-Za-z][A-Za-z0-9_-]{0,63}|/[0-9]{1,9})")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _Strict(StrictModel):
+    """The Serve arguments' strict base (`guidance.strict`)."""
 
 
 class DeploymentTuning(_Strict):

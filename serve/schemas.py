@@ -12,8 +12,9 @@ import binascii
 import io
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from guidance.strict import StrictModel
 from guidance.guides import GuidanceProfile
 from guidance.guides.kinds import GUIDE_KIND_TABLE
 from guidance.guides.voices import VOICE_GUIDE_KINDS
@@ -27,8 +28,10 @@ MAX_SEED = 2**31 - 1
 MAX_REFERENCE_WAV_BYTES = 1_000_000  # decoded reference clip (about 30 s of 16 kHz 16-bit audio)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+class _Strict(StrictModel):
+    """Requests: the strict base, and numbers never arrive as strings."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class TargetSpec(_Strict):
