@@ -623,7 +623,7 @@ class SpeechIngress:
             "vocoder": describe_vocoder(self._vocoder),
             **({"profile": registered.source()} if registered is not None else {}),
         }
-        if guide.get("source"):
+        if guide.get("source") and models["guide"] is not None:
             models["guide"].update(source=guide["source"])
         if voice is not None:
             desc = cat.guides[voice.name]

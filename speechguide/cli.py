@@ -184,7 +184,7 @@ def generate(
     subnet: Optional[Path] = typer.Option(None, help="ScoreSubnet file for --generator score-subnet (default: score-subnet-all.safetensors in the models directory)."),
     weight: Optional[list[str]] = typer.Option(None, "--weight", help="guide=w, the weight of one guide in a composite target (e.g. speaker=2); repeatable."),
     url: Optional[str] = typer.Option(None, help="Generate through a running Serve app (e.g. http://127.0.0.1:8000)."),
-    hf_guide: Optional[str] = typer.Option(None, "--hf-guide", help="Hugging Face audio classifier as the digit guide: a local directory (read offline) or a hub id; uses the 'hf' profile."),
+    hf_guide: Optional[str] = typer.Option(None, "--hf-guide", help="Hugging Face audio classifier as the digit guide: a local directory (read offline) or a hub id; uses the 'hf' profile. With --url: the name of one of the app's args.hf_guides."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help="--hf-guide label names to targets: seven=7,... or a JSON file (digit words zero..nine and 0..9 are built in)."),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help="With --url: a registered classifier guides, NAME@ALIAS or NAME/VERSION (the app loads it from its model registry)."),
     profile_name: Optional[str] = typer.Option(None, "--profile-name", help="With --url: a profile the app knows by name, e.g. a registry alias such as production or candidate."),
