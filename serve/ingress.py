@@ -63,7 +63,7 @@ from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings, re
 from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from guidance.guides.voice_stats import reference_mels
 from guidance.pipeline import ModelPaths
-from guidance.plan import TARGET_GUIDES, Target, load_word_offsets, plan_request, retargets
+from guidance.plan import TARGET_GUIDES, Target, base_profile, load_word_offsets, plan_request, retargets, with_overrides
 from serve.admission import AdmissionController, Job, sampler_evaluations
 from serve.auth import check_bearer, check_exposure, resolve_token
 from serve.config import AppArgs, Auth
@@ -484,15 +484,12 @@ class SpeechIngress:
         elif isinstance(req.profile, GuidanceProfile):
             prof = req.profile
         elif req.profile in (None, "default") or (req.profile == "production" and "production" not in self.profiles):
-            prof = DEFAULT_PROFILES[req.guide_kind]  # until the registry serves an alias, production = the kind's default
+            prof = base_profile(req.guide_kind)  # until the registry serves an alias, production = the kind's default
         elif req.profile in self.profiles:
             prof = self.profiles[req.profile]
         else:
             raise ApiError(404, f"profile: unknown profile {req.profile!r}; known: {', '.join(self.profile_names())}")
-        if req.guidance_scale is not None:
-            prof = prof.with_guide(scale=req.guidance_scale)
-        if req.steps is not None or req.sampler is not None:
-            prof = prof.with_sampler(**{k: v for k, v in dict(steps=req.steps, kind=req.sampler).items() if v is not None})
+        prof = with_overrides(prof, req.guidance_scale, req.steps, req.sampler)
         if prof.sampler.sigma_max > MAX_SIGMA:
             raise ApiError(422, f"profile.sampler.sigma_max: at most {MAX_SIGMA:g}, got {prof.sampler.sigma_max:g}")
         if prof.sampler.steps > MAX_STEPS:
