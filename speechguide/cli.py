@@ -241,6 +241,7 @@ def generate(
         )
         return
     from guidance.data import write_wav
+    from guidance.finite import NonFiniteError
     from guidance.generate import generate_local, manifest
     from guidance.pipeline import ModelPaths
 
@@ -251,6 +252,8 @@ def generate(
             models, targets, num, seed, prof, guide, {label: wave for label, (wave, _) in references.items()}, voice_guide,
             weights, scale_set=scale is not None or profile is not None, paths=ModelPaths(root=models_dir) if models_dir else None,
         )
+    except NonFiniteError:  # a ValueError too, but exit 1 (main says where), not a usage problem
+        raise
     except KeyError as exc:
         fail(exc.args[0])
     except ValueError as exc:
