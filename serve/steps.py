@@ -124,7 +124,8 @@ def guide_batch(guides: dict[str, Guide], calls: list[GuideCall], device: torch.
 
 @dataclass(frozen=True)
 class GuidePlan:
-    """How one request is guided: which classifier, its targets, settings, and what it reads."""
+    """One hosted guide's term in short: its key, targets, settings and what it reads (what the step-level
+    tests build; the ingress plans whole requests with `guidance.plan` and passes their terms)."""
 
     kind: str
     target: torch.Tensor  # (n,) class indices
