@@ -117,9 +117,9 @@ def fsdd_split(clips: Iterable[Clip], split: str, rule: SplitRule = SplitRule())
     return [c for c in clips if rule.split_of(c.take) == split]
 
 
-def load_wave(path: Path, sample_rate: int) -> torch.Tensor:
-    """Read a WAV as mono float32 at `sample_rate`, peak-normalized to 0.9."""
-    data, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+def load_wave(path: Path | io.BytesIO, sample_rate: int) -> torch.Tensor:
+    """Read a WAV (a file, or its bytes in memory) as mono float32 at `sample_rate`, peak-normalized to 0.9."""
+    data, sr = soundfile.read(path if isinstance(path, io.BytesIO) else str(path), dtype="float32", always_2d=True)
     wave = torch.from_numpy(data.mean(axis=1))
     if sr != sample_rate:
         wave = torchaudio.functional.resample(wave, sr, sample_rate)

@@ -45,7 +45,8 @@ from guidance.metrics import (
 from guidance.models import ModelFile
 from guidance.cost import PeakMemory, count_macs, parameter_counts
 from guidance.models.score_subnet import SingleBackboneModel
-from guidance.pipeline import ModelSet, guided_denoiser, make_noise, sample_mels, vocode, vocode_finite
+from guidance.pipeline import ModelSet, guided_denoiser, sample_mels, vocode, vocode_finite
+from guidance.plan import make_noise
 from guidance.plots import spectrogram_grid
 from guidance.features import LogMel, Vocoder
 from guidance.vocoders import describe_vocoder

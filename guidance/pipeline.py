@@ -17,10 +17,11 @@ from guidance.diffusion import init_state, sampler_step
 from guidance.diffusion.precond import Denoiser
 from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import nonfinite_rows
-from guidance.guides import ClassifierGuide, Guide, GuidanceProfile, GuidedDenoiser, GuideSettings, GuideTerm
+from guidance.guides import ClassifierGuide, Guide, GuidanceProfile, GuidedDenoiser
 from guidance.models import ModelFile, load_model
 from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS, GUIDE_KIND_TABLE
 from guidance.guides.single_backbone import SingleBackboneProvider
+from guidance.plan import Target, build_guide_terms, guide_settings, make_noise  # noqa: F401 (re-exported)
 from guidance.models.score_subnet import SingleBackboneModel, load_score_subnet
 from guidance.vocoders import DEFAULT_VOCODER, VOCODER_FILE, describe_vocoder, load_vocoder, vocode_batched
 
@@ -105,57 +106,7 @@ class ModelSet:
         }
 
 
-@dataclass(frozen=True)
-class Target:
-    """One requested class: `guide=label`, e.g. digit=7."""
-
-    guide: str
-    label: str
-
-    @classmethod
-    def parse(cls, text: str) -> "Target":
-        guide, sep, label = text.partition("=")
-        if not sep or not guide.strip() or not label.strip():
-            raise ValueError(f"target must look like guide=label (e.g. digit=7), got {text!r}")
-        return cls(guide.strip(), label.strip())
-
-
-def make_noise(n: int, spec: FeatureSpec, seed: int) -> torch.Tensor:
-    """Unit Gaussian starting noise, drawn on the CPU so every device sees the same numbers."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(n, 1, spec.n_mels, spec.frames, generator=gen)
-
-
 Targets = torch.Tensor | dict[str, torch.Tensor]  # digit class indices, or guide name -> (B,) label indices
-
-
-def guide_settings(profile: GuidanceProfile, name: str, guide: Guide) -> GuideSettings:
-    """A guide's settings: the profile's per-guide entry, else the guide kind's own default
-    (`default_settings`, e.g. the voice guide's), else the profile's shared settings."""
-    if name in profile.per_guide:
-        return profile.per_guide[name]
-    return getattr(guide, "default_settings", None) or profile.guide
-
-
-def build_guide_terms(
-    targets: dict[str, torch.Tensor],
-    guides: dict[str, Guide],
-    profile: GuidanceProfile,
-    weights: dict[str, float] | None = None,
-    device: torch.device | str | None = None,
-) -> list[GuideTerm]:
-    """One GuideTerm per targeted guide (composite targets): `targets` maps a guide name ("digit",
-    "speaker", or any other kind added to `guides`) to (B,) label indices. Each term has its own
-    settings (`guide_settings`) and weight (default 1); terms with scale or weight 0 are left out."""
-    terms = []
-    for name, target in targets.items():
-        if name not in guides:
-            raise KeyError(f"no guide named {name!r}; known: {', '.join(sorted(guides))}")
-        settings = guide_settings(profile, name, guides[name])
-        weight = (weights or {}).get(name, 1.0)
-        if settings.scale > 0 and weight != 0:
-            terms.append(GuideTerm(guides[name], target.to(device) if device else target, settings, weight))
-    return terms
 
 
 def guided_denoiser(

@@ -38,11 +38,8 @@ from guidance.guides.voice import DEFAULT_GRADIENT_BLUR, DEFAULT_VOICE_SETTINGS,
 from guidance.guides.voice_stats import DEFAULT_STATS_SETTINGS, VoiceStatsGuide, words_said
 from guidance.metrics import hear, judge_outputs
 from guidance.models import ModelFile
-from guidance.pipeline import ModelSet, make_noise, sample_mels, vocode
-
-# The digit guide's scale in a composite with a voice guide, picked on val (reports/voice-val-sweep.md):
-# above the digit-only pick of 10, because the voice term pulls against it.
-COMPOSITE_DIGIT_SCALE = 20.0
+from guidance.pipeline import ModelSet, sample_mels, vocode
+from guidance.plan import COMPOSITE_DIGIT_SCALE, make_noise  # the composite's digit scale (picked on val), written once there
 
 # system -> (voice guide kind or None, with the digit guide)
 SYSTEMS: dict[str, tuple[str | None, bool]] = {

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from guidance.strict import StrictModel
 from serve.auth import TOKEN_ENV, check_exposure, resolve_token
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
@@ -29,8 +30,8 @@ GENERATOR_DEPLOYMENTS = {"unet": ("Denoiser", "Classifier"), "score-subnet": ("F
 REF_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}(@[A-Za-z][A-Za-z0-9_-]{0,63}|/[0-9]{1,9})")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _Strict(StrictModel):
+    """The Serve arguments' strict base (`guidance.strict`)."""
 
 
 class DeploymentTuning(_Strict):
@@ -128,6 +129,13 @@ class Auth(_Strict):
     )
 
 
+class HFGuideArgs(_Strict):
+    """A Hugging Face audio classifier the app hosts as a digit guide (`args.hf_guides.NAME`)."""
+
+    source: str = Field(min_length=1, max_length=500, description="a local directory (read offline) or a hub id")
+    label_map: Optional[str] = Field(None, max_length=2000, description="model label names to targets: seven=7,... or a JSON file")
+
+
 class AppArgs(_Strict):
     """Arguments of `build_app` (the `args:` of an application in the Serve config file)."""
 
@@ -153,6 +161,10 @@ class AppArgs(_Strict):
     score_subnet: Optional[str] = Field(
         None, min_length=1, max_length=200, description="ScoreSubnet file in models_dir (default: score-subnet-all.safetensors)"
     )
+    hf_guides: dict[str, HFGuideArgs] = Field(
+        default_factory=dict, max_length=8,
+        description="Hugging Face classifiers hosted as digit guides by name; a request picks one with guide_kind: hf and hf_guide: NAME",
+    )
 
     @model_validator(mode="after")
     def _generator(self) -> "AppArgs":
@@ -161,6 +173,11 @@ class AppArgs(_Strict):
                 raise ValueError("score_subnet applies to generator: score-subnet only")
             if Path(self.score_subnet).name != self.score_subnet or not self.score_subnet.endswith(".safetensors"):
                 raise ValueError(f"score_subnet: {self.score_subnet!r} must be a .safetensors file name inside models_dir")
+        for name in self.hf_guides:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+                raise ValueError(f"hf_guides: {name!r} is not a guide name (letters, digits, . _ -)")
+        if self.generator == "score-subnet" and self.hf_guides:
+            raise ValueError("hf_guides do not apply to generator: score-subnet (it guides with its own backbone)")
         if self.generator == "score-subnet" and self.registry is not None and (self.registry.guides or self.registry.denoiser):
             raise ValueError("registry.guides and registry.denoiser do not apply to generator: score-subnet (it guides with its own backbone)")
         return self

@@ -252,33 +252,37 @@ class Denoiser(_Batcher):
 
 @serve.deployment(name="Classifier", **_MODEL_DEPLOYMENT)
 class Classifier(_Batcher):
-    """Guides: grad of log p(y | input, sigma) and the target probability, per row.
+    """Every guide the app hosts (`guidance.guide_host`): grad of log p(y | input, sigma) and the target
+    probability, per row, whatever the guide's kind.
 
-    Holds both digit classifiers: the noise-conditioned one (reads x_t and sigma) and the clean
-    one (reads x0_hat); each call names the kind and carries its own guide settings.
+    Holds the digit classifiers (the noise-conditioned one reads x_t and sigma, the clean one x0_hat), the
+    zero-shot voice guides, the Hugging Face classifiers of `args.hf_guides`, and registered classifiers
+    loaded on demand. Each call names its guide by key and carries its own settings (and, for a voice
+    guide, its request's reference features); nothing here is written for one guide kind.
     """
 
     batched_methods = ("guide",)
 
     def __init__(
-        self, models_dir: str, device: Optional[str] = None, tuning: Optional[dict] = None, registry_uri: Optional[str] = None
+        self, models_dir: str, device: Optional[str] = None, tuning: Optional[dict] = None, registry_uri: Optional[str] = None,
+        hf_guides: Optional[dict] = None,
     ) -> None:
+        from guidance.guide_host import load_guide_host
+
         self.device = pick_device(device)
         self.registry_uri = registry_uri
         paths = ModelPaths(root=Path(models_dir))
         # The denoiser's front end is the contract: read it from the file's metadata (no weights).
         self.spec = FeatureSpec.from_dict(read_metadata(paths.path("denoiser"))["feature_spec"])
-        self.files: dict[str, Path] = {"noisy": paths.path("noisy_classifier"), "clean": paths.path("clean_classifier")}
-        self.guides: dict[str, ClassifierGuide] = {
-            kind: ClassifierGuide.from_file(load_model(path, self.spec, "classifier", self.device))
-            for kind, path in self.files.items()
-        }
-        self.versions = {kind: file_version(path) for kind, path in self.files.items()}
+        sources = {name: (h["source"], h.get("label_map")) for name, h in (hf_guides or {}).items()}
+        self.host = load_guide_host(paths.root, self.spec, self.device, sources)
+        self.guides = {key: h.guide for key, h in self.host.items()}
+        self._references: dict[tuple[str, str], np.ndarray] = {}  # (guide key, clip sha256) -> feature rows
         self.registry_loads = 0
         self._init_batching(self._run_guides, lambda item: len(item[0].inp), tuning)
 
-    def _run_guides(self, items: list[tuple[GuideCall, ClassifierGuide]]) -> list[GuideResult]:
-        """One merged pass per classifier over every waiting call, whichever model each call names."""
+    def _run_guides(self, items: list[tuple[GuideCall, Any]]) -> list[GuideResult]:
+        """One merged pass per guide over every waiting call, whichever guide each call names."""
         guides = {call.kind: guide for call, guide in items}
         return guide_batch(guides, [call for call, _ in items], self.device)
 
@@ -305,8 +309,8 @@ class Classifier(_Batcher):
         log.info("Classifier loaded registered guide %s (%d registry loads so far)", model_id, self.registry_loads)
         return guide
 
-    async def _guide_named(self, kind: str) -> ClassifierGuide:
-        """A built-in guide by kind (noisy, clean) or, for any other name, the multiplexed registry model."""
+    async def _guide_named(self, kind: str):
+        """A hosted guide by key or, for any other name, the multiplexed registry model."""
         if kind in self.guides:
             return self.guides[kind]
         return await self.registry_guide(kind)
@@ -317,19 +321,19 @@ class Classifier(_Batcher):
         max_concurrent_batches=_CONCURRENT_BATCHES,
     )
     async def guide(self, calls: list[GuideCall]) -> list[GuideResult]:
-        """Guide gradients per call; concurrent requests' calls share passes (merged by classifier).
+        """Guide gradients per call; concurrent requests' calls share passes (merged by guide).
 
-        Each call names its classifier (`call.kind`): a built-in kind, or a registry model id that
-        the caller also set as the handle's `multiplexed_model_id` (Serve splits batches by it).
+        Each call names its guide (`call.kind`): a hosted key, or a registry model id that the caller
+        also set as the handle's `multiplexed_model_id` (Serve splits batches by it).
         """
         guides = {kind: await self._guide_named(kind) for kind in {c.kind for c in calls}}
         return await self.coalescer.submit([(c, guides[c.kind]) for c in calls])
 
     async def guide_many(self, calls: list[GuideCall]) -> list[GuideResult]:
-        """`guide` for built-in-guide calls an ingress already merged: one handle call, merged passes."""
+        """`guide` for hosted-guide calls an ingress already merged: one handle call, merged passes."""
         unknown = sorted({c.kind for c in calls} - set(self.guides))
         if unknown:
-            raise ValueError(f"guide_many serves the built-in guides {sorted(self.guides)}, not {unknown}")
+            raise ValueError(f"guide_many serves the hosted guides {sorted(self.guides)}, not {unknown}")
         return await self.coalescer.submit([(c, self.guides[c.kind]) for c in calls])
 
     async def describe_model(self, model_id: str) -> dict:
@@ -345,7 +349,7 @@ class Classifier(_Batcher):
         }
 
     async def probabilities(self, kind: str, mels: np.ndarray) -> np.ndarray:
-        """Class probabilities of finished samples (for the response's scores)."""
+        """Class probabilities of finished samples (for the response's scores) or of reference clips."""
         guide = await self._guide_named(kind)
 
         def run() -> np.ndarray:
@@ -353,23 +357,42 @@ class Classifier(_Batcher):
 
         return await asyncio.to_thread(run)
 
+    async def reference_features(self, kind: str, sha256: str, wave: np.ndarray) -> np.ndarray:
+        """A reference guide's feature row of one clip (mono, at the app's rate), cached by the clip's content hash."""
+        key = (kind, sha256)
+        row = self._references.get(key)
+        if row is None:
+            guide = self.guides[kind]
+
+            def run() -> np.ndarray:
+                return to_wire(guide.features_of(from_wire(wave), self.spec.sample_rate).float().cpu())
+
+            row = await asyncio.to_thread(run)
+            if len(self._references) >= 256:
+                self._references.pop(next(iter(self._references)))
+            self._references[key] = row
+        return row
+
+    async def score(self, kind: str, mels: np.ndarray, references: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """A reference guide's own score of finished samples against their references (higher is closer)."""
+        guide = self.guides[kind].with_references(from_wire(references).to(self.device))
+
+        def run() -> np.ndarray:
+            with torch.no_grad():
+                return to_wire(guide.score(from_wire(mels).to(self.device), from_wire(target)).float().cpu())
+
+        return await asyncio.to_thread(run)
+
     def describe(self) -> dict:
-        return {
-            kind: {
-                "name": f"{kind}-{g.name}-classifier",
-                "file": self.files[kind].stem,
-                "guide": g.name,
-                "version": self.versions[kind],
-                "alias": None,
-                "labels": g.labels,
-                "noise_conditioned": g.needs_sigma,
-            }
-            for kind, g in self.guides.items()
-        }
+        from guidance.guide_host import describe_hosted
+
+        return {key: describe_hosted(key, hosted) for key, hosted in self.host.items()}
 
     async def check_health(self) -> None:
         """Unhealthy when a classifier stops giving finite probabilities."""
-        for kind in self.guides:
+        from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
+
+        for kind in CLASSIFIER_GUIDE_KINDS:
             probs = await self.probabilities(kind, to_wire(torch.zeros(1, 1, self.spec.n_mels, self.spec.frames)))
             if not np.isfinite(probs).all() or not math.isclose(float(probs.sum()), 1.0, rel_tol=1e-3):
                 raise RuntimeError(f"{kind} classifier failed its health probe")

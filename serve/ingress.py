@@ -32,6 +32,7 @@ guides with that backbone only (`guide_kind: noisy`); the generator is the app's
 # No `from __future__ import annotations` here: FastAPI reads the route signatures (Request) at runtime.
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -57,21 +58,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import NonFiniteError
 from guidance.vocoders import describe_vocoder, load_vocoder
-from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
+from guidance.guide_host import RemoteGuide, RemoteReferenceGuide, hf_key, voice_key
+from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings, read_reference
 from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
-from guidance.pipeline import make_noise
+from guidance.guides.voice_stats import reference_mels
+from guidance.pipeline import ModelPaths
+from guidance.plan import TARGET_GUIDES, Target, base_profile, load_word_offsets, plan_request, retargets, with_overrides
 from serve.admission import AdmissionController, Job, sampler_evaluations
 from serve.auth import check_bearer, check_exposure, resolve_token
 from serve.config import AppArgs, Auth
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
 from serve.fused import FusedCall, FusedResult, fused_answerer
 from serve.merge import CallMerger
-from serve.steps import GuideCall, GuidePlan, GuideResult, drive_sampler, from_wire, to_wire
+from serve.steps import GuideCall, GuideResult, drive_sampler, from_wire, to_wire
 
 log = logging.getLogger("ray.serve")
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
 RETRYABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
-SUPPORTED_GUIDES = ("digit",)
 REFUSED_RETRY_S = 30.0  # a registered denoiser version that failed to load is tried again after this
 MAX_SIGMA = 1000.0  # EDM's default is 80; far larger only overflows
 
@@ -240,6 +243,7 @@ class SpeechIngress:
         self._denoiser_refused: dict[str, tuple[float, str]] = {}
         self._denoiser_loading: dict[str, asyncio.Future] = {}
         self._catalog: Optional[Catalog] = None
+        self._word_offsets: Optional[torch.Tensor] = None
         self._vocoder: Optional[Vocoder] = None
         # Griffin-Lim seeds torch's global RNG for its phase; one vocoding at a time keeps audio reproducible.
         self._vocoder_lock = threading.Lock()
@@ -338,13 +342,17 @@ class SpeechIngress:
         merger = self._merger("fused generator", self.fused.step_many)
         return await (merger.submit(call) if merger else self._remote("fused generator", self.fused.step, call))
 
+    def _hosted(self, kind: str) -> bool:
+        """Whether a guide key names a guide the Classifier deployment hosts (else: a registry model id)."""
+        return kind in (self._catalog.guides if self._catalog is not None else CLASSIFIER_GUIDE_KINDS)
+
     async def _guide(self, call: GuideCall) -> GuideResult:
-        merger = self._merger("classifier", self.classifier.guide_many) if call.kind in CLASSIFIER_GUIDE_KINDS else None
+        merger = self._merger("classifier", self.classifier.guide_many) if self._hosted(call.kind) else None
         return await (merger.submit(call) if merger else self._remote("classifier", self._classifier_for(call.kind).guide, call))
 
     def _classifier_for(self, kind: str) -> DeploymentHandle:
         """The classifier handle for a guide: built-in kinds plainly, registry models multiplexed by id."""
-        if kind in CLASSIFIER_GUIDE_KINDS:  # the Classifier deployment's own; registry guides go multiplexed
+        if self._hosted(kind):  # the Classifier deployment's own; registry guides go multiplexed
             return self.classifier
         handle = self._guide_handles.get(kind)
         if handle is None:
@@ -421,6 +429,8 @@ class SpeechIngress:
             )
             self._catalog = Catalog(FeatureSpec.from_dict(den["feature_spec"]), den, guides)
             self._vocoder = self._load_vocoder(self._catalog.spec)
+            # what each digit adds to the spectral statistics (retargets composites' references), when the models have it
+            self._word_offsets = load_word_offsets(ModelPaths(root=Path(self.args.models_dir)).path("word_spectra"), self._catalog.spec) if self.args.models_dir else None
         return self._catalog
 
     def _load_vocoder(self, spec: FeatureSpec) -> Vocoder:
@@ -474,15 +484,12 @@ class SpeechIngress:
         elif isinstance(req.profile, GuidanceProfile):
             prof = req.profile
         elif req.profile in (None, "default") or (req.profile == "production" and "production" not in self.profiles):
-            prof = DEFAULT_PROFILES[req.guide_kind]  # until the registry serves an alias, production = the kind's default
+            prof = base_profile(req.guide_kind)  # until the registry serves an alias, production = the kind's default
         elif req.profile in self.profiles:
             prof = self.profiles[req.profile]
         else:
             raise ApiError(404, f"profile: unknown profile {req.profile!r}; known: {', '.join(self.profile_names())}")
-        if req.guidance_scale is not None:
-            prof = prof.with_guide(scale=req.guidance_scale)
-        if req.steps is not None or req.sampler is not None:
-            prof = prof.with_sampler(**{k: v for k, v in dict(steps=req.steps, kind=req.sampler).items() if v is not None})
+        prof = with_overrides(prof, req.guidance_scale, req.steps, req.sampler)
         if prof.sampler.sigma_max > MAX_SIGMA:
             raise ApiError(422, f"profile.sampler.sigma_max: at most {MAX_SIGMA:g}, got {prof.sampler.sigma_max:g}")
         if prof.sampler.steps > MAX_STEPS:
@@ -494,20 +501,6 @@ class SpeechIngress:
         the registry's aliases."""
         aliases = self.registry.args.profile_aliases if self.registry is not None else []
         return sorted({"default", "production", *self.profiles, *aliases})
-
-    def _classes(self, req: GenerateRequest, guide: dict) -> list[int]:
-        classes = []
-        for i, t in enumerate(req.targets):
-            if t.guide == "speaker":
-                raise ApiError(422, f"targets.{i}.guide: speaker guidance is not available in this build")
-            if t.guide not in SUPPORTED_GUIDES:
-                raise ApiError(404, f"targets.{i}.guide: unknown guide {t.guide!r}; this app guides with: digit")
-            if t.label not in guide["labels"]:
-                raise ApiError(
-                    404, f"targets.{i}.label: guide {t.guide!r} has no label {t.label!r}; known: {', '.join(guide['labels'])}"
-                )
-            classes.append(guide["labels"].index(t.label))
-        return classes
 
     # ---- routes -------------------------------------------------------------------------------
 
@@ -526,39 +519,54 @@ class SpeechIngress:
         self._ensure_poller()
         req = await self._read_request(request)
         cat = await self.catalog()
+        if req.generator is not None and req.generator != self.args.generator:
+            raise ApiError(422, f"generator: this app's generator is {self.args.generator}, not {req.generator}")
         if self.fused is not None:  # the single-backbone generator guides with its own backbone only
             if req.guide_model is not None:
                 raise ApiError(422, "guide_model: this app's generator is score-subnet; it guides with its own backbone (no registry guides)")
             if req.guide_kind != "noisy":
                 raise ApiError(422, f"guide_kind: this app's generator is score-subnet; it guides with its noise-conditioned backbone (noisy), not {req.guide_kind!r}")
         registered_guide = await self._registry_guide(req)
-        guide_key, guide = registered_guide if registered_guide else (req.guide_kind, cat.guides[req.guide_kind])
-        classes = self._classes(req, guide)
+        guide_key, guide = registered_guide if registered_guide else self._hosted_digit_guide(req, cat)
+        targets, clips = self._targets(req, guide)
         registered = self._registry_profile(req)  # taken once: an alias move mid-request does not touch this request
         registered_denoiser = await self._registry_denoiser()  # likewise: one denoiser version per request
         denoiser_desc = registered_denoiser[1] if registered_denoiser else {k: cat.denoiser[k] for k in ("name", "version", "alias")}
         den_handle = registered_denoiser[0] if registered_denoiser else None
 
         prof = self._profile(req, registered)
-        settings = prof.settings_for("digit")
-        reads_x_t = guide["noise_conditioned"] or settings.input == "x_t"
-        if settings.through_denoiser and not reads_x_t and settings.scale > 0:
-            raise ApiError(422, "profile: through_denoiser (gradients through D) is not available in the split deployment")
-        labels = torch.tensor(classes).repeat_interleave(req.num_samples)
+        digit = RemoteGuide(guide_key, guide["labels"], guide["noise_conditioned"])
+        voice = await self._voice_guide(req, cat, clips) if clips else None
+        said = None
+        if voice is not None and retargets(targets, voice.kind, self._word_offsets):
+            mels = reference_mels([clips[label][1] for label in voice.labels], cat.spec)
+            probs = from_wire(await self._remote("classifier", self._classifier_for(guide_key).probabilities, guide_key, to_wire(mels)))
+            said = probs.argmax(1)
+        try:
+            plan = plan_request(
+                targets, req.num_samples, req.seed, prof, digit, voice, req.guide_kind, req.weights,
+                scale_set=req.guidance_scale is not None or req.profile is not None or registered is not None,
+                said=said, offsets=self._word_offsets if said is not None else None,
+            )
+        except (KeyError, ValueError) as exc:
+            raise ApiError(422, str(exc.args[0] if exc.args else exc)) from None
+        terms = plan.terms({"digit": digit, **({"speaker": voice} if voice is not None else {})})
+        for t in terms:
+            if t.settings.through_denoiser and not t.guide.reads_x_t(t.settings):
+                raise ApiError(422, "profile: through_denoiser (gradients through D) is not available in the split deployment")
         # Admission by work: decided and registered in one synchronous call, right before sampling.
-        job, decision = self.admission.admit(len(labels), sampler_evaluations(prof.sampler.steps, prof.sampler.kind))
+        job, decision = self.admission.admit(len(plan), sampler_evaluations(plan.profile.sampler.steps, plan.profile.sampler.kind))
         if job is None:
             extra = {"admission": decision.as_dict(), "timings_ms": {"validate": round((time.perf_counter() - t_start) * 1e3, 2)}}
             raise ApiError(503, decision.message(self.args.request_timeout_s), retry_after=decision.retry_after_s, extra=extra)
         try:
-            noise = make_noise(len(labels), cat.spec, req.seed)
-            plan = GuidePlan(guide_key, labels, settings, reads_x_t) if settings.scale > 0 else None
+            noise = plan.noise(cat.spec)
             if self.fused is not None:  # one Fused call per evaluation answers its denoiser and guide calls
                 answer = fused_answerer(self._counted(job, self._fused_step))
-                sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, None, None, answer)
+                sampling = drive_sampler(noise, plan.sampler, req.seed, terms, None, None, answer)
             else:
                 denoise = self._counted(job, lambda x, sigma: self._denoise(x, sigma, den_handle))
-                sampling = drive_sampler(noise, prof.sampler.to_config(), req.seed, plan, denoise, self._guide)
+                sampling = drive_sampler(noise, plan.sampler, req.seed, terms, denoise, self._guide)
             t_valid = time.perf_counter()
             self._sampling += 1
             try:
@@ -570,22 +578,25 @@ class SpeechIngress:
         finally:
             self.admission.finish(job)
         t_sampled = time.perf_counter()
-        scorer = ("fused generator", self.fused) if self.fused is not None else ("classifier", self._classifier_for(guide_key))
-        probs = from_wire(await self._remote(scorer[0], scorer[1].probabilities, guide_key, to_wire(mels)))
+        probs = speaker_score = None
+        if "digit" in plan.named:
+            scorer = ("fused generator", self.fused) if self.fused is not None else ("classifier", self._classifier_for(guide_key))
+            probs = from_wire(await self._remote(scorer[0], scorer[1].probabilities, guide_key, to_wire(mels)))
+        if voice is not None:
+            speaker_score = from_wire(await self._remote(
+                "classifier", self.classifier.score, voice.name, to_wire(mels), to_wire(voice.references.float()), to_wire(plan.named["speaker"])
+            ))
         t_scored = time.perf_counter()
         waves = await asyncio.to_thread(self._vocode, mels)
         t_vocoded = time.perf_counter()
 
         rate = cat.spec.sample_rate
         samples = []
-        for i, (wave, cls) in enumerate(zip(waves, labels.tolist())):
-            scores = {
-                "guide_target_probability": round(float(probs[i, cls]), 4),
-                "guide_prediction": guide["labels"][int(probs[i].argmax())],
-            }
-            if stats.last_guide_prob is not None:
+        for i, (wave, scores) in enumerate(zip(waves, plan.scores(probs, speaker_score))):
+            if stats.last_guide_prob is not None and "digit" in plan.guided() and terms and terms[0].guide is digit:
                 scores["guide_last_step_probability"] = round(float(stats.last_guide_prob[i]), 4)
-            samples.append({"wav": wav_bytes(wave, rate), "scores": scores, "target": {"guide": "digit", "label": guide["labels"][cls]}})
+            wanted = plan.targets_of(i)
+            samples.append({"wav": wav_bytes(wave, rate), "scores": scores, "target": wanted[0], "targets": wanted})
         timings = {
             "validate": (t_valid - t_start) * 1e3,
             "sampling": (t_sampled - t_valid) * 1e3,
@@ -602,24 +613,88 @@ class SpeechIngress:
             if registered is not None:
                 headers["X-Speechguide-Profile"] = json.dumps(registered.source())
             return Response(samples[0]["wav"], media_type="audio/wav", headers=headers)
+        models = {
+            "generator": self.args.generator,
+            "denoiser": denoiser_desc,
+            "guide": {k: guide.get(k) for k in ("name", "version", "alias", "noise_conditioned")} if "digit" in plan.named else None,
+            "vocoder": describe_vocoder(self._vocoder),
+            **({"profile": registered.source()} if registered is not None else {}),
+        }
+        if guide.get("source") and models["guide"] is not None:
+            models["guide"].update(source=guide["source"])
+        if voice is not None:
+            desc = cat.guides[voice.name]
+            models["speaker_guide"] = {**{k: desc[k] for k in ("name", "kind", "version", "alias")}, **({"word_spectra": True} if plan.retargeted else {})}
         return JSONResponse(
             {
                 "samples": [
-                    {"wav_base64": base64.b64encode(s["wav"]).decode("ascii"), "sample_rate": rate, "scores": s["scores"], "target": s["target"]}
+                    {"wav_base64": base64.b64encode(s["wav"]).decode("ascii"), "sample_rate": rate, "scores": s["scores"],
+                     "target": s["target"], "targets": s["targets"]}
                     for s in samples
                 ],
-                "models": {
-                    "generator": self.args.generator,
-                    "denoiser": denoiser_desc,
-                    "guide": {k: guide[k] for k in ("name", "version", "alias", "noise_conditioned")},
-                    "vocoder": describe_vocoder(self._vocoder),
-                    **({"profile": registered.source()} if registered is not None else {}),
-                },
-                "profile": json.loads(prof.model_dump_json()),
+                "models": models,
+                "profile": json.loads(plan.profile.model_dump_json()),
                 "timings_ms": timings,
                 "stats": {"steps": stats.steps, "denoiser_calls": stats.denoiser_calls, "guide_calls": stats.guide_calls},
             }
         )
+
+    def _hosted_digit_guide(self, req: GenerateRequest, cat: Catalog) -> tuple[str, dict]:
+        """(host key, description) of the hosted guide that steers the request's digit targets."""
+        if req.guide_kind != "hf":
+            if req.hf_guide is not None:
+                raise ApiError(422, "hf_guide: applies to guide_kind hf only")
+            return req.guide_kind, cat.guides[req.guide_kind]
+        names = sorted(k.removeprefix("hf:") for k in cat.guides if k.startswith("hf:"))
+        if not names:
+            raise ApiError(404, "guide_kind: this app hosts no Hugging Face guide (args.hf_guides)")
+        name = req.hf_guide if req.hf_guide is not None else names[0] if len(names) == 1 else None
+        if name not in names:
+            raise ApiError(404, f"hf_guide: {'name one of' if req.hf_guide is None else f'unknown Hugging Face guide {req.hf_guide!r}; known:'} {', '.join(names)}")
+        return hf_key(name), cat.guides[hf_key(name)]
+
+    def _targets(self, req: GenerateRequest, guide: dict) -> tuple[list[Target], dict[str, tuple[str, torch.Tensor]]]:
+        """The request's targets for the plan, and each distinct reference clip by label: (sha256, wave).
+        A reference is named by its content hash, so the same clip twice is read and described once."""
+        targets: list[Target] = []
+        clips: dict[str, tuple[str, torch.Tensor]] = {}
+        for i, t in enumerate(req.targets):
+            if t.guide not in TARGET_GUIDES:
+                raise ApiError(404, f"targets.{i}.guide: unknown guide {t.guide!r}; this app guides with: {', '.join(TARGET_GUIDES)}")
+            if t.guide == "speaker":
+                if self.fused is not None:
+                    raise ApiError(422, f"targets.{i}.guide: this app's generator is score-subnet; it guides with its backbone's digit head only, not speaker")
+                raw = base64.b64decode(t.reference_wav_base64)
+                sha = hashlib.sha256(raw).hexdigest()
+                label = f"sha256:{sha[:16]}"
+                if label not in clips:
+                    try:
+                        clips[label] = (sha, read_reference(raw, self._catalog.spec.sample_rate, name=f"targets.{i}.reference_wav_base64"))
+                    except ValueError as exc:
+                        raise ApiError(422, str(exc)) from None
+                targets.append(Target("speaker", label))
+                continue
+            if t.label not in guide["labels"]:
+                raise ApiError(
+                    404, f"targets.{i}.label: guide {t.guide!r} has no label {t.label!r}; known: {', '.join(guide['labels'])}"
+                )
+            targets.append(Target(t.guide, t.label))
+        return targets, clips
+
+    async def _voice_guide(self, req: GenerateRequest, cat: Catalog, clips: dict) -> RemoteReferenceGuide:
+        """The request's voice guide with its references' features, computed by the guide deployment (cached there by content hash)."""
+        key = voice_key(req.voice_guide)
+        desc = cat.guides.get(key)
+        if desc is None:
+            raise ApiError(404, f"voice_guide: this app hosts no {req.voice_guide!r} voice guide")
+        default = GuideSettings.model_validate_json(desc["default_settings"]) if desc.get("default_settings") else None
+        voice = RemoteReferenceGuide(key, desc["kind"], default)
+        rows = await asyncio.gather(*(
+            self._remote("classifier", self.classifier.reference_features, key, sha, to_wire(wave)) for sha, wave in clips.values()
+        ))
+        for label, row in zip(clips, rows):
+            voice.add_row(label, from_wire(row))
+        return voice
 
     def _counted(self, job: Job, denoise: Any) -> Any:
         """`denoise` (or the fused step) that reports each completed evaluation of `job` to the admission accounting."""
@@ -646,13 +721,15 @@ class SpeechIngress:
             "generator": self.args.generator,
             "denoisers": [{k: cat.denoiser[k] for k in ("name", "kind", "version", "alias", "card", *extra)}],
             "guides": [
-                {"guide": g["guide"], "guide_kind": kind, **{k: g[k] for k in ("name", "version", "alias", "labels", "noise_conditioned")}}
+                {"guide": g["guide"], "guide_kind": kind, **{k: g[k] for k in ("name", "version", "alias", "labels", "noise_conditioned")},
+                 **{k: g[k] for k in ("kind", "source", "reference") if k in g}}
                 for kind, g in cat.guides.items()
             ],
             "profiles": self.profile_names(),
             "vocoder": describe_vocoder(self._vocoder),
             "sample_rate": cat.spec.sample_rate,
-            "unsupported_guides": ["speaker"],
+            "unsupported_guides": [],
+            "voice_guides": sorted(g["kind"] for g in cat.guides.values() if g.get("reference")),
         }
         if self.registry is not None:
             reg = self.registry.describe()

@@ -12,10 +12,12 @@ import binascii
 import io
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from guidance.strict import StrictModel
 from guidance.guides import GuidanceProfile
-from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
+from guidance.guides.kinds import GUIDE_KIND_TABLE
+from guidance.guides.voices import VOICE_GUIDE_KINDS
 from serve.config import REF_PATTERN
 
 MAX_NUM_SAMPLES = 16  # samples per target
@@ -26,8 +28,10 @@ MAX_SEED = 2**31 - 1
 MAX_REFERENCE_WAV_BYTES = 1_000_000  # decoded reference clip (about 30 s of 16 kHz 16-bit audio)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+class _Strict(StrictModel):
+    """Requests: the strict base, and numbers never arrive as strings."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class TargetSpec(_Strict):
@@ -83,7 +87,13 @@ class GenerateRequest(_Strict):
     guidance_scale: Optional[float] = Field(None, ge=0, le=1000)
     steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS)
     sampler: Optional[Literal["euler", "heun"]] = None
-    guide_kind: Literal[CLASSIFIER_GUIDE_KINDS] = "noisy"  # type: ignore[valid-type]
+    guide_kind: Literal[tuple(GUIDE_KIND_TABLE)] = "noisy"  # type: ignore[valid-type]
+    hf_guide: Optional[str] = Field(
+        None, min_length=1, max_length=64, description="guide_kind hf: which of the app's Hugging Face guides (default: its only one)"
+    )
+    voice_guide: Literal[VOICE_GUIDE_KINDS] = Field("stats", description="the voice guide of speaker targets")  # type: ignore[valid-type]
+    weights: Optional[dict[str, float]] = Field(None, max_length=MAX_TARGETS, description="guide -> weight of its term in a composite (default 1)")
+    generator: Optional[Literal["unet", "score-subnet"]] = Field(None, description="must be the app's generator when given")
     guide_model: Optional[str] = Field(
         None, min_length=1, max_length=220, description="a registered classifier, NAME@ALIAS or NAME/VERSION (NAME: @production)"
     )
@@ -108,8 +118,20 @@ class GenerateRequest(_Strict):
             raise ValueError("guide_model must be NAME@ALIAS or NAME/VERSION of a registered classifier")
         return ref
 
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+        for name, w in (v or {}).items():
+            if not 0 <= w <= 1000:
+                raise ValueError(f"weight of {name!r} must be between 0 and 1000, got {w}")
+        return v
+
     @model_validator(mode="after")
     def _total(self) -> "GenerateRequest":
+        targeted = {t.guide for t in self.targets}
+        for name in self.weights or {}:
+            if name not in targeted:
+                raise ValueError(f"weights: no target names the guide {name!r}")
         total = len(self.targets) * self.num_samples
         if total > MAX_TOTAL_SAMPLES:
             raise ValueError(

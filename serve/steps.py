@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from guidance.diffusion.samplers import SamplerConfig, init_state, step_calls
-from guidance.guides import ClassifierGuide, Guide, GuideSettings, GuideTerm, guide_gradient
+from guidance.guide_host import RemoteGuide
+from guidance.guides import Guide, GuideSettings, GuideTerm, guide_gradient
 from guidance.guides.engine import Answer, Call, DenoiseCall, Denoised, Gradient, GuidedStep, guided_calls
 
 
@@ -43,11 +44,12 @@ def from_wire(a: np.ndarray) -> torch.Tensor:
 class GuideCall:
     """One request's guide evaluation at one denoiser call (what the classifier deployment receives)."""
 
-    kind: str  # "noisy" | "clean": which classifier
+    kind: str  # the hosted guide's key (`guidance.guide_host`: noisy, clean, speaker-stats, hf:NAME) or a registry model id
     inp: np.ndarray  # what the guide reads: x_t (noise-conditioned, or input=x_t) or x0_hat, (n, 1, M, T)
     sigma: np.ndarray  # (n,)
-    target: np.ndarray  # (n,) int64 class indices
+    target: np.ndarray  # (n,) int64 class indices (a reference guide: rows of `references`)
     settings_json: str  # GuideSettings as JSON (temperature schedule, smoothing)
+    references: Optional[np.ndarray] = None  # a reference guide's table for this request, (R, ...) float32
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,15 @@ def denoise_batch(model: torch.nn.Module, items: list[tuple[np.ndarray, np.ndarr
     return [to_wire(part) for part in torch.split(out, sizes)]
 
 
-def guide_batch(guides: dict[str, ClassifierGuide], calls: list[GuideCall], device: torch.device) -> list[GuideResult]:
+def guide_batch(guides: dict[str, Guide], calls: list[GuideCall], device: torch.device) -> list[GuideResult]:
     """Gradients of log p(y | input, sigma) for many requests with few forward/backward passes.
 
-    Calls that read the same classifier merge into one pass: each row keeps its own sigma, target
-    and temperature, and rows do not interact in an eval-mode classifier, so the gradient of the
-    summed log-likelihood is every row's own gradient. Randomized smoothing draws its noise for the
-    whole input tensor, so smoothed calls run one by one to get exactly the in-process result.
+    Calls that read the same guide merge into one pass: each row keeps its own sigma, target and
+    temperature, and rows do not interact in an eval-mode guide, so the gradient of the summed
+    log-likelihood is every row's own gradient. Calls of a reference guide bring their request's
+    references: merged, the tables are stacked and each call's targets shifted to its own rows.
+    Randomized smoothing draws its noise for the whole input tensor, so smoothed calls run one by one
+    to get exactly the in-process result. Nothing here depends on the guide's kind.
     """
     results: list[Optional[GuideResult]] = [None] * len(calls)
     groups: dict[tuple, list[int]] = {}
@@ -92,7 +96,13 @@ def guide_batch(guides: dict[str, ClassifierGuide], calls: list[GuideCall], devi
         members = [calls[i] for i in idx]
         inp = torch.cat([from_wire(c.inp) for c in members]).to(device)
         sigma = torch.cat([from_wire(c.sigma).reshape(-1) for c in members]).to(device)
-        target = torch.cat([from_wire(c.target).reshape(-1) for c in members]).to(device)
+        targets = [from_wire(c.target).reshape(-1) for c in members]
+        if members[0].references is not None:  # one table for the group, each call's targets on its own rows
+            tables = [from_wire(c.references) for c in members]
+            shift = np.cumsum([0, *(len(t) for t in tables)])
+            targets = [t + int(k) for t, k in zip(targets, shift)]
+            guide = guide.with_references(torch.cat(tables).to(device))  # type: ignore[attr-defined]
+        target = torch.cat(targets).to(device)
         settings = [settings_from_json(c.settings_json) for c in members]
         sizes = [len(c.inp) for c in members]
         temperature = torch.cat([s.temperature_at(sg) for s, sg in zip(settings, torch.split(sigma, sizes))])
@@ -112,20 +122,10 @@ def guide_batch(guides: dict[str, ClassifierGuide], calls: list[GuideCall], devi
     return results  # type: ignore[return-value]
 
 
-class RemoteGuide(Guide):
-    """A guide whose gradients a deployment computes: the ingress knows its name and what it reads."""
-
-    def __init__(self, kind: str, reads_x_t: bool) -> None:
-        self.name = kind
-        self.needs_sigma = reads_x_t
-
-    def log_prob(self, inp, sigma, target, temperature):  # pragma: no cover - never called in the ingress
-        raise RuntimeError(f"the {self.name!r} guide is answered by its deployment, not in the ingress")
-
-
 @dataclass(frozen=True)
 class GuidePlan:
-    """How one request is guided: which classifier, its targets, settings, and what it reads."""
+    """One hosted guide's term in short: its key, targets, settings and what it reads (what the step-level
+    tests build; the ingress plans whole requests with `guidance.plan` and passes their terms)."""
 
     kind: str
     target: torch.Tensor  # (n,) class indices
@@ -135,7 +135,7 @@ class GuidePlan:
 
     def terms(self) -> list[GuideTerm]:
         """The plan as the engine's guide terms (the guide itself lives on a deployment)."""
-        return [GuideTerm(RemoteGuide(self.kind, self.reads_x_t), self.target, self.settings, self.weight)]
+        return [GuideTerm(RemoteGuide(self.kind, [], self.reads_x_t), self.target, self.settings, self.weight)]
 
 
 @dataclass
@@ -163,7 +163,11 @@ def split_answerer(denoise: Denoise, guide: Optional[GuideHandle]) -> Answerer:
             return Denoised(await denoise(call.x, call.sigma))
         assert guide is not None, "a guided request needs the guide deployment"
         t = call.term
-        result = await guide(GuideCall(t.guide.name, to_wire(call.inp), to_wire(call.sigma), to_wire(t.target), t.settings.model_dump_json()))
+        refs = getattr(t.guide, "references", None)  # a reference guide's request table travels with the call
+        result = await guide(GuideCall(
+            t.guide.name, to_wire(call.inp), to_wire(call.sigma), to_wire(t.target), t.settings.model_dump_json(),
+            to_wire(refs.float()) if refs is not None else None,
+        ))
         return Gradient(from_wire(result.grad), from_wire(result.log_prob))
 
     async def answer(calls: list[Call]) -> list[Answer]:
@@ -189,21 +193,24 @@ async def guided_call(x: torch.Tensor, sigma: torch.Tensor, terms: list[GuideTer
     stats.wait_ms += (time.perf_counter() - t0) * 1e3
     if step.log_probs:
         stats.guide_calls += 1
-        stats.last_guide_prob = to_wire(step.log_probs[max(step.log_probs)].exp().float())
+        stats.last_guide_prob = to_wire(step.log_probs[min(step.log_probs)].exp().float())  # the first term (the digit guide when targeted)
     return out
 
 
 async def drive_sampler(
-    noise: torch.Tensor, config: SamplerConfig, seed: int, plan: Optional[GuidePlan], denoise: Denoise, guide: Optional[GuideHandle],
-    answer: Optional[Answerer] = None,
+    noise: torch.Tensor, config: SamplerConfig, seed: int, plan: "GuidePlan | list[GuideTerm] | None", denoise: Optional[Denoise],
+    guide: Optional[GuideHandle], answer: Optional[Answerer] = None,
 ) -> tuple[torch.Tensor, StepStats]:
     """Sample one request's batch step by step; the state lives here, one value per step.
+
+    `plan`: the request's guide terms (`guidance.plan.Plan.terms` over remote guides), or a one-guide
+    `GuidePlan`, or None for unguided sampling.
 
     The engine's calls go to `answer` when given (e.g. the fused deployment), else to the denoiser and
     guide deployments. Raises NonFiniteError (with the step index and sigma) when x goes NaN/inf, as the
     in-process sampler does; the ingress answers it with a JSON 500."""
     stats = StepStats()
-    terms = plan.terms() if plan is not None else []
+    terms = plan.terms() if isinstance(plan, GuidePlan) else list(plan or [])
     answer = answer or split_answerer(denoise, guide)
     state = init_state(noise, config, seed=seed)
     while not state.done:

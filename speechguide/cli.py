@@ -184,7 +184,7 @@ def generate(
     subnet: Optional[Path] = typer.Option(None, help="ScoreSubnet file for --generator score-subnet (default: score-subnet-all.safetensors in the models directory)."),
     weight: Optional[list[str]] = typer.Option(None, "--weight", help="guide=w, the weight of one guide in a composite target (e.g. speaker=2); repeatable."),
     url: Optional[str] = typer.Option(None, help="Generate through a running Serve app (e.g. http://127.0.0.1:8000)."),
-    hf_guide: Optional[str] = typer.Option(None, "--hf-guide", help="Hugging Face audio classifier as the digit guide: a local directory (read offline) or a hub id; uses the 'hf' profile."),
+    hf_guide: Optional[str] = typer.Option(None, "--hf-guide", help="Hugging Face audio classifier as the digit guide: a local directory (read offline) or a hub id; uses the 'hf' profile. With --url: the name of one of the app's args.hf_guides."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help="--hf-guide label names to targets: seven=7,... or a JSON file (digit words zero..nine and 0..9 are built in)."),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help="With --url: a registered classifier guides, NAME@ALIAS or NAME/VERSION (the app loads it from its model registry)."),
     profile_name: Optional[str] = typer.Option(None, "--profile-name", help="With --url: a profile the app knows by name, e.g. a registry alias such as production or candidate."),
@@ -196,15 +196,11 @@ def generate(
     vocoder: str = typer.Option("neural", "--vocoder", help=VOCODER_HELP),
 ) -> None:
     """Generate speech of the requested class(es), in-process or through a Serve app; write WAVs plus a manifest."""
-    import json
     import math
 
-    import torch
-
-    from guidance.data import write_wav
-    from guidance.guides import DEFAULT_PROFILES
-    from guidance.pipeline import GUIDE_KINDS, Target, make_noise, sample_mels, vocode
-    from guidance.vocoders import describe_vocoder
+    from guidance.guides import VOICE_GUIDE_KINDS
+    from guidance.pipeline import GUIDE_KINDS
+    from guidance.plan import Target, base_profile, check_targets, check_weights, with_overrides
 
     if guide not in GUIDE_KINDS:
         fail(f"--guide must be one of {', '.join(GUIDE_KINDS)}, got {guide!r}")
@@ -221,93 +217,95 @@ def generate(
     if out.exists() and not out.is_dir():
         fail(f"--out {out} exists and is not a directory")
     check_vocoder(vocoder)
-    try:
-        targets = [Target.parse(t) for t in target]
-    except ValueError as exc:
-        fail(str(exc))
-    from guidance.guides import VOICE_GUIDE_KINDS
-
     if voice_guide not in VOICE_GUIDE_KINDS:
         fail(f"--voice-guide must be one of {', '.join(VOICE_GUIDE_KINDS)}, got {voice_guide!r}")
+    try:
+        targets = [Target.parse(t) for t in target]
+        check_targets(targets)
+    except ValueError as exc:
+        fail(str(exc).replace("in the targets", "in --target"))
+    weights = parse_weights(weight or [], {t.guide for t in targets})
     for name, value in (("--guide-model", guide_model), ("--profile-name", profile_name)):
         if value is not None and url is None:
             fail(f"{name} needs --url: registered models and named profiles are served by the Serve app")
     if profile_name is not None and profile is not None:
         fail("give --profile (a JSON file) or --profile-name (a profile the app knows), not both")
-    unknown = sorted({t.guide for t in targets} - {"digit", "speaker"})
-    if unknown:
-        fail(f"unknown guide {unknown[0]!r} in --target; this build guides with: digit, speaker")
-    if profile is not None:
-        prof = read_profile(profile, "--profile")
-    else:
-        prof = DEFAULT_PROFILES["unconditional" if guide == "none" else guide]
-    if scale is not None:
-        prof = prof.with_guide(scale=scale)
-    if steps is not None or sampler is not None:
-        prof = prof.with_sampler(**{k: v for k, v in dict(steps=steps, kind=sampler).items() if v is not None})
-
-    if weight or any(t.guide == "speaker" for t in targets):  # composite / voice targets: one term per guide
-        from speechguide.voice_cli import generate_composite
-
-        digit_scale_set = scale is not None or profile is not None
-        generate_composite(
-            targets, num, seed, out, guide, prof, weight or [], models_dir, device, generator, subnet, url, hf_guide, label_map,
-            voice_guide=voice_guide, digit_scale_set=digit_scale_set, vocoder=vocoder,
-        )
-        return
+    references = _read_references(targets)
+    prof = read_profile(profile, "--profile") if profile is not None else base_profile(guide)
+    prof = with_overrides(prof, scale, steps, sampler)
     if url is not None:
         _generate_remote(
             url, targets, num, seed, guide, prof if profile is not None else None, scale, steps, sampler, out,
-            guide_model=guide_model, profile_name=profile_name, api_token=api_token,
+            guide_model=guide_model, profile_name=profile_name, api_token=api_token, references=references,
+            weights=weights, voice_guide=voice_guide, hf_guide=hf_guide, generator=generator,
         )
         return
-    models, digit_guide = models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map, vocoder)
+    from guidance.data import write_wav
+    from guidance.finite import NonFiniteError
+    from guidance.generate import generate_local, manifest
+    from guidance.pipeline import ModelPaths
+
+    models, _ = models_and_digit_guide(generator, subnet, models_dir, device, guide, hf_guide, label_map, vocoder)
     try:
-        classes = [digit_guide.label_index(t.label) for t in targets]
+        check_weights(weights, targets)
+        result = generate_local(
+            models, targets, num, seed, prof, guide, {label: wave for label, (wave, _) in references.items()}, voice_guide,
+            weights, scale_set=scale is not None or profile is not None, paths=ModelPaths(root=models_dir) if models_dir else None,
+        )
+    except NonFiniteError:  # a ValueError too, but exit 1 (main says where), not a usage problem
+        raise
     except KeyError as exc:
         fail(exc.args[0])
-    labels = torch.tensor(classes).repeat_interleave(num)
-    noise = make_noise(len(labels), models.spec, seed)
-    mels = sample_mels(models, guide, labels, prof, noise, seed=seed)
-    waves = vocode(mels, models.vocoder)
-    probs = digit_guide.probabilities(mels.to(models.device)).cpu()
+    except ValueError as exc:
+        fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for i, (wave, cls) in enumerate(zip(waves, labels.tolist())):
-        k = i % num
-        name = f"{digit_guide.labels[cls]}_{k:03d}.wav"
+    files = result.plan.file_names()
+    for name, wave in zip(files, result.waves):
         write_wav(out / name, wave, models.spec.sample_rate)
-        samples.append(
-            {
-                "file": name,
-                "target": {"guide": "digit", "label": digit_guide.labels[cls]},
-                "scores": {
-                    "guide_target_probability": round(float(probs[i, cls]), 4),
-                    "guide_prediction": digit_guide.labels[int(probs[i].argmax())],
-                },
-            }
-        )
-    model_info = {
-        "denoiser": {"name": models.denoiser.name, "version": file_version(models.denoiser.path), "alias": None},
-        "guide": None
-        if guide == "none"
-        else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
-        "vocoder": describe_vocoder(models.vocoder),
+    request = {
+        "targets": target, "num": num, "seed": seed, "guide": guide, "generator": generator,
+        "voice_guide": voice_guide if references else None,
     }
-    if guide == "hf":
-        model_info["guide"].update(digit_guide.describe())
-    manifest = {
-        "request": {"targets": target, "num": num, "seed": seed, "guide": guide, "generator": generator, "device": str(models.device)},
-        "models": model_info,
-        "profile": json.loads(prof.model_dump_json()),
-        "sample_rate": models.spec.sample_rate,
-        "samples": samples,
-    }
-    write_manifest(out, manifest)
+    write_manifest(out, manifest(models, result, request, files))
+
+
+def parse_weights(texts: list[str], targeted: set[str]) -> dict[str, float]:
+    """`--weight guide=w` options -> {guide: w}; each guide must be one that is targeted."""
+    import math
+
+    weights: dict[str, float] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        try:
+            w = float(value)
+        except ValueError:
+            w = float("nan")
+        if not sep or not math.isfinite(w) or w < 0:
+            fail(f"--weight must look like guide=w with a finite w >= 0 (e.g. speaker=2), got {text!r}")
+        if name not in targeted:
+            fail(f"--weight {name}=...: no --target names the guide {name!r}")
+        weights[name] = w
+    return weights
+
+
+def _read_references(targets) -> dict:
+    """Each speaker target's reference WAV: label -> (mono wave at 16 kHz, the file's bytes); exit 2 if unreadable."""
+    from guidance.guides import read_reference
+
+    references: dict = {}
+    for t in targets:
+        if t.guide == "speaker" and t.label not in references:
+            try:
+                raw = Path(t.label).read_bytes() if Path(t.label).is_file() else None
+                references[t.label] = (read_reference(Path(t.label)), raw)
+            except ValueError as exc:
+                fail(f"--target speaker=...: {exc}")
+    return references
 
 
 def _check_hf_guide(hf_guide: Optional[str], label_map: Optional[str], guide: str, generator: str, url: Optional[str]) -> str:
-    """--hf-guide makes the guide kind "hf" (a Hugging Face classifier read in-process by the U-Net sampler)."""
+    """--hf-guide makes the guide kind "hf" (a Hugging Face classifier; with --url, the one the app hosts under that name)."""
     if hf_guide is None:
         if guide == "hf":
             fail("--guide hf needs --hf-guide PATH_OR_HUB_ID")
@@ -318,14 +316,16 @@ def _check_hf_guide(hf_guide: Optional[str], label_map: Optional[str], guide: st
         fail(f"--hf-guide is the guide: leave out --guide {guide}")
     if generator != "unet":
         fail("--hf-guide steers the U-Net generator (--generator unet)")
-    if url is not None:
-        fail("--hf-guide runs in-process only, not through --url")
+    if url is not None and label_map is not None:
+        fail("--label-map is the app's with --url (its args.hf_guides entry): leave it out")
     return "hf"
 
 
 def _generate_remote(
     url, targets, num, seed, guide, profile, scale, steps, sampler, out: Path,
     guide_model: Optional[str] = None, profile_name: Optional[str] = None, api_token: Optional[str] = None,
+    references: Optional[dict] = None, weights: Optional[dict] = None, voice_guide: str = "stats",
+    hf_guide: Optional[str] = None, generator: str = "unet",
 ) -> None:
     """`generate --url`: the same request through the Serve app's HTTP API, the same files written."""
     import base64
@@ -333,24 +333,35 @@ def _generate_remote(
 
     import httpx
 
+    from guidance.plan import file_names
     from serve.client import generate_remote
 
     if not url.startswith(("http://", "https://")):
         fail(f"--url must start with http:// or https://, got {url!r}")
-    payload: dict = {"targets": [{"guide": t.guide, "label": t.label} for t in targets], "num_samples": num, "seed": seed}
+    wire_targets = []
+    for t in targets:
+        if t.guide == "speaker":
+            wire_targets.append({"guide": "speaker", "reference_wav_base64": base64.b64encode(references[t.label][1]).decode("ascii")})
+        else:
+            wire_targets.append({"guide": t.guide, "label": t.label})
+    payload: dict = {"targets": wire_targets, "num_samples": num, "seed": seed}
     if guide == "none":
         payload["profile"] = "unconditional"
     else:
         payload["guide_kind"] = guide
-    for key, value in (("guidance_scale", scale), ("steps", steps), ("sampler", sampler)):
+    for key, value in (("guidance_scale", scale), ("steps", steps), ("sampler", sampler), ("guide_model", guide_model), ("hf_guide", hf_guide)):
         if value is not None:
             payload[key] = value
+    if weights:
+        payload["weights"] = weights
+    if references:
+        payload["voice_guide"] = voice_guide
+    if generator != "unet":
+        payload["generator"] = generator
     if profile is not None:
         payload["profile"] = json.loads(profile.model_dump_json())
     if profile_name is not None:
         payload["profile"] = profile_name
-    if guide_model is not None:
-        payload["guide_model"] = guide_model
     try:
         response = generate_remote(url, payload, token=api_token)
     except ValueError as exc:
@@ -358,28 +369,23 @@ def _generate_remote(
     except httpx.HTTPError as exc:
         fail(f"could not generate through {url}: {exc}")
     out.mkdir(parents=True, exist_ok=True)
-    samples, counts = [], {}
-    for item in response["samples"]:
-        label = (item.get("target") or {}).get("label")
-        key = label if label is not None else "sample"
-        k = counts[key] = counts.get(key, -1) + 1
-        name = f"{key}_{k:03d}.wav"
+    items = response["samples"]
+    digit_of = [next((t["label"] for t in item.get("targets") or [item.get("target") or {}] if t.get("guide") == "digit"), None) for item in items]
+    samples = []
+    for name, item in zip(file_names(digit_of), items):
         tmp = out / (name + ".partial")
         tmp.write_bytes(base64.b64decode(item["wav_base64"]))
         tmp.replace(out / name)
-        samples.append({"file": name, "target": item.get("target"), "scores": item.get("scores", {})})
-    manifest = {
-        "request": {"url": url, **payload},
+        samples.append({"file": name, "target": item.get("target"), "targets": item.get("targets"), "scores": item.get("scores", {})})
+    request = {"url": url, **payload, "targets": [f"{t.guide}={t.label}" for t in targets]}
+    write_manifest(out, {
+        "request": request,
         "models": response.get("models", {}),
         "profile": response.get("profile", {}),
         "timings_ms": response.get("timings_ms", {}),
-        "sample_rate": response["samples"][0]["sample_rate"] if response["samples"] else None,
+        "sample_rate": items[0]["sample_rate"] if items else None,
         "samples": samples,
-    }
-    tmp = out / "manifest.json.partial"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(out / "manifest.json")
-    typer.echo(f"wrote {len(samples)} WAVs and manifest.json to {out} (via {url})")
+    })
 
 
 @app.command()

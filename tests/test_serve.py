@@ -109,7 +109,9 @@ def test_models_and_health(client):
     body = r.json()
     assert body["denoisers"][0]["version"] and body["sample_rate"] == 16000
     kinds = {g["guide_kind"]: g for g in body["guides"]}
-    assert set(kinds) == {"noisy", "clean"} and kinds["noisy"]["labels"] == [str(d) for d in range(10)]
+    assert set(kinds) == {"noisy", "clean", "speaker-stats", "speaker-encoder"} and kinds["noisy"]["labels"] == [str(d) for d in range(10)]
+    assert kinds["speaker-stats"]["guide"] == "speaker" and kinds["speaker-stats"]["kind"] == "stats" and kinds["speaker-stats"]["reference"]
+    assert body["voice_guides"] == ["encoder", "stats"] and body["unsupported_guides"] == []
     assert kinds["noisy"]["noise_conditioned"] and not kinds["clean"]["noise_conditioned"]
     assert {"production", "noisy", "clean"} <= set(body["profiles"])
     assert body["vocoder"]["kind"] == "neural" and len(body["vocoder"]["sha256"]) == 64
@@ -139,7 +141,11 @@ def _bad_requests() -> list[tuple[str, dict, int]]:
         ("negative seed", js({"targets": t, "seed": -1}), 422),
         ("malformed base64 reference", js({"targets": [{"guide": "speaker", "reference_wav_base64": "not base64!"}]}), 422),
         ("non-WAV reference", js({"targets": [{"guide": "speaker", "reference_wav_base64": base64.b64encode(b"%PDF-1.4 " * 20).decode()}]}), 422),
-        ("speaker target (not available)", js({"targets": [{"guide": "speaker", "reference_wav_base64": base64.b64encode(_wav()).decode()}]}), 422),
+        ("silent speaker reference", js({"targets": [{"guide": "speaker", "reference_wav_base64": base64.b64encode(_wav()).decode()}]}), 422),
+        ("unknown voice guide", js({"targets": t, "voice_guide": "magic"}), 422),
+        ("weight of an untargeted guide", js({"targets": t, "weights": {"speaker": 2.0}}), 422),
+        ("negative weight", js({"targets": t, "weights": {"digit": -1.0}}), 422),
+        ("hf guide the app does not host", js({"targets": t, "guide_kind": "hf"}), 404),
         ("wrong content type", raw(json.dumps({"targets": t}).encode(), "text/plain"), 415),
         ("form content type", raw(b"targets=digit", "application/x-www-form-urlencoded"), 415),
         ("oversized body", raw(b'{"targets": "' + b"x" * (3 * 2**20) + b'"}'), 413),
@@ -183,7 +189,7 @@ def test_bad_input_details_name_the_field(client):
     for field, body in cases.items():
         assert field in client.post("/v1/generate", json=body).json()["detail"]
     speaker = {"targets": [{"guide": "speaker", "reference_wav_base64": base64.b64encode(_wav()).decode()}]}
-    assert "speaker guidance is not available" in client.post("/v1/generate", json=speaker).json()["detail"]
+    assert "targets.0.reference_wav_base64 is silent" in client.post("/v1/generate", json=speaker).json()["detail"]
 
 
 def test_still_serves_after_bad_input(client):

@@ -212,6 +212,34 @@ def test_merged_guide_batch_equals_one_call_at_a_time(models):
         assert got.grad.flags.c_contiguous and got.grad.dtype == np.float32
 
 
+def test_reference_guide_calls_carry_their_tables_and_merge(models):
+    """Voice-guide calls of several requests (each with its own reference table) merged into one pass
+    give each request what its own voice guide gives in-process: the host keeps no request state."""
+    from guidance.guides import VoiceStatsGuide
+
+    gen = torch.Generator().manual_seed(2)
+    settings = VoiceStatsGuide.default_settings
+    hosted = {"speaker-stats": VoiceStatsGuide(models.spec)}
+    calls, locals_ = [], []
+    for i in range(3):
+        guide = VoiceStatsGuide(models.spec)  # this request's own guide, as in-process
+        for r in range(1 + i):
+            guide.add_reference(f"ref{r}", torch.randn(models.spec.num_samples, generator=gen) * 0.1, models.spec.sample_rate)
+        n = 2
+        x = torch.randn(n, 1, models.spec.n_mels, models.spec.frames, generator=gen)
+        target = torch.tensor([i % (1 + i), 0])
+        calls.append(GuideCall("speaker-stats", to_wire(x), to_wire(torch.full((n,), 3.0)), to_wire(target), settings.model_dump_json(),
+                               to_wire(guide.references)))
+        locals_.append(guide_gradient(GuideTerm(guide, target, settings), x, torch.full((n,), 3.0), x))
+    merged = guide_batch(hosted, calls, models.device)
+    alone = [guide_batch(hosted, [c], models.device)[0] for c in calls]
+    for got, one, (grad, logp) in zip(merged, alone, locals_):
+        torch.testing.assert_close(from_wire(got.grad), grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(from_wire(got.log_prob), logp, rtol=1e-4, atol=1e-6)
+        assert np.array_equal(one.grad, grad.numpy())  # one request alone: the in-process numbers exactly
+    assert float(torch.as_tensor(locals_[0][0]).abs().max()) > 0
+
+
 def test_merged_denoise_batch_splits_back_per_request(models):
     xs = [torch.randn(n, 1, models.spec.n_mels, models.spec.frames) for n in (1, 3, 2)]
     sigmas = [torch.full((len(x),), s) for x, s in zip(xs, (0.5, 3.0, 40.0))]

@@ -27,7 +27,8 @@ from guidance.data import DIGITS, fsdd_features
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.metrics import hear, judge_outputs
 from guidance.models import ModelFile, load_model
-from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels, vocode_finite
+from guidance.pipeline import ModelPaths, ModelSet, sample_mels, vocode_finite
+from guidance.plan import make_noise
 from tune.objective import ObjectiveAccumulator, ObjectiveWeights, ValReference
 from tune.settings import TuneSettings
 

@@ -27,7 +27,8 @@ from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from guidance.metrics import accuracy, hear, judge_outputs
 from guidance.models import load_model, read_metadata
 from guidance.files import file_sha256
-from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels, vocode_finite
+from guidance.pipeline import ModelPaths, ModelSet, sample_mels, vocode_finite
+from guidance.plan import make_noise
 from outside_judges.report import judge_waves, summary_row
 
 OVRL_WEIGHT = 0.25

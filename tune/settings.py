@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from guidance.strict import StrictModel
 
 SIDECAR = "speechguide_sweep.json"  # stored in the experiment directory, read back by --resume
 
@@ -20,8 +22,8 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
-class TuneSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TuneSettings(StrictModel):
+    model_config = ConfigDict(frozen=False)  # the strict base (`guidance.strict`), filled in field by field by the CLI
 
     trials: int = Field(20, ge=1, le=10_000)
     scheduler: Literal["asha", "fifo"] = "asha"

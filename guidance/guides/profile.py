@@ -12,16 +12,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from guidance.strict import StrictModel
 from guidance.diffusion.samplers import SamplerConfig
 
 PROFILE_VERSION = 1
 Schedule = Literal["constant", "ramp-up", "ramp-down", "hump"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _Strict(StrictModel):
+    """Profiles' strict base (`guidance.strict`)."""
 
 
 class SamplerSettings(_Strict):

@@ -68,30 +68,16 @@ class VoiceStatsGuide(ReferenceGuide):
         """The guide's own closeness to the reference: minus the distance (higher is closer)."""
         return -self.distance(mels, target)
 
-    def for_word(self, reference: int, said: int, word: int, offsets: torch.Tensor) -> int:
-        """A target row for reference `reference` (a clip of the word `said`) saying `word` instead.
-
-        The row is the reference's statistics minus what `said` adds to them plus what `word` adds
-        (`offsets`, from `guidance.spectral_stats.word_offsets`, e.g. the committed word-spectra model).
-        Without it a composite pulls the sample towards the reference's word as well as its voice.
-        """
-        label = f"{self.labels[reference]}|{said}->{word}"
-        if label in self.labels:
-            return self.labels.index(label)
-        offsets = offsets.to(self.device)
-        row = self.references[reference] - offsets[said] + offsets[word]
-        self.references = torch.cat([self.references, row.unsqueeze(0)])
-        self.labels.append(label)
-        return len(self.labels) - 1
-
-    def retarget(self, references: torch.Tensor, said: torch.Tensor, words: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """(B,) target rows, row i: reference `references[i]` (a clip of the word `said[i]`) saying `words[i]` (`for_word`)."""
-        return torch.tensor([self.for_word(int(r), int(s), int(w), offsets) for r, s, w in zip(references, said, words)])
-
 
 def words_said(classifier, waves: torch.Tensor, spec: FeatureSpec, device: str | torch.device = "cpu") -> torch.Tensor:
     """(R,) the word each reference clip (R, samples) says, as `classifier` (a guide with `probabilities`) hears
     it: no label is read, so a user's own reference works the same as an FSDD clip."""
-    mels = LogMel(spec)(torch.stack([fit_length(w.reshape(-1), spec.num_samples) for w in waves]))
+    mels = reference_mels(waves, spec)
     with torch.no_grad():
         return classifier.probabilities(mels.to(device)).argmax(1).cpu()
+
+
+def reference_mels(waves, spec: FeatureSpec) -> torch.Tensor:
+    """(R, 1, M, T) normalized log-Mels of reference clips, each cut or padded to the model's clip length."""
+    with torch.no_grad():
+        return LogMel(spec)(torch.stack([fit_length(w.reshape(-1), spec.num_samples) for w in waves]))

@@ -1,0 +1,124 @@
+"""The in-process driver of a request's plan: loads what the plan needs from the model set, samples with the
+engine's guided denoiser answered locally, vocodes and scores. `speechguide generate` (without `--url`) is
+this plus writing the files; the Serve ingress drives the same plan through its deployments.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from guidance.files import file_sha256
+from guidance.guides import GuidanceProfile, VoiceGuide, make_voice_guide
+from guidance.guides.reference import ReferenceGuide
+from guidance.guides.voice_stats import words_said
+from guidance.pipeline import ModelPaths, ModelSet, sample_mels, vocode
+from guidance.plan import Plan, Target, load_word_offsets, plan_request, retargets
+from guidance.vocoders import describe_vocoder
+
+
+@dataclass
+class Generated:
+    """A planned request's audio (N, samples), log-Mels and per-sample scores."""
+
+    plan: Plan
+    mels: torch.Tensor
+    waves: torch.Tensor
+    scores: list[dict]
+    voice_guide: ReferenceGuide | None
+
+
+def digit_guide_of(models: ModelSet, kind: str):
+    """The guide that steers (or, for kind "none", names and scores) digit targets."""
+    return models.guides[kind if kind in ("clean", "hf") else "noisy"]
+
+
+def generate_local(
+    models: ModelSet,
+    targets: list[Target],
+    num: int,
+    seed: int,
+    profile: GuidanceProfile,
+    digit_kind: str = "noisy",
+    references: dict[str, torch.Tensor] | None = None,
+    voice_kind: str = "stats",
+    weights: dict[str, float] | None = None,
+    scale_set: bool = False,
+    paths: ModelPaths | None = None,
+) -> Generated:
+    """Plan the request, sample it in-process, vocode and score it. `references` maps each speaker target's
+    label to its clip (mono, at the model's rate); `paths` is where the word-spectra table is looked for."""
+    digit_guide = digit_guide_of(models, digit_kind)
+    voice = encoder = None
+    said = offsets = None
+    if references:
+        voice = make_voice_guide(voice_kind, models.spec, models.device)
+        encoder = voice if isinstance(voice, VoiceGuide) else VoiceGuide(models.spec, device=models.device)  # scores the written audio
+        for t in targets:
+            if t.guide == "speaker":
+                for guide in {id(voice): voice, id(encoder): encoder}.values():
+                    guide.add_reference(t.label, references[t.label], models.spec.sample_rate)
+        offsets = load_word_offsets((paths or ModelPaths()).path("word_spectra"), models.spec) if voice.kind == "stats" else None
+        if retargets(targets, voice.kind, offsets):
+            said = words_said(digit_guide, [references[label] for label in voice.labels], models.spec, models.device)
+    plan = plan_request(
+        targets, num, seed, profile, digit_guide, voice, digit_kind, weights, scale_set, said=said, offsets=offsets if said is not None else None,
+    )
+    extra = {"speaker": voice} if voice is not None else None
+    mels = sample_mels(models, digit_kind, plan.named, plan.profile, plan.noise(models.spec), seed=seed, extra_guides=extra, weights=plan.weights)
+    waves = vocode(mels, models.vocoder)
+    dev_mels = mels.to(models.device)
+    probs = digit_guide.probabilities(dev_mels).cpu() if "digit" in plan.named else None
+    speaker_score = cos_wav = None
+    if voice is not None:
+        refs = torch.tensor([r for _, r in plan.rows])
+        with torch.no_grad():
+            speaker_score = voice.score(dev_mels, plan.named["speaker"]).cpu()
+            heard = torch.nan_to_num(waves).clamp(-1, 1)  # what write_wav stores
+            cos_wav = (encoder.embed_waves(heard, models.spec.sample_rate).cpu() * encoder.references.cpu()[refs]).sum(1)
+    return Generated(plan, mels, waves, plan.scores(probs, speaker_score, cos_wav), voice)
+
+
+def speaker_guide_record(guide: ReferenceGuide) -> dict:
+    """What the manifest says about the voice guide: the shipped encoder's file version, or the statistics' settings."""
+    from guidance.guides.voice import shipped_weights_path
+
+    if guide.kind == "encoder":
+        return {"name": "resemblyzer-voice-encoder", "kind": guide.kind, "version": file_sha256(shipped_weights_path())[:12], "alias": None, "frozen": True}
+    return {
+        "name": "reference-spectral-statistics", "kind": guide.kind, "trained": False,
+        "frame_sharpness": guide.frame_sharpness, "spread_weight": guide.spread_weight,
+    }
+
+
+def manifest(models: ModelSet, result: Generated, request: dict, files: list[str]) -> dict:
+    """manifest.json of an in-process run: the request, the models (name, content hash as version), the full
+    profile and every sample's targets and scores."""
+    plan = result.plan
+    digit_guide = digit_guide_of(models, plan.digit_kind)
+    guide = None
+    if plan.digit_kind != "none" and "digit" in plan.named:
+        guide = {"name": plan.digit_kind + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None}
+        if plan.digit_kind == "hf":
+            guide.update(digit_guide.describe())
+    model_info = {
+        "denoiser": {"name": models.denoiser.name, "version": file_sha256(Path(models.denoiser.path))[:12], "alias": None},
+        "guide": guide,
+        "vocoder": describe_vocoder(models.vocoder),
+    }
+    if result.voice_guide is not None:
+        model_info["speaker_guide"] = {**speaker_guide_record(result.voice_guide), **({"word_spectra": True} if plan.retargeted else {})}
+    samples = [
+        {"file": name, "target": plan.targets_of(i)[0] if plan.targets_of(i) else None, "targets": plan.targets_of(i), "scores": scores}
+        for i, (name, scores) in enumerate(zip(files, result.scores))
+    ]
+    return {
+        "request": {**request, "weights": plan.weights, "device": str(models.device)},
+        "models": model_info,
+        "profile": json.loads(plan.profile.model_dump_json()),
+        "sample_rate": models.spec.sample_rate,
+        "samples": samples,
+    }
