@@ -57,6 +57,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import NonFiniteError
+from guidance.guides.kinds import default_digit_kind
 from guidance.vocoders import describe_vocoder, load_vocoder
 from guidance.guide_host import RemoteGuide, RemoteReferenceGuide, hf_key, voice_key
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings, read_reference
@@ -518,6 +519,9 @@ class SpeechIngress:
         self._authorize(request)
         self._ensure_poller()
         req = await self._read_request(request)
+        if req.guide_kind is None:  # the default kind, decided in one place for every door
+            speaker = any(t.guide == "speaker" for t in req.targets)
+            req = req.model_copy(update={"guide_kind": "hf" if req.hf_guide else default_digit_kind(speaker, self.args.generator)})
         cat = await self.catalog()
         if req.generator is not None and req.generator != self.args.generator:
             raise ApiError(422, f"generator: this app's generator is {self.args.generator}, not {req.generator}")

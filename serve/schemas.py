@@ -87,7 +87,9 @@ class GenerateRequest(_Strict):
     guidance_scale: Optional[float] = Field(None, ge=0, le=1000)
     steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS)
     sampler: Optional[Literal["euler", "heun"]] = None
-    guide_kind: Literal[tuple(GUIDE_KIND_TABLE)] = "noisy"  # type: ignore[valid-type]
+    guide_kind: Optional[Literal[tuple(GUIDE_KIND_TABLE)]] = Field(  # type: ignore[valid-type]
+        None, description="digit guide kind; default: clean for digit targets, noisy with a speaker target or the score-subnet generator (hf with hf_guide)"
+    )
     hf_guide: Optional[str] = Field(
         None, min_length=1, max_length=64, description="guide_kind hf: which of the app's Hugging Face guides (default: its only one)"
     )

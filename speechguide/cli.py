@@ -173,7 +173,10 @@ def generate(
     num: int = typer.Option(1, "--num", help="Samples per target."),
     seed: int = typer.Option(0, help="Seed of the starting noise (same seed, same audio)."),
     out: Path = typer.Option(..., "--out", help="Output directory for WAVs and manifest.json."),
-    guide: str = typer.Option("noisy", help="noisy (noise-conditioned classifier) | clean (repurposed clean classifier) | none"),
+    guide: Optional[str] = typer.Option(
+        None, help="noisy (noise-conditioned classifier) | clean (repurposed clean classifier) | none. Default: clean for digit targets, "
+        "noisy in digit + speaker composites and with --generator score-subnet (the best on validation).",
+    ),
     scale: Optional[float] = typer.Option(None, help="Guidance scale (default from the profile)."),
     steps: Optional[int] = typer.Option(None, help="Sampler steps (default from the profile)."),
     sampler: Optional[str] = typer.Option(None, help="euler | heun (default from the profile)."),
@@ -202,9 +205,14 @@ def generate(
     from guidance.pipeline import GUIDE_KINDS
     from guidance.plan import Target, base_profile, check_targets, check_weights, with_overrides
 
-    if guide not in GUIDE_KINDS:
+    if guide is not None and guide not in GUIDE_KINDS:
         fail(f"--guide must be one of {', '.join(GUIDE_KINDS)}, got {guide!r}")
+    guide_given = guide is not None
     guide = _check_hf_guide(hf_guide, label_map, guide, generator, url)
+    if guide is None:
+        from guidance.guides.kinds import default_digit_kind
+
+        guide = default_digit_kind(any(t.partition("=")[0].strip() == "speaker" for t in target), generator)
     _check_generator(generator, subnet, guide)
     if not 1 <= num <= 1000:
         fail(f"--num must be between 1 and 1000, got {num}")
@@ -237,7 +245,7 @@ def generate(
         _generate_remote(
             url, targets, num, seed, guide, prof if profile is not None else None, scale, steps, sampler, out,
             guide_model=guide_model, profile_name=profile_name, api_token=api_token, references=references,
-            weights=weights, voice_guide=voice_guide, hf_guide=hf_guide, generator=generator,
+            weights=weights, voice_guide=voice_guide, hf_guide=hf_guide, generator=generator, guide_given=guide_given,
         )
         return
     from guidance.data import write_wav
@@ -304,7 +312,7 @@ def _read_references(targets) -> dict:
     return references
 
 
-def _check_hf_guide(hf_guide: Optional[str], label_map: Optional[str], guide: str, generator: str, url: Optional[str]) -> str:
+def _check_hf_guide(hf_guide: Optional[str], label_map: Optional[str], guide: Optional[str], generator: str, url: Optional[str]) -> Optional[str]:
     """--hf-guide makes the guide kind "hf" (a Hugging Face classifier; with --url, the one the app hosts under that name)."""
     if hf_guide is None:
         if guide == "hf":
@@ -312,7 +320,7 @@ def _check_hf_guide(hf_guide: Optional[str], label_map: Optional[str], guide: st
         if label_map is not None:
             fail("--label-map applies to --hf-guide only")
         return guide
-    if guide not in ("noisy", "hf"):  # noisy is --guide's default
+    if guide not in (None, "hf"):
         fail(f"--hf-guide is the guide: leave out --guide {guide}")
     if generator != "unet":
         fail("--hf-guide steers the U-Net generator (--generator unet)")
@@ -325,7 +333,7 @@ def _generate_remote(
     url, targets, num, seed, guide, profile, scale, steps, sampler, out: Path,
     guide_model: Optional[str] = None, profile_name: Optional[str] = None, api_token: Optional[str] = None,
     references: Optional[dict] = None, weights: Optional[dict] = None, voice_guide: str = "stats",
-    hf_guide: Optional[str] = None, generator: str = "unet",
+    hf_guide: Optional[str] = None, generator: str = "unet", guide_given: bool = True,
 ) -> None:
     """`generate --url`: the same request through the Serve app's HTTP API, the same files written."""
     import base64
@@ -347,7 +355,7 @@ def _generate_remote(
     payload: dict = {"targets": wire_targets, "num_samples": num, "seed": seed}
     if guide == "none":
         payload["profile"] = "unconditional"
-    else:
+    elif guide_given or guide == "hf":  # else the app picks its default kind (its generator may be score-subnet)
         payload["guide_kind"] = guide
     for key, value in (("guidance_scale", scale), ("steps", steps), ("sampler", sampler), ("guide_model", guide_model), ("hf_guide", hf_guide)):
         if value is not None:

@@ -48,7 +48,8 @@ SEED = 3
 
 # name -> (HTTP request body, where it goes, in-process arguments, allowed max |difference| in PCM steps)
 CASES = {
-    "digit-noisy": ({"targets": [{"guide": "digit", "label": "7"}]}, "", {"kind": "noisy"}, 0),
+    "digit-noisy": ({"targets": [{"guide": "digit", "label": "7"}], "guide_kind": "noisy"}, "", {"kind": "noisy"}, 0),
+    "digit-default-kind": ({"targets": [{"guide": "digit", "label": "3"}]}, "", {"kind": "clean"}, 0),  # no guide_kind: clean
     "digit-clean-profile": ({"targets": [{"guide": "digit", "label": "2"}], "guide_kind": "clean"}, "", {"kind": "clean"}, 0),
     "hf-guide": ({"targets": [{"guide": "digit", "label": "5"}], "guide_kind": "hf", "hf_guide": "tiny"}, "", {"kind": "hf"}, 0),
     "speaker-stats": ({"targets": [{"guide": "speaker"}], "voice_guide": "stats"}, "", {"kind": "noisy", "voice": "stats"}, 0),

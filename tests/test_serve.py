@@ -66,15 +66,18 @@ def test_generate_returns_wav_like_the_in_process_pipeline(client, tiny_models_d
     served = _assert_valid_wav(r.content)
     assert "guide_target_probability" in json.loads(r.headers["x-speechguide-scores"])
 
-    # The split app samples what `speechguide generate` samples in-process for the same request.
+    # The split app samples what `speechguide generate` samples in-process for the same request, with the
+    # same default guide kind (a request that names none).
     from guidance.guides import DEFAULT_PROFILES
+    from guidance.guides.kinds import default_digit_kind
     from guidance.pipeline import ModelPaths, ModelSet, make_noise, sample_mels, vocode
     from serve.ingress import wav_bytes
 
     models = ModelSet.load(ModelPaths(root=tiny_models_dir), "cpu")
-    profile = DEFAULT_PROFILES["noisy"].with_sampler(steps=3)
+    kind = default_digit_kind(speaker_target=False)
+    profile = DEFAULT_PROFILES[kind].with_sampler(steps=3)
     labels = torch.tensor([7])
-    mels = sample_mels(models, "noisy", labels, profile, make_noise(1, models.spec, 3), seed=3)
+    mels = sample_mels(models, kind, labels, profile, make_noise(1, models.spec, 3), seed=3)
     local, _ = soundfile.read(io.BytesIO(wav_bytes(vocode(mels, models.vocoder).numpy()[0], 16000)), dtype="int16")
     assert np.abs(local.astype(int) - served.astype(int)).max() <= 2
 
@@ -246,7 +249,8 @@ def test_concurrent_requests_share_forward_passes(app_url):
 
     for name in ("Denoiser", "Classifier"):
         serve.get_deployment_handle(name, app_name=APP).reset_stats.remote().result(timeout_s=30)
-    responses = asyncio.run(_burst(app_url, INGRESS_ONGOING, {**VALID, "steps": 8}))
+    # noisy: its guide acts at every sigma (the clean default's window skips the highest ones)
+    responses = asyncio.run(_burst(app_url, INGRESS_ONGOING, {**VALID, "steps": 8, "guide_kind": "noisy"}))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     for name in ("Denoiser", "Classifier"):
         stats = _deployment_stats(name)
