@@ -136,3 +136,22 @@ def test_cli_refuses_bad_pitch_targets(tmp_path, target, says):
     assert r.returncode == 2, r.stderr
     assert says in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_tune_searches_the_pitch_window_where_crepe_reads_x0_hat():
+    optuna = pytest.importorskip("optuna")
+    from guidance.guides import DEFAULT_PROFILES
+    from guidance.guides.pitch import default_pitch_settings
+    from tune.space import PITCH_BOUNDS, ProfileSpace
+
+    base = DEFAULT_PROFILES["noisy"].model_copy(update={"per_guide": {"pitch": default_pitch_settings()}})
+    space = ProfileSpace(base, guide_names=("digit", "pitch"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        space(trial)
+        pitch = space.to_profile(trial.params).per_guide["pitch"]
+        assert PITCH_BOUNDS.sigma_hi[0] <= pitch.sigma_hi <= PITCH_BOUNDS.sigma_hi[1]
+        assert trial.params["digit.sigma_hi"] > 0
+    rebuilt = space.to_profile(space.default_point(base.sampler.steps)).per_guide["pitch"]
+    assert rebuilt.sigma_hi == pytest.approx(default_pitch_settings().sigma_hi) and rebuilt.scale == pytest.approx(default_pitch_settings().scale)
