@@ -155,3 +155,24 @@ def test_tune_searches_the_pitch_window_where_crepe_reads_x0_hat():
         assert trial.params["digit.sigma_hi"] > 0
     rebuilt = space.to_profile(space.default_point(base.sampler.steps)).per_guide["pitch"]
     assert rebuilt.sigma_hi == pytest.approx(default_pitch_settings().sigma_hi) and rebuilt.scale == pytest.approx(default_pitch_settings().scale)
+
+
+@pytest.mark.slow
+def test_cli_digit_speaker_pitch_composite_writes_pitch_scores(tiny_models_dir, fsdd_root, tmp_path):
+    import json
+
+    ref = sorted((fsdd_root / "recordings").glob("3_george_*.wav"))[0]
+    out = tmp_path / "out"
+    r = _cli(
+        "generate", "--target", "digit=3", "--target", f"speaker={ref}", "--target", "pitch=+3st", "--target", "pitch=150",
+        "--num", "1", "--steps", "2", "--models-dir", str(tiny_models_dir), "--device", "cpu", "--out", str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["samples"]) == 2
+    lines = manifest["models"]["pitch_guide"]["targets"]
+    relative, absolute = lines[f"+3st@{ref}"], lines["150"]
+    assert absolute == [150.0, 150.0] and relative[0] == relative[1] and 50 <= relative[0] <= 500
+    for sample in manifest["samples"]:
+        assert {t["guide"] for t in sample["targets"]} == {"digit", "speaker", "pitch"}
+        assert {"pitch_target_hz", "pitch_heard_hz", "pitch_heard_error_st", "pitch_voiced_fraction"} <= set(sample["scores"])
