@@ -176,3 +176,17 @@ def test_cli_digit_speaker_pitch_composite_writes_pitch_scores(tiny_models_dir, 
     for sample in manifest["samples"]:
         assert {t["guide"] for t in sample["targets"]} == {"digit", "speaker", "pitch"}
         assert {"pitch_target_hz", "pitch_heard_hz", "pitch_heard_error_st", "pitch_voiced_fraction"} <= set(sample["scores"])
+
+
+@pytest.mark.parametrize("label, ok", [("140", True), ("rise", True), ("600", False), ("wobble", False), ("+30st", False)])
+def test_http_request_schema_refuses_bad_pitch_labels(label, ok):
+    from pydantic import ValidationError
+
+    from serve.schemas import GenerateRequest
+
+    body = {"targets": [{"guide": "digit", "label": "3"}, {"guide": "pitch", "label": label}]}
+    if ok:
+        GenerateRequest.model_validate(body)
+    else:
+        with pytest.raises(ValidationError, match="pitch"):
+            GenerateRequest.model_validate(body)
