@@ -46,7 +46,7 @@ CENTS_PER_BIN = 20.0
 CENTS_OFFSET = 1997.3794084376191  # cents (re 10 Hz) of bin 0, as torchcrepe converts
 TARGET_BLUR_CENTS = 25.0  # the Gaussian CREPE's training targets were blurred with
 CAPACITIES = ("tiny", "full")
-DEFAULT_CAPACITY = "tiny"  # chosen by measurement: reports/pitch/capacity.md
+DEFAULT_CAPACITY = "tiny"  # chosen by measurement: reports/pitch/capacity.json (bench/pitch_capacity.py)
 DEFAULT_HOP_S = 0.02  # CREPE frame hop while guiding (20 ms: half of CREPE's usual 10 ms, same contour)
 ENERGY_GATE_DB = 30.0  # frames quieter than the loudest by more are not speech (the vocoder's hum lives there)
 VOICED_PERIODICITY = 0.5  # a frame counts as voiced when CREPE's periodicity reaches this (reference medians)
@@ -165,7 +165,7 @@ class WaveRoute(torch.nn.Module):
     frozen here). "griffin-lim": the Hugging Face waveform front end (`WaveformFrontEnd`), linear in the
     magnitude for a Griffin-Lim phase found without gradient. Measured on 8 validation clips, CREPE
     hears the speaker's pitch through the vocoder route and mostly octave errors through Griffin-Lim's
-    (reports/pitch/capacity.md), so the vocoder route is the default wherever a neural vocoder exists.
+    (reports/pitch/capacity.json), so the vocoder route is the default wherever a neural vocoder exists.
     """
 
     def __init__(self, spec: FeatureSpec, vocoder: torch.nn.Module | None = None) -> None:
@@ -186,7 +186,8 @@ class WaveRoute(torch.nn.Module):
 
 
 # Where the pitch guide acts by default (guidance/guides/defaults/pitch.json holds the profile): set
-# from the per-sigma behaviour of CREPE on x0_hat (reports/pitch/calibration.md).
+# from the per-sigma behaviour of CREPE on x0_hat (reports/pitch/calibration.json) and small guided probes
+# (reports/pitch/sweep.md).
 def default_pitch_settings() -> GuideSettings:
     from guidance.guides.defaults import DEFAULTS_DIR
     from guidance.guides.profile import GuidanceProfile
