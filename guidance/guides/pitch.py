@@ -46,12 +46,16 @@ CENTS_PER_BIN = 20.0
 CENTS_OFFSET = 1997.3794084376191  # cents (re 10 Hz) of bin 0, as torchcrepe converts
 TARGET_BLUR_CENTS = 25.0  # the Gaussian CREPE's training targets were blurred with
 CAPACITIES = ("tiny", "full")
-DEFAULT_CAPACITY = "tiny"  # chosen by measurement: reports/pitch/capacity.json (bench/pitch_capacity.py)
+# Tiny, by measurement (bench/pitch_capacity.py, reports/pitch/capacity.json): a guide call costs 7x more
+# with full (18.7 s against 2.6 s per sample on a loaded CPU core); full reads pitch better from log-Mels
+# (64% of clips within 1 st against 46%), but with tiny every sample pYIN hears voiced already lands within
+# about 0.2 st of its target (reports/pitch/test): what misses is voicing, which a better reader won't fix.
+DEFAULT_CAPACITY = "tiny"
 DEFAULT_HOP_S = 0.02  # CREPE frame hop while guiding (20 ms: half of CREPE's usual 10 ms, same contour)
 ENERGY_GATE_DB = 30.0  # frames quieter than the loudest by more are not speech (the vocoder's hum lives there)
 VOICED_PERIODICITY = 0.5  # a frame counts as voiced when CREPE's periodicity reaches this (reference medians)
 ROUTES = ("vocoder", "griffin-lim")
-OBJECTIVES = ("softmax", "bce")
+OBJECTIVES = ("softmax", "softmax+voiced", "bce")
 
 
 def crepe_weights_path(capacity: str = DEFAULT_CAPACITY) -> Path:
@@ -163,8 +167,9 @@ class WaveRoute(torch.nn.Module):
 
     "vocoder": the neural vocoder's own synthesis (what the written audio is made by; its parameters are
     frozen here). "griffin-lim": the Hugging Face waveform front end (`WaveformFrontEnd`), linear in the
-    magnitude for a Griffin-Lim phase found without gradient. Measured on 8 validation clips, CREPE
-    hears the speaker's pitch through the vocoder route and mostly octave errors through Griffin-Lim's
+    magnitude for a Griffin-Lim phase found without gradient. On 16 validation clips, CREPE's median F0
+    of a clip's log-Mel lies within 1 semitone of pYIN's on the recording for 46% (tiny) / 64% (full)
+    of the clips through the vocoder route, 27% / 18% through Griffin-Lim's, mostly octave errors
     (reports/pitch/capacity.json), so the vocoder route is the default wherever a neural vocoder exists.
     """
 
@@ -281,9 +286,11 @@ class PitchGuide(Guide):
         line = self.lines[target.to(self.device)]  # (B, 2) cents
         want = line[:, :1] + position * (line[:, 1:] - line[:, :1])  # (B, T)
         blurred = torch.exp(-((bin_cents(self.device) - want[..., None]) ** 2) / (2 * TARGET_BLUR_CENTS**2))
-        if self.objective == "softmax":
+        if self.objective in ("softmax", "softmax+voiced"):
             q = blurred / blurred.sum(-1, keepdim=True)
             per_frame = (q * torch.log_softmax(logits, -1)).sum(-1)
+            if self.objective == "softmax+voiced":  # also: the target's own bins active (voiced at the target)
+                per_frame = per_frame + (q * F.logsigmoid(logits)).sum(-1)
         else:
             per_frame = -F.binary_cross_entropy_with_logits(logits, blurred, reduction="none").sum(-1)  # (B, T)
         logp = (weights * per_frame).sum(-1) / weights.sum(-1).clamp_min(1e-6)
