@@ -48,8 +48,8 @@ TARGET_BLUR_CENTS = 25.0  # the Gaussian CREPE's training targets were blurred w
 CAPACITIES = ("tiny", "full")
 # Tiny, by measurement (bench/pitch_capacity.py, reports/pitch/capacity.json): a guide call costs 7x more
 # with full (18.7 s against 2.6 s per sample on a loaded CPU core); full reads pitch better from log-Mels
-# (64% of clips within 1 st against 46%), but with tiny every sample pYIN hears voiced already lands within
-# about 0.2 st of its target (reports/pitch/test): what misses is voicing, which a better reader won't fix.
+# (7 of 11 voiced clips within 1 st against 5 of 11), but with tiny 75 of the 76 guided samples pYIN hears
+# voiced already land within 1 st of their target (reports/pitch/test): what misses is voicing.
 DEFAULT_CAPACITY = "tiny"
 DEFAULT_HOP_S = 0.02  # CREPE frame hop while guiding (20 ms: half of CREPE's usual 10 ms, same contour)
 ENERGY_GATE_DB = 30.0  # frames quieter than the loudest by more are not speech (the vocoder's hum lives there)
