@@ -55,7 +55,7 @@ DEFAULT_HOP_S = 0.02  # CREPE frame hop while guiding (20 ms: half of CREPE's us
 ENERGY_GATE_DB = 30.0  # frames quieter than the loudest by more are not speech (the vocoder's hum lives there)
 VOICED_PERIODICITY = 0.5  # a frame counts as voiced when CREPE's periodicity reaches this (reference medians)
 ROUTES = ("vocoder", "griffin-lim")
-OBJECTIVES = ("softmax", "softmax+voiced", "bce")
+OBJECTIVES = ("softmax", "bce")
 
 
 def crepe_weights_path(capacity: str = DEFAULT_CAPACITY) -> Path:
@@ -286,11 +286,9 @@ class PitchGuide(Guide):
         line = self.lines[target.to(self.device)]  # (B, 2) cents
         want = line[:, :1] + position * (line[:, 1:] - line[:, :1])  # (B, T)
         blurred = torch.exp(-((bin_cents(self.device) - want[..., None]) ** 2) / (2 * TARGET_BLUR_CENTS**2))
-        if self.objective in ("softmax", "softmax+voiced"):
+        if self.objective == "softmax":
             q = blurred / blurred.sum(-1, keepdim=True)
             per_frame = (q * torch.log_softmax(logits, -1)).sum(-1)
-            if self.objective == "softmax+voiced":  # also: the target's own bins active (voiced at the target)
-                per_frame = per_frame + (q * F.logsigmoid(logits)).sum(-1)
         else:
             per_frame = -F.binary_cross_entropy_with_logits(logits, blurred, reduction="none").sum(-1)  # (B, T)
         logp = (weights * per_frame).sum(-1) / weights.sum(-1).clamp_min(1e-6)
