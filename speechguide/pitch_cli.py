@@ -94,10 +94,10 @@ def pitch_guide_for(models, references: list, capacity: str | None = None) -> Co
 
 def evaluate_pitch_command(
     out: Path = typer.Option(Path("reports/pitch"), "--out", help="Report directory."),
-    targets: str = typer.Option("", help="Comma-separated pitch targets (default: 4 semitones below and above, and 2 below and above, the unguided median F0; e.g. 95,107,135,151)."),
+    targets: str = typer.Option("", help="Comma-separated pitch targets (default: 4 semitones below and above, and 2 below and above, the unguided median F0; e.g. 106,119,150,169)."),
     samples: int = typer.Option(12, help="Samples per pitch target (digits cycle 0..9)."),
     seed: int = typer.Option(0, help="Noise seed (the same noise for every system)."),
-    steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the pitch profile's)."),
+    steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the digit guide profile's, 18)."),
     pitch_scale: Optional[float] = typer.Option(None, help="Pitch guide scale (default: the pitch profile's)."),
     capacity: str = typer.Option("tiny", help="CREPE capacity: tiny | full."),
     digit: bool = typer.Option(True, "--digit/--no-digit", help="Also run digit-only and digit + pitch systems (digit accuracy by the outside recognizer)."),
@@ -128,19 +128,18 @@ def evaluate_pitch_command(
                 fail(f"--targets {text}: evaluate-pitch takes absolute (Hz) or contour targets")
     except PitchTargetError as exc:
         fail(f"--targets: {exc}")
-    listen = None
-    if digit and outside_judges:
+    outside_asr = digit and outside_judges
+    if outside_asr:
         try:
             from outside_judges.report import ready
 
             ready()
         except ImportError as exc:
             fail(f"--outside-judges: {' '.join(str(exc).split())} (or pass --no-outside-judges)")
-        listen = True
     models = load_models(models_dir, device)
     cfg = PitchEvalConfig(
         targets=tuple(texts), samples=samples, seed=seed, steps=steps, scale=pitch_scale,
-        capacity=capacity, digit=digit, outside_asr=listen is not None,
+        capacity=capacity, digit=digit, outside_asr=outside_asr,
     )
     evaluate_pitch(models, cfg, out, progress=lambda msg: typer.echo(msg, err=True))
     typer.echo((out / "report.md").read_text())
