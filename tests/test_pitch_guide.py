@@ -190,3 +190,21 @@ def test_http_request_schema_refuses_bad_pitch_labels(label, ok):
     else:
         with pytest.raises(ValidationError, match="pitch"):
             GenerateRequest.model_validate(body)
+
+
+@pytest.mark.slow
+def test_evaluate_pitch_writes_a_table_per_target(tiny_models_dir, tmp_path):
+    import json
+
+    out = tmp_path / "report"
+    r = _cli("evaluate-pitch", "--samples", "2", "--steps", "2", "--targets", "140,rise", "--no-digit",
+             "--models-dir", str(tiny_models_dir), "--device", "cpu", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["targets"]) == {"140", "rise"}
+    assert results["targets"]["140"]["line_hz"] == [140.0, 140.0]
+    rise = results["targets"]["rise"]["line_hz"]
+    assert rise[0] < rise[1]
+    for row in results["targets"].values():
+        assert row["pitch"]["n"] == 2 and 0.0 <= row["pitch"]["within_1st"] <= 1.0 and "digit+pitch" not in row
+    assert "| 140 |" in (out / "report.md").read_text()
