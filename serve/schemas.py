@@ -54,6 +54,10 @@ class TargetSpec(_Strict):
                 raise ValueError(f"a {self.guide!r} target needs a label")
             if self.reference_wav_base64 is not None:
                 raise ValueError("reference_wav_base64 belongs to speaker targets only")
+            if self.guide == "pitch":  # a malformed or out-of-range pitch is refused here (422) whatever serves it
+                from guidance.pitch_targets import parse_pitch_target
+
+                parse_pitch_target(self.label)
         return self
 
 

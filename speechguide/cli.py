@@ -169,7 +169,7 @@ def _subnet_label(path: Path) -> str:
 
 @app.command()
 def generate(
-    target: list[str] = typer.Option(..., "--target", help="guide=label: digit=7 (repeat for several digits) and/or speaker=REF.wav (a reference voice; with a digit target, a composite)."),
+    target: list[str] = typer.Option(..., "--target", help="guide=label: digit=7 (repeat for several digits), speaker=REF.wav (a reference voice) and/or pitch=140 | +3st | rise | fall (CREPE pitch guide); several guides make a composite."),
     num: int = typer.Option(1, "--num", help="Samples per target."),
     seed: int = typer.Option(0, help="Seed of the starting noise (same seed, same audio)."),
     out: Path = typer.Option(..., "--out", help="Output directory for WAVs and manifest.json."),
@@ -238,6 +238,8 @@ def generate(
             fail(f"{name} needs --url: registered models and named profiles are served by the Serve app")
     if profile_name is not None and profile is not None:
         fail("give --profile (a JSON file) or --profile-name (a profile the app knows), not both")
+    if url is not None and any(t.guide == "pitch" for t in targets):
+        fail("pitch targets are generated in-process only: the Serve app does not serve the pitch guide yet (leave out --url)")
     references = _read_references(targets)
     prof = read_profile(profile, "--profile") if profile is not None else base_profile(guide)
     prof = with_overrides(prof, scale, steps, sampler)
@@ -496,6 +498,7 @@ OPTIONAL_COMMAND_MODULES: tuple[str, ...] = (
     "speechguide.cluster_cli",
     "speechguide.voice_cli",
     "speechguide.vocode_cli",
+    "speechguide.pitch_cli",
 )
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from guidance.guides import GuidanceProfile, GuideSettings
 from guidance.guides.base import Guide
 from guidance.guides.reference import ReferenceGuide
-from guidance.plan import COMPOSITE_DIGIT_SCALE, Target, file_names, plan_request, retargets
+from guidance.pitch_targets import parse_pitch_target, resolve_pitch
+from guidance.plan import COMPOSITE_DIGIT_SCALE, Target, check_targets, file_names, plan_request, retargets
 
 
 class _Digits(Guide):
@@ -39,6 +42,30 @@ class _Voice(ReferenceGuide):
         raise AssertionError
 
 
+class _Pitch(Guide):
+    """The pitch guide's target bookkeeping without CREPE: labels are resolved lines, relative ones per reference."""
+
+    name = "pitch"
+    default_settings = GuideSettings(scale=0.4, sigma_hi=8.0)
+
+    def __init__(self) -> None:
+        self.labels, self.lines = [], []
+
+    def add_target(self, text, reference_hz=None, reference_name=None):
+        target = parse_pitch_target(text)
+        label = target.text if not (reference_name and target.kind != "hz") else f"{target.text}@{reference_name}"
+        if label not in self.labels:
+            self.lines.append(resolve_pitch(target, reference_hz))
+            self.labels.append(label)
+        return self.labels.index(label)
+
+    def line(self, index):
+        return self.lines[index]
+
+    def log_prob(self, inp, sigma, target, temperature):  # pragma: no cover
+        raise AssertionError
+
+
 PROFILE = GuidanceProfile(guide=GuideSettings(scale=3.0))
 
 
@@ -52,7 +79,7 @@ def _voice(*names: str) -> _Voice:
 def test_rows_are_every_digit_and_reference_combination_num_times_in_order():
     targets = [Target("digit", "7"), Target("digit", "2"), Target("speaker", "a.wav"), Target("speaker", "bb.wav")]
     plan = plan_request(targets, 2, 5, PROFILE, _Digits(), _voice("a.wav", "bb.wav"), weights={"speaker": 2.0})
-    assert plan.rows == [(7, 0), (7, 0), (7, 1), (7, 1), (2, 0), (2, 0), (2, 1), (2, 1)]
+    assert plan.rows == [(7, 0, None), (7, 0, None), (7, 1, None), (7, 1, None), (2, 0, None), (2, 0, None), (2, 1, None), (2, 1, None)]
     assert plan.named["digit"].tolist() == [7, 7, 7, 7, 2, 2, 2, 2] and plan.named["speaker"].tolist() == [0, 0, 1, 1] * 2
     assert plan.file_names() == ["7_000.wav", "7_001.wav", "7_002.wav", "7_003.wav", "2_000.wav", "2_001.wav", "2_002.wav", "2_003.wav"]
     assert plan.weights == {"digit": 1.0, "speaker": 2.0}
@@ -96,3 +123,50 @@ def test_retargeting_moves_each_row_by_the_word_offsets():
 def test_bad_requests_raise_one_line(targets, weights, error):
     with pytest.raises((ValueError, KeyError), match=error):
         plan_request(targets, 1, 0, PROFILE, _Digits(), None, weights=weights)
+
+
+def test_pitch_targets_are_rows_of_the_plan_and_relative_ones_resolve_per_reference():
+    targets = [Target("digit", "7"), Target("speaker", "a.wav"), Target("speaker", "bb.wav"), Target("pitch", "+12st"), Target("pitch", "150")]
+    pitch = _Pitch()
+    plan = plan_request(targets, 1, 0, PROFILE, _Digits(), _voice("a.wav", "bb.wav"), pitch_guide=pitch, reference_hz={"a.wav": 100.0, "bb.wav": 120.0})
+    assert plan.rows == [(7, 0, 0), (7, 0, 1), (7, 1, 0), (7, 1, 1)] and plan.pitch_labels == ["+12st", "150"]
+    assert pitch.labels == ["+12st@a.wav", "150", "+12st@bb.wav"] and plan.named["pitch"].tolist() == [0, 1, 2, 1]
+    assert [plan.pitch_lines[k].start_hz for k in plan.named["pitch"].tolist()] == pytest.approx([200.0, 150.0, 240.0, 150.0])
+    assert plan.targets_of(2) == [{"guide": "digit", "label": "7"}, {"guide": "speaker", "label": "bb.wav"}, {"guide": "pitch", "label": "+12st"}]
+    assert plan.weights == {"digit": 1.0, "speaker": 1.0, "pitch": 1.0} and plan.profile.per_guide["pitch"].sigma_hi == 8.0
+    assert plan.file_names() == ["7_000.wav", "7_001.wav", "7_002.wav", "7_003.wav"]
+
+    class _Heard:
+        median_hz, voiced_fraction, glide_semitones = 150.0, 0.5, float("nan")
+
+        def error_semitones(self, line):
+            return abs(12 * math.log2(self.median_hz / line.median_hz))
+
+    scores = plan.scores(pitch_error=torch.tensor([0.5, float("nan"), 1.0, 0.0]), pitch_heard=[_Heard()] * 4)
+    assert scores[0]["pitch_target_hz"] == [200.0, 200.0] and scores[0]["pitch_crepe_error_st"] == 0.5
+    assert scores[1]["pitch_crepe_error_st"] is None and scores[1]["pitch_heard_error_st"] == 0.0 and scores[1]["pitch_heard_glide_st"] is None
+    assert scores[0]["pitch_heard_error_st"] == pytest.approx(12 * math.log2(200 / 150), abs=1e-3) and scores[0]["pitch_voiced_fraction"] == 0.5
+    # pitch only: one row per pitch target, named by sample; rise/fall centre on the default without a reference
+    plan = plan_request([Target("pitch", "rise")], 2, 0, PROFILE, _Digits(), None, pitch_guide=_Pitch())
+    assert plan.rows == [(None, None, 0)] * 2 and plan.file_names() == ["sample_000.wav", "sample_001.wav"] and "digit" not in plan.named
+
+
+@pytest.mark.parametrize(
+    "targets, error",
+    [
+        ([Target("pitch", "600")], "50-500 Hz"),
+        ([Target("pitch", "wobble")], "pitch target must be"),
+        ([Target("digit", "3"), Target("pitch", "+3st")], "speaker=REF.wav"),
+    ],
+)
+def test_bad_pitch_targets_are_refused_before_any_model(targets, error):
+    with pytest.raises(ValueError, match=error):
+        check_targets(targets)
+
+
+def test_a_relative_pitch_target_out_of_range_for_its_reference_raises_one_line():
+    targets = [Target("speaker", "a.wav"), Target("pitch", "+20st")]
+    with pytest.raises(ValueError, match="50-500"):
+        plan_request(targets, 1, 0, PROFILE, _Digits(), _voice("a.wav"), pitch_guide=_Pitch(), reference_hz={"a.wav": 200.0})
+    with pytest.raises(ValueError, match="needs a pitch guide"):
+        plan_request(targets, 1, 0, PROFILE, _Digits(), _voice("a.wav"))

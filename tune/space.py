@@ -9,7 +9,7 @@ parameters (prefixed by the guide's name) and lands in `per_guide`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from guidance.edm_constants import SIGMA_MAX, SIGMA_MIN
@@ -32,6 +32,12 @@ class SpaceBounds:
     churn: tuple[float, float] = (0.0, 4.0)
 
 
+# The pitch guide (CREPE on x0_hat) reads a pitch only below sigma ~16 (reports/pitch/calibration.json:
+# agreement with the clean clip's pitch 0.19 at sigma 8, 0.06 at 16, 0 at 40), and guiding into the last
+# steps fools CREPE without voicing the sample (reports/pitch/sweep.md), so its window is searched there.
+PITCH_BOUNDS = replace(SpaceBounds(), scale_norm=(0.05, 1.5), sigma_lo=(0.1, 2.0), sigma_hi=(2.0, 30.0))
+
+
 @dataclass(frozen=True)
 class ProfileSpace:
     """Define-by-run space (picklable, so a restored sweep rebuilds the same searcher)."""
@@ -39,14 +45,19 @@ class ProfileSpace:
     base: GuidanceProfile
     guide_names: tuple[str, ...] = ("digit",)
     bounds: SpaceBounds = SpaceBounds()
+    guide_bounds: tuple[tuple[str, SpaceBounds], ...] = field(default=(("pitch", PITCH_BOUNDS),))
+
+    def bounds_for(self, name: str) -> SpaceBounds:
+        """A guide's own ranges (the pitch guide's window), else the shared ones."""
+        return dict(self.guide_bounds).get(name, self.bounds)
 
     def _prefix(self, name: str) -> str:
         return "" if len(self.guide_names) == 1 else f"{name}."
 
     def __call__(self, trial: Any) -> None:
         """Optuna define-by-run: suggest every knob on `trial` (values are captured by Ray)."""
-        b = self.bounds
         for name in self.guide_names:
+            b = self.bounds_for(name)
             p, base = self._prefix(name), self.base.settings_for(name)
             if trial.suggest_categorical(f"{p}norm_scaling", [True, False]):
                 trial.suggest_float(f"{p}scale_norm", *b.scale_norm, log=True)
@@ -59,8 +70,8 @@ class ProfileSpace:
                 trial.suggest_float(f"{p}temperature_mult", *b.temperature_mult, log=True)
             else:
                 trial.suggest_float(f"{p}temperature", *b.temperature, log=True)
-        trial.suggest_int("steps", *b.steps)
-        trial.suggest_float("churn", *b.churn)
+        trial.suggest_int("steps", *self.bounds.steps)
+        trial.suggest_float("churn", *self.bounds.churn)
 
     def default_point(self, steps: int) -> dict[str, Any]:
         """The base profile as a point of this space (Optuna evaluates it first)."""
@@ -70,8 +81,9 @@ class ProfileSpace:
             point[f"{p}norm_scaling"] = g.norm_scaling
             point[f"{p}scale_norm" if g.norm_scaling else f"{p}scale_plain"] = g.scale
             point[f"{p}schedule"] = g.schedule
-            point[f"{p}sigma_lo"] = min(max(g.sigma_lo, self.bounds.sigma_lo[0]), self.bounds.sigma_lo[1])
-            point[f"{p}sigma_hi"] = min(max(g.sigma_hi, self.bounds.sigma_hi[0]), self.bounds.sigma_hi[1])
+            b = self.bounds_for(name)
+            point[f"{p}sigma_lo"] = min(max(g.sigma_lo, b.sigma_lo[0]), b.sigma_lo[1])
+            point[f"{p}sigma_hi"] = min(max(g.sigma_hi, b.sigma_hi[0]), b.sigma_hi[1])
             if g.temperatures is not None:
                 point[f"{p}temperature_mult"] = 1.0
             else:

@@ -1,0 +1,70 @@
+"""`evaluate-pitch`: pitch guidance judged by an independent tracker.
+
+`generate --target pitch=140|+3st|rise|fall` needs nothing here: pitch is a target guide of the request's
+plan (`guidance.plan`), sampled in-process by `guidance.generate`. Heavy imports happen inside the functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def evaluate_pitch_command(
+    out: Path = typer.Option(Path("reports/pitch"), "--out", help="Report directory."),
+    targets: str = typer.Option("", help="Comma-separated pitch targets (default: 4 semitones below and above, and 2 below and above, the unguided median F0; e.g. 106,119,150,169)."),
+    samples: int = typer.Option(12, help="Samples per pitch target (digits cycle 0..9)."),
+    seed: int = typer.Option(0, help="Noise seed (the same noise for every system)."),
+    steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the digit guide profile's, 18)."),
+    pitch_scale: Optional[float] = typer.Option(None, help="Pitch guide scale (default: the pitch profile's)."),
+    capacity: str = typer.Option("tiny", help="CREPE capacity: tiny | full."),
+    digit: bool = typer.Option(True, "--digit/--no-digit", help="Also run digit-only and digit + pitch systems (digit accuracy by the outside recognizer)."),
+    models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
+    outside_judges: bool = typer.Option(True, "--outside-judges/--no-outside-judges", help="Score digits with the outside recognizer (PocketSphinx)."),
+) -> None:
+    """Pitch guidance (CREPE) judged by an independent tracker (pYIN): median F0 error in semitones per target,
+    voicing, and the digit rate of digit + pitch composites next to digit-only guidance."""
+    import math
+
+    from guidance.pitch_eval import PitchEvalConfig, evaluate_pitch
+    from guidance.pitch_targets import PitchTargetError, parse_pitch_target
+    from speechguide.common import fail, load_models
+
+    if not 1 <= samples <= 200:
+        fail(f"--samples must be between 1 and 200, got {samples}")
+    if steps is not None and not 1 <= steps <= 1000:
+        fail(f"--steps must be between 1 and 1000, got {steps}")
+    if pitch_scale is not None and (not math.isfinite(pitch_scale) or pitch_scale < 0):
+        fail(f"--pitch-scale must be a finite non-negative number, got {pitch_scale}")
+    if capacity not in ("tiny", "full"):
+        fail(f"--capacity must be tiny or full, got {capacity!r}")
+    texts = [t.strip() for t in targets.split(",") if t.strip()]
+    try:
+        for text in texts:
+            if parse_pitch_target(text).needs_reference:
+                fail(f"--targets {text}: evaluate-pitch takes absolute (Hz) or contour targets")
+    except PitchTargetError as exc:
+        fail(f"--targets: {exc}")
+    outside_asr = digit and outside_judges
+    if outside_asr:
+        try:
+            from outside_judges.report import ready
+
+            ready()
+        except ImportError as exc:
+            fail(f"--outside-judges: {' '.join(str(exc).split())} (or pass --no-outside-judges)")
+    models = load_models(models_dir, device)
+    cfg = PitchEvalConfig(
+        targets=tuple(texts), samples=samples, seed=seed, steps=steps, scale=pitch_scale,
+        capacity=capacity, digit=digit, outside_asr=outside_asr,
+    )
+    evaluate_pitch(models, cfg, out, progress=lambda msg: typer.echo(msg, err=True))
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"report written to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate-pitch")(evaluate_pitch_command)

