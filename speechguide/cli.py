@@ -16,6 +16,8 @@ import typer
 from speechguide.common import (
     OUTSIDE_JUDGES_HELP,
     VOCODER_HELP,
+    check_between,
+    check_non_negative,
     check_vocoder,
     click_exc,
     fail,
@@ -199,8 +201,6 @@ def generate(
     vocoder: str = typer.Option("neural", "--vocoder", help=VOCODER_HELP),
 ) -> None:
     """Generate speech of the requested class(es), in-process or through a Serve app; write WAVs plus a manifest."""
-    import math
-
     from guidance.guides import VOICE_GUIDE_KINDS
     from guidance.pipeline import GUIDE_KINDS
     from guidance.plan import Target, base_profile, check_targets, check_weights, with_overrides
@@ -214,12 +214,9 @@ def generate(
 
         guide = default_digit_kind(any(t.partition("=")[0].strip() == "speaker" for t in target), generator)
     _check_generator(generator, subnet, guide)
-    if not 1 <= num <= 1000:
-        fail(f"--num must be between 1 and 1000, got {num}")
-    if steps is not None and not 1 <= steps <= 1000:
-        fail(f"--steps must be between 1 and 1000, got {steps}")
-    if scale is not None and (not math.isfinite(scale) or scale < 0):
-        fail(f"--scale must be a finite non-negative number, got {scale}")
+    check_between("--num", num, 1, 1000)
+    check_between("--steps", steps, 1, 1000)
+    check_non_negative("--scale", scale)
     if sampler is not None and sampler not in ("euler", "heun"):
         fail(f"--sampler must be 'euler' or 'heun', got {sampler!r}")
     if out.exists() and not out.is_dir():

@@ -26,6 +26,20 @@ def fail(message: str) -> None:
     raise UsageProblem(message)
 
 
+def check_between(option: str, value: float | None, low: float, high: float) -> None:
+    """Exit 2 unless an option left unset or within [low, high]."""
+    if value is not None and not low <= value <= high:
+        fail(f"{option} must be between {low} and {high}, got {value}")
+
+
+def check_non_negative(option: str, value: float | None) -> None:
+    """Exit 2 unless an option left unset or a finite number >= 0 (scales)."""
+    import math
+
+    if value is not None and (not math.isfinite(value) or value < 0):
+        fail(f"{option} must be a finite non-negative number, got {value}")
+
+
 def read_profile(path: Path, option: str):
     """The guidance profile JSON an option names; a missing or invalid file ends the command with one line."""
     from guidance.guides import GuidanceProfile

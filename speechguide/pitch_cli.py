@@ -27,18 +27,13 @@ def evaluate_pitch_command(
 ) -> None:
     """Pitch guidance (CREPE) judged by an independent tracker (pYIN): median F0 error in semitones per target,
     voicing, and the digit rate of digit + pitch composites next to digit-only guidance."""
-    import math
-
     from guidance.pitch_eval import PitchEvalConfig, evaluate_pitch
     from guidance.pitch_targets import PitchTargetError, parse_pitch_target
-    from speechguide.common import fail, load_models
+    from speechguide.common import check_between, check_non_negative, fail, load_models
 
-    if not 1 <= samples <= 200:
-        fail(f"--samples must be between 1 and 200, got {samples}")
-    if steps is not None and not 1 <= steps <= 1000:
-        fail(f"--steps must be between 1 and 1000, got {steps}")
-    if pitch_scale is not None and (not math.isfinite(pitch_scale) or pitch_scale < 0):
-        fail(f"--pitch-scale must be a finite non-negative number, got {pitch_scale}")
+    check_between("--samples", samples, 1, 200)
+    check_between("--steps", steps, 1, 1000)
+    check_non_negative("--pitch-scale", pitch_scale)
     if capacity not in ("tiny", "full"):
         fail(f"--capacity must be tiny or full, got {capacity!r}")
     texts = [t.strip() for t in targets.split(",") if t.strip()]
