@@ -66,6 +66,8 @@ from serve.config import AppArgs, Auth
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
 from serve.fused import FusedCall, FusedResult, fused_answerer
 from serve.merge import CallMerger
+from serve.metrics import ingress_metrics, observe_requests
+from serve.playground import add_routes as add_playground_routes
 from serve.steps import GuideCall, GuidePlan, GuideResult, drive_sampler, from_wire, to_wire
 
 log = logging.getLogger("ray.serve")
@@ -76,6 +78,8 @@ REFUSED_RETRY_S = 30.0  # a registered denoiser version that failed to load is t
 MAX_SIGMA = 1000.0  # EDM's default is 80; far larger only overflows
 
 api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
+add_playground_routes(api)  # GET / (the playground page) and /docs, from files the app serves
+observe_requests(api)  # requests by outcome and guide kind, end-to-end latency (serve.metrics)
 
 
 class ApiError(Exception):
@@ -223,8 +227,9 @@ class SpeechIngress:
             self.registry = RegistryWatch(self.args.registry)
             # At start-up, before the replica takes traffic: a reachable registry's profiles are
             # served from the first request on; an unreachable one is retried by the poller.
-            for change in self.registry.refresh():
+            for change in (changes := self.registry.refresh()):
                 log.info("registry: %s", change)
+            ingress_metrics().registry(len(changes), len(self.registry.errors))
             for key, err in self.registry.errors.items():
                 log.warning("registry: %s: %s", key, err)
         self._poller: Optional[asyncio.Task] = None
@@ -371,6 +376,7 @@ class SpeechIngress:
                 continue
             for change in changes:
                 log.info("registry: %s", change)
+            ingress_metrics().registry(len(changes), len(self.registry.errors))
 
     async def check_health(self) -> None:
         """Serve calls this every few seconds: it also starts the registry poll without waiting for traffic."""
@@ -525,6 +531,7 @@ class SpeechIngress:
         self._authorize(request)
         self._ensure_poller()
         req = await self._read_request(request)
+        request.state.guide_kind = req.guide_kind  # the metrics' guide_kind tag
         cat = await self.catalog()
         if self.fused is not None:  # the single-backbone generator guides with its own backbone only
             if req.guide_model is not None:
@@ -547,7 +554,9 @@ class SpeechIngress:
         labels = torch.tensor(classes).repeat_interleave(req.num_samples)
         # Admission by work: decided and registered in one synchronous call, right before sampling.
         job, decision = self.admission.admit(len(labels), sampler_evaluations(prof.sampler.steps, prof.sampler.kind))
+        ingress_metrics().admission_state(self.admission.describe(), job is not None)
         if job is None:
+            request.state.refused = True
             extra = {"admission": decision.as_dict(), "timings_ms": {"validate": round((time.perf_counter() - t_start) * 1e3, 2)}}
             raise ApiError(503, decision.message(self.args.request_timeout_s), retry_after=decision.retry_after_s, extra=extra)
         try:
@@ -569,6 +578,7 @@ class SpeechIngress:
                 self._sampling -= 1
         finally:
             self.admission.finish(job)
+            ingress_metrics().admission_state(self.admission.describe())
         t_sampled = time.perf_counter()
         scorer = ("fused generator", self.fused) if self.fused is not None else ("classifier", self._classifier_for(guide_key))
         probs = from_wire(await self._remote(scorer[0], scorer[1].probabilities, guide_key, to_wire(mels)))
@@ -596,6 +606,7 @@ class SpeechIngress:
             "total": (time.perf_counter() - t_start) * 1e3,
         }
         timings = {k: round(v, 2) for k, v in timings.items()}
+        ingress_metrics().answered(req.guide_kind, timings, stats.steps, self.args.vocoder)
         accept = request.headers.get("accept", "").lower()
         if len(samples) == 1 and any(t in accept for t in WAV_TYPES):
             headers = {"X-Speechguide-Scores": json.dumps(samples[0]["scores"]), "X-Speechguide-Timings-Ms": json.dumps(timings)}
@@ -652,6 +663,7 @@ class SpeechIngress:
             "profiles": self.profile_names(),
             "vocoder": describe_vocoder(self._vocoder),
             "sample_rate": cat.spec.sample_rate,
+            "features": {k: getattr(cat.spec, k) for k in ("n_fft", "hop_length", "n_mels", "f_min", "f_max")},  # the playground's spectrogram
             "unsupported_guides": ["speaker"],
         }
         if self.registry is not None:

@@ -63,7 +63,7 @@ def test_no_test_take_reaches_training(role, fsdd_root, spec, tmp_path, monkeypa
     monkeypatch.setattr(training, "fsdd_features", recording)
     monkeypatch.setattr(training, "fsdd_vocoded_features", recording)
     cfg = dataclasses.replace(TRAIN_DEFAULTS[role], steps=2, batch_size=4, eval_every=1)
-    train(role, spec, tmp_path / f"{role}.safetensors", cfg, data_root=str(fsdd_root), show_progress=False)
+    train(role, spec, tmp_path / f"{role}.safetensors", cfg, data_root=str(fsdd_root))
     assert seen, "training used no data at all"
     assert {split for split, _ in seen} <= {"train", "val"}
     assert min(int(t.min()) for _, t in seen) >= 5

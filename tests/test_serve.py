@@ -10,14 +10,16 @@ import asyncio
 import base64
 import io
 import json
+import os
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import soundfile
 import torch
-from serve_app import running_app
+from serve_app import free_port, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -27,11 +29,18 @@ INGRESS_ONGOING, INGRESS_QUEUED = 4, 4  # the proxy counts a burst as queued unt
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_models_dir):
+def metrics_port() -> int:
+    """The cluster's Prometheus endpoint: http://127.0.0.1:PORT/metrics."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_models_dir, metrics_port):
     from serve.config import DEFAULT_CONFIG_PATH
 
     with running_app(
         DEFAULT_CONFIG_PATH,
+        metrics_export_port=metrics_port,
         models_dir=tiny_models_dir,
         deployments={"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}},
     ) as url:
@@ -438,3 +447,127 @@ def test_killing_the_classifier_mid_request_ends_cleanly_and_the_app_recovers(ap
     assert recovered is not None, "the app did not serve again within 30 s of the kill"
     new = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#Classifier#" in a["name"]]
     assert new and new != [replicas[0]["name"]]
+
+
+# ---- metrics and the playground page, on the same running app ------------------------------------
+
+
+def _scrape(metrics_port: int) -> dict[str, list]:
+    """The Prometheus endpoint's samples, by sample name (`name_bucket`, `name_count`, ...)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def _total(samples: dict, name: str, **labels: str) -> float:
+    return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_metrics_reach_the_prometheus_endpoint(client, metrics_port):
+    from serve.metrics import EXPORTED
+
+    ok = client.post("/v1/generate", json={**VALID, "guide_kind": "clean"})
+    assert ok.status_code == 200, ok.text
+    bad = client.post("/v1/generate", json={"targets": [{"guide": "digit", "label": "12"}], "guide_kind": "clean"})
+    assert bad.status_code == 404
+    want = {
+        "ok clean request": lambda m: _total(m, EXPORTED["requests"], outcome="ok", guide_kind="clean") >= 1,
+        "invalid clean request": lambda m: _total(m, EXPORTED["requests"], outcome="invalid", guide_kind="clean") >= 1,
+        "request latency": lambda m: _total(m, EXPORTED["request_seconds"] + "_count", outcome="ok", guide_kind="clean") >= 1,
+        "vocode stage": lambda m: _total(m, EXPORTED["stage_seconds"] + "_count", stage="vocode", guide_kind="clean") >= 1,
+        "per-step latency": lambda m: _total(m, EXPORTED["step_seconds"] + "_count", guide_kind="clean") >= 1,
+        "vocoder time": lambda m: _total(m, EXPORTED["vocode_seconds"] + "_count", vocoder="neural") >= 1,
+        "admitted": lambda m: _total(m, EXPORTED["admission"], decision="admitted") >= 1,
+        "work in flight": lambda m: EXPORTED["work_in_flight"] in m,
+        "denoiser forwards": lambda m: _total(m, EXPORTED["forward_rows"] + "_count", deployment="Denoiser") >= 3,
+        "classifier forwards": lambda m: _total(m, EXPORTED["forward_rows"] + "_count", deployment="Classifier") >= 1,
+        "rows in forwards": lambda m: _total(m, EXPORTED["forward_rows"] + "_sum", deployment="Denoiser") >= 3,
+    }
+    missing = list(want)
+    deadline = time.monotonic() + 90  # Ray exports every few seconds
+    while missing and time.monotonic() < deadline:
+        time.sleep(2)
+        samples = _scrape(metrics_port)
+        missing = [name for name, check in want.items() if not check(samples)]
+    assert not missing, f"not on the Prometheus endpoint after 90 s: {missing}"
+    lines = [f"{s.name}{{outcome={s.labels['outcome']},guide_kind={s.labels['guide_kind']}}} {s.value:g}" for s in samples[EXPORTED["requests"]]]
+    print("\n".join(sorted(lines)))  # the closing note quotes a few
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium (Debian's package) driven through its chromedriver; .ci/run installs both."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
+        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=900,1400"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_playground_page_generates_plays_and_draws_in_a_real_browser(app_url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser.get(app_url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+    assert "speaker" in browser.find_element(By.ID, "voice-note").text  # this build serves no reference voices yet
+    assert not browser.find_element(By.ID, "voice-controls").is_displayed()
+    Select(browser.find_element(By.ID, "digit")).select_by_value("3")
+    Select(browser.find_element(By.ID, "guide-kind")).select_by_value("noisy")
+    for field, value in (("steps", "3"), ("scale", "2")):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    WebDriverWait(browser, 120).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", browser.find_element(By.ID, "status").text
+
+    # The audio element holds the WAV and the browser decoded it; the canvas holds a spectrogram, not a blank.
+    wait.until(lambda d: d.execute_script("return document.getElementById('audio').readyState") >= 1)
+    duration = browser.execute_script("return document.getElementById('audio').duration")
+    assert 0.9 < duration < 2.0, duration
+    canvas = browser.execute_script(
+        "const c = document.getElementById('spectrogram'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "const seen = new Set(); for (let i = 0; i < d.length; i += 4) seen.add(d[i] * 65536 + d[i + 1] * 256 + d[i + 2]);"
+        "return {frames: Number(c.dataset.frames), mels: Number(c.dataset.mels), colours: seen.size};"
+    )
+    models = httpx.get(app_url + "/v1/models").json()
+    assert canvas["mels"] == models["features"]["n_mels"] and canvas["frames"] > 30 and canvas["colours"] > 20, canvas
+    scores = browser.find_element(By.ID, "scores").text
+    assert "digit 3" in scores and "guide target probability" in scores and "sampler steps 3" in scores
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "playground.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+
+    # /docs is FastAPI's Swagger UI, its script and style served by the app itself.
+    browser.get(app_url + "/docs")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
+    assert "speechguide" in browser.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
+    assert browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/v1/generate']")
+    assert httpx.get(app_url + "/docs-assets/swagger-ui.css").status_code == 200
+    assert httpx.get(app_url + "/playground/__init__.py").status_code == 404  # only the page's own files are served
