@@ -229,7 +229,7 @@ class SpeechIngress:
             # served from the first request on; an unreachable one is retried by the poller.
             for change in (changes := self.registry.refresh()):
                 log.info("registry: %s", change)
-            ingress_metrics().registry(len(changes), len(self.registry.errors))
+            ingress_metrics().registry_reloaded(len(changes))
             for key, err in self.registry.errors.items():
                 log.warning("registry: %s: %s", key, err)
         self._poller: Optional[asyncio.Task] = None
@@ -237,6 +237,7 @@ class SpeechIngress:
         self._sampling = 0  # requests of this replica between their first and last step call
         # Work in flight and measured throughput of this replica (each ingress replica admits on its own).
         self.admission = AdmissionController(deadline_s=self.args.request_timeout_s, **self.args.admission.model_dump())
+        ingress_metrics().follow(self.admission, self.registry)  # work in flight, throughput, registry errors as gauges
         self._guide_handles: dict[str, DeploymentHandle] = {}
         self._guide_descriptions: dict[str, dict] = {}
         # The registered denoiser that last loaded, served on while the alias points at a version that
@@ -376,7 +377,7 @@ class SpeechIngress:
                 continue
             for change in changes:
                 log.info("registry: %s", change)
-            ingress_metrics().registry(len(changes), len(self.registry.errors))
+            ingress_metrics().registry_reloaded(len(changes))
 
     async def check_health(self) -> None:
         """Serve calls this every few seconds: it also starts the registry poll without waiting for traffic."""
@@ -554,7 +555,7 @@ class SpeechIngress:
         labels = torch.tensor(classes).repeat_interleave(req.num_samples)
         # Admission by work: decided and registered in one synchronous call, right before sampling.
         job, decision = self.admission.admit(len(labels), sampler_evaluations(prof.sampler.steps, prof.sampler.kind))
-        ingress_metrics().admission_state(self.admission.describe(), job is not None)
+        ingress_metrics().admission_decision(job is not None)
         if job is None:
             request.state.refused = True
             extra = {"admission": decision.as_dict(), "timings_ms": {"validate": round((time.perf_counter() - t_start) * 1e3, 2)}}
@@ -578,7 +579,6 @@ class SpeechIngress:
                 self._sampling -= 1
         finally:
             self.admission.finish(job)
-            ingress_metrics().admission_state(self.admission.describe())
         t_sampled = time.perf_counter()
         scorer = ("fused generator", self.fused) if self.fused is not None else ("classifier", self._classifier_for(guide_key))
         probs = from_wire(await self._remote(scorer[0], scorer[1].probabilities, guide_key, to_wire(mels)))

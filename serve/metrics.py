@@ -8,10 +8,18 @@ counters get `_total` (`ray_speechguide_requests_total`). Serve adds the tags `a
 
 Metric objects are made lazily, in the process that records (a replica), never at import.
 Recording outside a Ray worker does nothing, so the units that use these helpers run without Ray.
+
+Two things about Ray's export shape what is recorded here. Ray exports a histogram's `_sum` from
+bucket midpoints, not from the values observed: quantiles come from the buckets, and exact means
+from counters (rows and forwards are counted, so rows per forward = rate(rows) / rate(forwards)).
+And Ray drops a gauge that has not been set for a while, so the ingress's gauges (work in flight,
+throughput, registry errors) are set again every `GAUGE_PERIOD_S` by a thread of the replica.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from functools import lru_cache
 from typing import Any, Awaitable, Callable, Optional
@@ -23,6 +31,9 @@ PREFIX = "speechguide_"
 LATENCY_BUCKETS_S = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0]
 STEP_BUCKETS_S = [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
 ROWS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+GAUGE_PERIOD_S = 2.0
+
+log = logging.getLogger("ray.serve")
 
 # Names as the Prometheus endpoint exports them (what dashboards and alerts query).
 EXPORTED = {
@@ -35,8 +46,10 @@ EXPORTED = {
     "work_in_flight": "ray_speechguide_work_in_flight_units",
     "requests_sampling": "ray_speechguide_requests_sampling",
     "throughput": "ray_speechguide_throughput_units_per_second",
-    "forward_rows": "ray_speechguide_forward_rows",
-    "forward_calls": "ray_speechguide_forward_calls",
+    "forwards": "ray_speechguide_forwards_total",
+    "forward_rows": "ray_speechguide_forward_rows_total",
+    "forward_calls": "ray_speechguide_forward_calls_total",
+    "rows_per_forward": "ray_speechguide_rows_per_forward",
     "forward_seconds": "ray_speechguide_forward_seconds",
     "registry_reloads": "ray_speechguide_registry_reloads_total",
     "registry_errors": "ray_speechguide_registry_errors",
@@ -94,13 +107,33 @@ class IngressMetrics:
         self.requests.inc(1, tags=tags)
         self.request_seconds.observe(seconds, tags=tags)
 
-    def admission_state(self, state: dict, decision: Optional[bool] = None) -> None:
-        """After an admission decision (`decision`) or a request leaving sampling (None): the replica's gauges."""
-        if decision is not None:
-            self.admission.inc(1, tags={"decision": "admitted" if decision else "refused"})
+    def admission_decision(self, admitted: bool) -> None:
+        self.admission.inc(1, tags={"decision": "admitted" if admitted else "refused"})
+
+    def follow(self, admission: Any, registry: Any = None) -> None:
+        """Keep this replica's gauges current: `admission` (an AdmissionController) and, when the app
+        follows a registry, its RegistryWatch, read every GAUGE_PERIOD_S by a daemon thread."""
+        self._followed = (admission, registry)
+        if getattr(self, "_thread", None) is None:
+            self._thread = threading.Thread(target=self._publish_forever, name="speechguide-metrics", daemon=True)
+            self._thread.start()
+
+    def publish(self) -> None:
+        admission, registry = self._followed
+        state = admission.describe()
         self.work_in_flight.set(state["backlog_units"])
         self.requests_sampling.set(state["in_flight"])
         self.throughput.set(state["units_per_s"])
+        if registry is not None:
+            self.registry_errors.set(len(registry.errors))
+
+    def _publish_forever(self) -> None:
+        while True:
+            try:
+                self.publish()
+            except Exception as exc:  # a read racing a change: the next period publishes again
+                log.debug("metrics: could not publish gauges: %s: %s", type(exc).__name__, exc)
+            time.sleep(GAUGE_PERIOD_S)
 
     def answered(self, guide_kind: str, timings_ms: dict, steps: int, vocoder: str) -> None:
         """Stage times of a request answered 200 (its `timings_ms`, the same figures the client sees)."""
@@ -112,11 +145,10 @@ class IngressMetrics:
         if "vocode" in timings_ms:
             self.vocode_seconds.observe(timings_ms["vocode"] / 1e3, tags={"vocoder": vocoder})
 
-    def registry(self, changes: int, errors: int) -> None:
-        """After a registry refresh: aliases that moved, and how many do not resolve now."""
+    def registry_reloaded(self, changes: int) -> None:
+        """After a registry refresh: the aliases and refs that moved (and were loaded)."""
         if changes:
             self.registry_reloads.inc(changes)
-        self.registry_errors.set(errors)
 
 
 @lru_cache(maxsize=1)
@@ -129,13 +161,19 @@ class ForwardMetrics:
     """What a model deployment records per forward: rows and calls merged into it, and its time."""
 
     def __init__(self) -> None:
-        self.rows = Histogram(PREFIX + "forward_rows", description="Rows (samples) merged into one forward.", boundaries=ROWS_BUCKETS)
-        self.calls = Histogram(PREFIX + "forward_calls", description="Step calls (requests' calls) merged into one forward.", boundaries=ROWS_BUCKETS)
+        self.forwards = Counter(PREFIX + "forwards", description="Forwards (merged batches) run.")
+        self.rows = Counter(PREFIX + "forward_rows", description="Rows (samples) run in forwards.")
+        self.calls = Counter(PREFIX + "forward_calls", description="Step calls (requests' calls) run in forwards.")
+        self.rows_per_forward = Histogram(
+            PREFIX + "rows_per_forward", description="Rows (samples) merged into one forward.", boundaries=ROWS_BUCKETS
+        )
         self.seconds = Histogram(PREFIX + "forward_seconds", description="Time of one merged forward.", boundaries=STEP_BUCKETS_S)
 
     def __call__(self, calls: int, rows: int, seconds: float) -> None:
-        self.calls.observe(calls)
-        self.rows.observe(rows)
+        self.forwards.inc(1)
+        self.rows.inc(rows)
+        self.calls.inc(calls)
+        self.rows_per_forward.observe(rows)
         self.seconds.observe(seconds)
 
 

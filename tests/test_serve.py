@@ -483,10 +483,12 @@ def test_metrics_reach_the_prometheus_endpoint(client, metrics_port):
         "per-step latency": lambda m: _total(m, EXPORTED["step_seconds"] + "_count", guide_kind="clean") >= 1,
         "vocoder time": lambda m: _total(m, EXPORTED["vocode_seconds"] + "_count", vocoder="neural") >= 1,
         "admitted": lambda m: _total(m, EXPORTED["admission"], decision="admitted") >= 1,
-        "work in flight": lambda m: EXPORTED["work_in_flight"] in m,
-        "denoiser forwards": lambda m: _total(m, EXPORTED["forward_rows"] + "_count", deployment="Denoiser") >= 3,
-        "classifier forwards": lambda m: _total(m, EXPORTED["forward_rows"] + "_count", deployment="Classifier") >= 1,
-        "rows in forwards": lambda m: _total(m, EXPORTED["forward_rows"] + "_sum", deployment="Denoiser") >= 3,
+        "work in flight": lambda m: EXPORTED["work_in_flight"] in m and EXPORTED["requests_sampling"] in m,
+        "throughput": lambda m: _total(m, EXPORTED["throughput"]) > 0,
+        "denoiser forwards": lambda m: _total(m, EXPORTED["forwards"], deployment="Denoiser") >= 3,
+        "classifier forwards": lambda m: _total(m, EXPORTED["forwards"], deployment="Classifier") >= 1,
+        "rows in forwards": lambda m: _total(m, EXPORTED["forward_rows"], deployment="Denoiser") >= 3,
+        "rows per forward": lambda m: _total(m, EXPORTED["rows_per_forward"] + "_count", deployment="Denoiser") >= 3,
     }
     missing = list(want)
     deadline = time.monotonic() + 90  # Ray exports every few seconds

@@ -27,9 +27,9 @@ def _quantile(q: float, metric: str, by: str, extra: str = "") -> str:
     return f"histogram_quantile({q}, {_rate(EXPORTED[metric] + '_bucket', 'le, ' + by if by else 'le', extra)})"
 
 
-def _mean_per_forward(metric: str) -> str:
-    name = EXPORTED[metric]
-    return f"{_rate(name + '_sum', 'deployment')} / {_rate(name + '_count', 'deployment')}"
+def _per_forward(metric: str) -> str:
+    """Exact mean per forward from counters (Ray's histogram sums are bucket midpoints)."""
+    return f"{_rate(EXPORTED[metric], 'deployment')} / {_rate(EXPORTED['forwards'], 'deployment')}"
 
 
 def _panel(title: str, targets: list[tuple[str, str]], unit: str, x: int, y: int, w: int = 12, h: int = 8, description: str = "") -> dict[str, Any]:
@@ -59,9 +59,10 @@ def panels() -> list[dict[str, Any]]:
         ("Per-step latency", [(_quantile(q, "step_seconds", "guide_kind"), f"p{round(q * 100)} {{{{guide_kind}}}}") for q in (0.5, 0.95)], "s",
          "Sampling time over sampler steps, per answered request."),
         ("Vocoder time", [(_quantile(q, "vocode_seconds", "vocoder"), f"p{round(q * 100)} {{{{vocoder}}}}") for q in (0.5, 0.95)], "s", ""),
-        ("Rows merged per forward", [(_mean_per_forward("forward_rows"), "{{deployment}}")], "short",
-         "Mean samples per forward of each model deployment: step batching at work (1 = none)."),
-        ("Calls merged per forward", [(_mean_per_forward("forward_calls"), "{{deployment}}")], "short",
+        ("Rows merged per forward", [(_per_forward("forward_rows"), "mean {{deployment}}"),
+                                     (_quantile(0.95, "rows_per_forward", "deployment"), "p95 {{deployment}}")], "short",
+         "Samples per forward of each model deployment: step batching at work (1 = none)."),
+        ("Calls merged per forward", [(_per_forward("forward_calls"), "{{deployment}}")], "short",
          "Mean step calls (requests' calls) per forward."),
         ("Forward time p95", [(_quantile(0.95, "forward_seconds", "deployment"), "{{deployment}}")], "s", ""),
         ("Work in flight", [(f"sum by (replica) ({EXPORTED['work_in_flight']}{{{APP}}})", "units {{replica}}"),
