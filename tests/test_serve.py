@@ -573,3 +573,22 @@ def test_playground_page_generates_plays_and_draws_in_a_real_browser(app_url, br
     assert browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/v1/generate']")
     assert httpx.get(app_url + "/docs-assets/swagger-ui.css").status_code == 200
     assert httpx.get(app_url + "/playground/__init__.py").status_code == 404  # only the page's own files are served
+
+
+# ---- chaos: a replica of each deployment killed under a steady load (serve/chaos.py, bench/chaos.py) ----
+# On this module's app, last: each case runs a few closed-loop clients, kills one replica mid-load and
+# checks that no request was lost (every one answered 200 or a clear JSON error) and that full service came back.
+
+
+@pytest.mark.parametrize("deployment", ["Denoiser", "Classifier", "SpeechIngress"])
+def test_replica_killed_under_load_loses_no_request(app_url, deployment):
+    from serve.chaos import kill_replica, run_case, wait_healthy
+
+    wait_healthy()
+    result = run_case(f"kill {deployment}", app_url, kill_replica(deployment), clients=3, warmup_s=2, sustain_s=3)
+    print(result.fault_note, result.row())
+    assert result.ok > 0
+    assert result.lost == 0, result.examples("lost")
+    assert result.recovery_s() is not None, (result.examples("failed"), result.examples("lost"))
+    assert result.recovery_s() < 60
+    wait_healthy()  # the killed replica was replaced
