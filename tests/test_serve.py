@@ -300,10 +300,13 @@ def _ingress_admission() -> dict:
     return serve.get_deployment_handle("SpeechIngress", app_name=APP).admission_stats.remote().result(timeout_s=30)
 
 
-def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(app_url, tiny_models_dir):
-    """A 10 s deadline and a throughput prior of 10 units/s that is never re-measured here (window_s 600):
-    a request of 4 samples x 8 Heun steps (60 units) fits only on an idle replica, so a burst gets 503s
-    with Retry-After at once while every admitted request samples to the end."""
+API_TOKEN = "serve-test-" + "t0k3n" * 4
+
+
+@pytest.fixture(scope="class")
+def guarded_app(app_url, tiny_models_dir):
+    """The app redeployed once for the tests of the class below, then restored: a 10 s deadline and a throughput prior
+    of 10 units/s that is never re-measured (window_s 600), and an API token (args.auth.token)."""
     from serve.config import DEFAULT_CONFIG_PATH
     from serve.launch import deploy, prepare_config
 
@@ -312,11 +315,27 @@ def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(
     admission = {"prior_units_per_s": 10, "window_s": 600, "safety_margin": 0.25}
     try:
         deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides,
-                              args={"request_timeout_s": 10, "admission": admission}))
+                              args={"request_timeout_s": 10, "admission": admission, "auth": {"token": API_TOKEN}}))
         deadline = time.monotonic() + 60
         while _ingress_admission()["deadline_s"] != 10 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _ingress_admission()["deadline_s"] == 10
+        yield app_url
+    finally:
+        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides))
+        deadline = time.monotonic() + 60
+        while httpx.get(app_url + "/v1/models", timeout=30).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _ingress_admission()["deadline_s"] == 120
+
+
+class TestRedeployedWithATokenAndATightDeadline:
+    """Two tests on one redeploy of the app (`guarded_app`, restored when the class is done)."""
+
+    def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(self, guarded_app):
+        """A request of 4 samples x 8 Heun steps (60 units) fits only on an idle replica (10 units/s, 10 s deadline),
+        so a burst gets 503s with Retry-After at once while every admitted request samples to the end."""
+        app_url = guarded_app
 
         async def timed(c: httpx.AsyncClient, i: int) -> tuple[httpx.Response, float]:
             t0 = time.perf_counter()
@@ -324,7 +343,7 @@ def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(
             return r, time.perf_counter() - t0
 
         async def burst() -> list[tuple[httpx.Response, float]]:
-            async with httpx.AsyncClient(base_url=app_url, timeout=120) as c:
+            async with httpx.AsyncClient(base_url=app_url, timeout=120, headers={"Authorization": f"Bearer {API_TOKEN}"}) as c:
                 return await asyncio.gather(*(timed(c, i) for i in range(INGRESS_ONGOING + INGRESS_QUEUED)))
 
         results = asyncio.run(burst())
@@ -344,38 +363,15 @@ def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(
             assert seconds < 5.0  # answered at once, not after sampling until the 10 s deadline
         stats = _ingress_admission()
         assert stats["refused"] >= len(refused) and stats["in_flight"] == 0
-    finally:
-        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides))
-        deadline = time.monotonic() + 60
-        while _ingress_admission()["deadline_s"] != 120 and time.monotonic() < deadline:
-            time.sleep(0.5)
 
 
-API_TOKEN = "serve-test-" + "t0k3n" * 4
+    def test_bearer_token_guards_the_api_but_not_healthz(self, guarded_app, tmp_path, capsys, monkeypatch):
+        """With a token (args.auth.token): 401 + WWW-Authenticate without it or with a wrong one, /healthz
+        open; the Python client and `speechguide generate --url` send it from $SPEECHGUIDE_API_TOKEN."""
+        from cli_run import run_in_process
+        from serve.client import generate_remote
 
-
-def test_bearer_token_guards_the_api_but_not_healthz(app_url, tiny_models_dir, tmp_path):
-    """The app redeployed with a token (args.auth.token): 401 + WWW-Authenticate without it or with a wrong
-    one, /healthz open; the Python client and `speechguide generate --url` send it from $SPEECHGUIDE_API_TOKEN."""
-    import os
-    import subprocess
-    import sys
-
-    from serve.client import generate_remote
-    from serve.config import DEFAULT_CONFIG_PATH
-    from serve.launch import deploy, prepare_config
-
-    port = int(app_url.rsplit(":", 1)[1])
-    overrides = {"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}}
-
-    def wait_for_models_status(status: int, headers: dict) -> None:
-        deadline = time.monotonic() + 60
-        while httpx.get(app_url + "/v1/models", headers=headers, timeout=30).status_code != status and time.monotonic() < deadline:
-            time.sleep(0.5)
-
-    try:
-        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides, args={"auth": {"token": API_TOKEN}}))
-        wait_for_models_status(401, {})
+        app_url = guarded_app
         good = {"Authorization": f"Bearer {API_TOKEN}"}
         with httpx.Client(base_url=app_url, timeout=120) as c:
             for method, path in (("POST", "/v1/generate"), ("GET", "/v1/models")):
@@ -391,16 +387,15 @@ def test_bearer_token_guards_the_api_but_not_healthz(app_url, tiny_models_dir, t
         assert len(generate_remote(app_url, VALID, timeout=120, token=API_TOKEN)["samples"]) == 1
         with pytest.raises(ValueError, match="401"):
             generate_remote(app_url, VALID, timeout=60)
+        # The command line in this process (test_cli_generate_through_the_app runs it as a process).
         out = tmp_path / "remote"
-        cmd = [sys.executable, "-m", "speechguide", "generate", "--target", "digit=2", "--steps", "2", "--url", app_url, "--out", str(out)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "SPEECHGUIDE_API_TOKEN": API_TOKEN})
-        assert r.returncode == 0, r.stderr
+        args = ["generate", "--target", "digit=2", "--steps", "2", "--url", app_url, "--out", out]
+        code, err = run_in_process(args, capsys, monkeypatch, env={"SPEECHGUIDE_API_TOKEN": API_TOKEN})
+        assert code == 0, err
         assert (out / "2_000.wav").is_file() and API_TOKEN not in (out / "manifest.json").read_text()
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "SPEECHGUIDE_API_TOKEN"})
-        assert r.returncode == 2 and "missing bearer token" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    finally:
-        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides))
-        wait_for_models_status(200, {})
+        monkeypatch.delenv("SPEECHGUIDE_API_TOKEN")
+        code, err = run_in_process(args, capsys, monkeypatch)
+        assert code == 2 and "missing bearer token" in err and len(err.strip().splitlines()) == 1
 
 
 def test_killing_the_classifier_mid_request_ends_cleanly_and_the_app_recovers(app_url):
