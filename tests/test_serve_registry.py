@@ -61,7 +61,14 @@ def mlflow_server_uri(mlflow_server) -> str:
 
 
 @pytest.fixture(scope="module")
-def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory):
+def metrics_port() -> int:
+    from serve_app import free_port
+
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory, metrics_port):
     from mlops.registry import promote, register_models_dir, register_profile
     from serve.config import DEFAULT_CONFIG_PATH
 
@@ -80,6 +87,7 @@ def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory):
         with running_app(
             DEFAULT_CONFIG_PATH,
             timeout_s=300,
+            metrics_export_port=metrics_port,
             models_dir=tiny_models_dir,
             deployments={"SpeechIngress": {"max_ongoing_requests": 8, "max_queued_requests": 16}},
             args={"registry": registry},
@@ -267,6 +275,23 @@ def test_denoiser_alias_move_swaps_the_denoiser(client, mlflow_server_uri, tiny_
     assert after["models"]["denoiser"] == {"name": "denoiser-unet", "version": 2, "alias": "production"}
     assert after["samples"][0]["wav_base64"] != before["samples"][0]["wav_base64"]
     assert client.get("/v1/models").json()["denoisers"][0]["version"] == 2
+
+
+def test_registry_reloads_reach_the_prometheus_endpoint(client, metrics_port):
+    """The registry watch's loads (its first ones at start-up and the promotions above) reach Ray's metrics
+    endpoint: the exported counter equals the count GET /v1/models reports."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serve.metrics import EXPORTED
+
+    reported = client.get("/v1/models").json()["registry"]["reloads"]
+    assert reported >= 3  # two profile aliases at start-up, then the promotions above
+    exported, deadline = 0.0, time.monotonic() + 60  # Ray exports every few seconds
+    while exported != reported and time.monotonic() < deadline:
+        time.sleep(2)
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        exported = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == EXPORTED["registry_reloads"])
+    assert exported == reported
 
 
 # ---- chaos around the registry, under a steady load (last: the second case stops the MLflow server) ----
