@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from guidance.data import DIGITS, FSDD_SPEAKERS, FeatureSet, fsdd_features, fsdd_vocoded_features
 from guidance.device import pick_device
@@ -77,18 +76,6 @@ TRAIN_DEFAULTS: dict[str, TrainConfig] = {
     # noise level. ~0.2 s per step on one CPU thread (run with OMP_NUM_THREADS=1 on a shared 2-core machine).
     "vocoder": TrainConfig(steps=14000, batch_size=16, lr=1e-3, weight_decay=1e-4, ema_decay=0.999, gain_db=12.0, feature_noise=0.1, eval_every=1000, seed=7),
 }
-
-
-def progress_bar(enabled: bool = True) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, floor: float) -> torch.Tensor:
@@ -154,12 +141,13 @@ def train(
     cfg: TrainConfig | None = None,
     data_root: str | None = None,
     tracker: OpenRun | None = None,
-    show_progress: bool = True,
+    progress: Callable[[int, int, str], None] | None = None,
     network_config: object | None = None,
 ) -> TrainResult:
     """Train one model on the FSDD training split (validation takes for model selection) and save it.
 
-    `tracker` opens the run that params, metrics and the model file are logged to (none: not logged)."""
+    `tracker` opens the run that params, metrics and the model file are logged to (none: not logged);
+    `progress(step, steps, status)` is told about every step (the CLI draws a bar with it)."""
     cfg = cfg or TRAIN_DEFAULTS[role]
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -179,8 +167,7 @@ def train(
     params = {"role": role, **dataclasses.asdict(cfg), "network": trainer.network_config, "device": str(device)}
     started = time.time()
     open_run = tracker or no_run
-    with open_run("speechguide-train", f"train-{role}", params) as run, progress_bar(show_progress) as bar:
-        task = bar.add_task(f"train {role}", total=cfg.steps, status="")
+    with open_run("speechguide-train", f"train-{role}", params) as run:
         metrics: dict[str, float] = {}
         for step in range(1, cfg.steps + 1):
             loss = trainer.step()
@@ -192,7 +179,8 @@ def train(
                 if step < cfg.steps:  # a checkpoint at every evaluation: an interrupted run leaves a usable model
                     partial = {**_card(role, cfg, device, started, trainer, metrics), "train_steps": step, "partial": True}
                     save_model(out, trainer.final_model(), trainer.kind, trainer.network_config, spec, trainer.labels, trainer.task, partial)
-            bar.update(task, advance=1, status=f"loss {loss:.4f} " + " ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+            if progress is not None:
+                progress(step, cfg.steps, f"loss {loss:.4f} " + " ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         model = trainer.final_model()
         card = _card(role, cfg, device, started, trainer, metrics)
         path = save_model(out, model, trainer.kind, trainer.network_config, spec, trainer.labels, trainer.task, card)

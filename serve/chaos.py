@@ -1,6 +1,7 @@
 """Chaos cases for the Serve app: a steady closed-loop load, a fault in the middle, and what the clients saw.
 
-Shared by `bench/chaos.py` (prints the table) and `tests/test_chaos.py` (asserts no request is lost).
+Shared by `bench/chaos.py` (prints the table) and the chaos tests at the end of `tests/test_serve.py` and
+`tests/test_serve_registry.py` (assert no request is lost), which run on those modules' apps.
 A few client threads each send a small /v1/generate request, wait for its answer, and send the next
 one. Every answer is one of:
 

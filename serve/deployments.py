@@ -30,6 +30,7 @@ from guidance.models import ModelFile, load_model, read_metadata
 from guidance.models.score_subnet import resolve_backbone
 from guidance.pipeline import ModelPaths
 from serve.config import DeploymentTuning
+from serve.metrics import forward_metrics
 from serve.steps import GuideCall, GuideResult, denoise_batch, from_wire, guide_batch, to_wire
 
 log = logging.getLogger("ray.serve")
@@ -71,10 +72,17 @@ class _Coalescer:
     (up to `max_items`), so the batch size follows the backlog, not the arrival pattern.
     """
 
-    def __init__(self, run: Callable[[list], list], rows: Callable[[Any], int], max_items: int) -> None:
+    def __init__(
+        self,
+        run: Callable[[list], list],
+        rows: Callable[[Any], int],
+        max_items: int,
+        on_forward: Optional[Callable[[int, int, float], None]] = None,
+    ) -> None:
         self.run = run
         self.rows = rows
         self.max_items = max_items
+        self.on_forward = on_forward  # (calls, rows, seconds) of each forward: the replica's metrics
         self.pending: list[tuple[Any, asyncio.Future]] = []
         self.worker: Optional[asyncio.Task] = None
         self.reset()
@@ -108,11 +116,15 @@ class _Coalescer:
             for (_, f), result in zip(take, out):
                 if not f.done():
                     f.set_result(result)
+            seconds = time.perf_counter() - t0
+            rows = sum(self.rows(item) for item, _ in take)
             self.forwards += 1
             self.items += len(take)
             self.largest = max(self.largest, len(take))
-            self.rows_done += sum(self.rows(item) for item, _ in take)
-            self.busy_s += time.perf_counter() - t0
+            self.rows_done += rows
+            self.busy_s += seconds
+            if self.on_forward is not None:
+                self.on_forward(len(take), rows, seconds)
 
 
 class _Batcher:
@@ -123,7 +135,7 @@ class _Batcher:
 
     def _init_batching(self, run: Callable[[list], list], rows: Callable[[Any], int], tuning: Optional[dict]) -> None:
         self.tuning = DeploymentTuning.model_validate(tuning or {})
-        self.coalescer = _Coalescer(run, rows, self.tuning.max_batch_size)
+        self.coalescer = _Coalescer(run, rows, self.tuning.max_batch_size, on_forward=forward_metrics())
         self._apply(self.tuning)
 
     def reconfigure(self, user_config: dict) -> None:

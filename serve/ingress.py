@@ -71,6 +71,8 @@ from serve.config import AppArgs, Auth
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
 from serve.fused import FusedCall, FusedResult, fused_answerer
 from serve.merge import CallMerger
+from serve.metrics import ingress_metrics, observe_requests
+from serve.playground import add_routes as add_playground_routes
 from serve.steps import GuideCall, GuideResult, drive_sampler, from_wire, to_wire
 
 log = logging.getLogger("ray.serve")
@@ -81,6 +83,8 @@ MAX_SIGMA = 1000.0  # EDM's default is 80; far larger only overflows
 SERVED_GUIDES: tuple[str, ...] = ("digit", "speaker")  # the target guides this app hosts (pitch is in-process only, not yet served)
 
 api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
+add_playground_routes(api)  # GET / (the playground page) and /docs, from files the app serves
+observe_requests(api)  # requests by outcome and guide kind, end-to-end latency (serve.metrics)
 
 
 class ApiError(Exception):
@@ -228,8 +232,9 @@ class SpeechIngress:
             self.registry = RegistryWatch(self.args.registry)
             # At start-up, before the replica takes traffic: a reachable registry's profiles are
             # served from the first request on; an unreachable one is retried by the poller.
-            for change in self.registry.refresh():
+            for change in (changes := self.registry.refresh()):
                 log.info("registry: %s", change)
+            ingress_metrics().registry_reloaded(len(changes))
             for key, err in self.registry.errors.items():
                 log.warning("registry: %s: %s", key, err)
         self._poller: Optional[asyncio.Task] = None
@@ -237,6 +242,7 @@ class SpeechIngress:
         self._sampling = 0  # requests of this replica between their first and last step call
         # Work in flight and measured throughput of this replica (each ingress replica admits on its own).
         self.admission = AdmissionController(deadline_s=self.args.request_timeout_s, **self.args.admission.model_dump())
+        ingress_metrics().follow(self.admission, self.registry)  # work in flight, throughput, registry errors as gauges
         self._guide_handles: dict[str, DeploymentHandle] = {}
         self._guide_descriptions: dict[str, dict] = {}
         # The registered denoiser that last loaded, served on while the alias points at a version that
@@ -381,6 +387,7 @@ class SpeechIngress:
                 continue
             for change in changes:
                 log.info("registry: %s", change)
+            ingress_metrics().registry_reloaded(len(changes))
 
     async def check_health(self) -> None:
         """Serve calls this every few seconds: it also starts the registry poll without waiting for traffic."""
@@ -523,6 +530,7 @@ class SpeechIngress:
         if req.guide_kind is None:  # the default kind, decided in one place for every door
             speaker = any(t.guide == "speaker" for t in req.targets)
             req = req.model_copy(update={"guide_kind": "hf" if req.hf_guide else default_digit_kind(speaker, self.args.generator)})
+        request.state.guide_kind = req.guide_kind  # the metrics' guide_kind tag
         cat = await self.catalog()
         if req.generator is not None and req.generator != self.args.generator:
             raise ApiError(422, f"generator: this app's generator is {self.args.generator}, not {req.generator}")
@@ -561,7 +569,9 @@ class SpeechIngress:
                 raise ApiError(422, "profile: through_denoiser (gradients through D) is not available in the split deployment")
         # Admission by work: decided and registered in one synchronous call, right before sampling.
         job, decision = self.admission.admit(len(plan), sampler_evaluations(plan.profile.sampler.steps, plan.profile.sampler.kind))
+        request.state.guide_kind = req.guide_kind  # the metrics' guide_kind tag
         if job is None:
+            request.state.refused = True
             extra = {"admission": decision.as_dict(), "timings_ms": {"validate": round((time.perf_counter() - t_start) * 1e3, 2)}}
             raise ApiError(503, decision.message(self.args.request_timeout_s), retry_after=decision.retry_after_s, extra=extra)
         try:
@@ -612,6 +622,7 @@ class SpeechIngress:
             "total": (time.perf_counter() - t_start) * 1e3,
         }
         timings = {k: round(v, 2) for k, v in timings.items()}
+        ingress_metrics().answered(req.guide_kind, timings, stats.steps, self.args.vocoder)
         accept = request.headers.get("accept", "").lower()
         if len(samples) == 1 and any(t in accept for t in WAV_TYPES):
             headers = {"X-Speechguide-Scores": json.dumps(samples[0]["scores"]), "X-Speechguide-Timings-Ms": json.dumps(timings)}
@@ -737,6 +748,7 @@ class SpeechIngress:
             "sample_rate": cat.spec.sample_rate,
             "unsupported_guides": [],
             "voice_guides": sorted(g["kind"] for g in cat.guides.values() if g.get("reference")),
+            "features": {k: getattr(cat.spec, k) for k in ("n_fft", "hop_length", "n_mels", "f_min", "f_max")},  # the playground's spectrogram
         }
         if self.registry is not None:
             reg = self.registry.describe()

@@ -19,9 +19,13 @@ from ray import serve
 
 from serve.config import check_config, load_config_file, with_overrides
 
+# Where `speechguide serve`'s local cluster exports its Prometheus metrics (Ray's and the app's, serve.metrics).
+DEFAULT_METRICS_PORT = 8080
 
-def connect_ray(num_cpus: Optional[int] = None) -> str:
-    """Join $RAY_ADDRESS when set; otherwise start a private local cluster (no dashboard).
+
+def connect_ray(num_cpus: Optional[int] = None, metrics_export_port: Optional[int] = None) -> str:
+    """Join $RAY_ADDRESS when set; otherwise start a private local cluster (no dashboard) that exports
+    its metrics on `metrics_export_port` (None: a port Ray picks).
 
     `address="local"` never attaches to some other local cluster by accident.
     """
@@ -31,7 +35,10 @@ def connect_ray(num_cpus: Optional[int] = None) -> str:
     if address:
         ray.init(address=address, namespace="serve", log_to_driver=False)
         return address
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, namespace="serve", log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=num_cpus, include_dashboard=False, namespace="serve", log_to_driver=False,
+        _metrics_export_port=metrics_export_port,
+    )
     return "local"
 
 
@@ -86,10 +93,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(config_path: Path, timeout_s: float = 240, **prepare_kwargs) -> Iterator[str]:
+def running_app(
+    config_path: Path, timeout_s: float = 240, metrics_export_port: Optional[int] = None, **prepare_kwargs
+) -> Iterator[str]:
     """Start a local 2-CPU Ray cluster, deploy `config_path` (with `prepare_config` overrides) on a free
-    port and yield its base URL; shut Serve and Ray down afterwards, whatever happened (tests, benches)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
+    port and yield its base URL; shut Serve and Ray down afterwards, whatever happened (tests, benches).
+    The cluster's Prometheus endpoint is http://127.0.0.1:`metrics_export_port`/metrics (None: a port Ray picks)."""
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False,
+        _metrics_export_port=metrics_export_port,
+    )
     try:
         port = free_port()
         deploy(prepare_config(config_path, port=port, **prepare_kwargs), timeout_s=timeout_s)

@@ -36,7 +36,7 @@ def calibrate(
     download: bool = typer.Option(False, help="Download FSDD into the user cache when no local copy is found."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log params, per-bin metrics and plots to MLflow."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA (on a terminal only)."),
 ) -> None:
     """Fit one temperature per sigma bin for the clean classifier on x0_hat; write the calibrated profile."""
     if not 1 <= bins <= 50:
@@ -64,7 +64,7 @@ def calibrate(
     from guidance.models import load_model
     from guidance.pipeline import ModelPaths
     from mlops.tracking import tracked_run
-    from guidance.training import progress_bar
+    from speechguide.progress import job_progress
 
     base = read_profile(base_profile, "--base-profile") if base_profile else DEFAULT_PROFILES["clean"]
     paths = ModelPaths(root=models_dir) if models_dir else ModelPaths()
@@ -101,8 +101,9 @@ def calibrate(
         "base_profile": base.name,
         "min_temperature": min_temperature,
     }
-    with progress_bar(progress) as bar, tracked_run("speechguide-calibrate", "calibrate", params, mlflow) as run:
-        task = bar.add_task("calibrate", total=bins * len(labels) * draws, status="")
+    with job_progress("calibrate", bins * len(labels) * draws, enabled=progress) as update, tracked_run(
+        "speechguide-calibrate", "calibrate", params, mlflow
+    ) as run:
         result = run_calibration(
             denoiser.model,
             clean,
@@ -111,7 +112,7 @@ def calibrate(
             labels,
             cfg,
             dev,
-            progress=lambda status, n: bar.update(task, advance=n, status=status),
+            progress=lambda status, n: update(advance=n, status=status),
         )
         meta = {"split": split, "clips": len(labels), "classifier": str(clean_path), "models": params}
         written = write_outputs(result, base, out, meta, min_temperature)

@@ -29,6 +29,7 @@ from speechguide.common import (
     read_profile,
     write_manifest,
 )
+from speechguide.progress import job_progress
 
 app = typer.Typer(
     add_completion=False,
@@ -56,7 +57,7 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy."),
     download: bool = typer.Option(False, help="Download FSDD into the user cache when no local copy is found."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the run to MLflow."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA (on a terminal only)."),
     backbone: Optional[Path] = typer.Option(None, help="score-subnet: frozen noise-conditioned classifier file (the backbone)."),
     digits: Optional[str] = typer.Option(None, help="score-subnet: digits its training data is limited to, e.g. 0,1,2 (default: all)."),
     vocoder: Optional[list[str]] = typer.Option(None, "--vocoder", help="judge: vocoders whose round trips of the training clips it also hears (repeatable; default griffin-lim)."),
@@ -106,7 +107,11 @@ def train(
     cfg = dataclasses.replace(TRAIN_DEFAULTS[role], task=task, **overrides)
     spec = project_spec(root)
     tracker = tracked_run if mlflow else None  # MLflow is imported only when a run opens
-    result = run_training(role, spec, out, cfg, data_root=str(root), tracker=tracker, show_progress=progress)
+    with job_progress(f"train {role}", cfg.steps, enabled=progress) as update:
+        result = run_training(
+            role, spec, out, cfg, data_root=str(root), tracker=tracker,
+            progress=lambda step, total, status: update(completed=step, total=total, status=status),
+        )
     typer.echo(f"wrote {result.path}  " + " ".join(f"{k}={v}" for k, v in result.card.items() if k.startswith("val_")))
 
 
@@ -423,7 +428,6 @@ def evaluate(
     from guidance.models import load_model
     from guidance.pipeline import ModelPaths
     from mlops.tracking import tracked_run
-    from guidance.training import progress_bar
 
     if not 1 <= per_class <= 1000:
         fail(f"--per-class must be between 1 and 1000, got {per_class}")
@@ -464,11 +468,10 @@ def evaluate(
         )
     except ValueError as exc:
         fail(str(exc))
-    with progress_bar() as bar, tracked_run("speechguide-evaluate", "evaluate", {"per_class": per_class, "seed": seed}, mlflow) as run:
-        task = bar.add_task("evaluate", total=None, status="")
+    with job_progress("evaluate") as update, tracked_run("speechguide-evaluate", "evaluate", {"per_class": per_class, "seed": seed}, mlflow) as run:
 
         def on_progress(name: str, done: int, total: int) -> None:
-            bar.update(task, total=total, completed=done, status=name)
+            update(completed=done, total=total, status=name)
 
         report = run_eval(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress, subnets=subnets, listen=listen)
         for s in report["systems"]:

@@ -63,6 +63,9 @@ def register(app: typer.Typer) -> None:
             help="Address the HTTP proxy binds (loopback by default). Any other address needs an API token in $SPEECHGUIDE_API_TOKEN.",
         ),
         port: int = typer.Option(8000, "--port", help="HTTP port."),
+        metrics_port: Optional[int] = typer.Option(
+            None, "--metrics-port", help="Port of the local cluster's Prometheus endpoint, /metrics (default 8080); ignored with RAY_ADDRESS."
+        ),
         blocking: bool = typer.Option(
             True, "--blocking/--no-blocking", help="Stay in the foreground until Ctrl-C (--no-blocking needs RAY_ADDRESS)."
         ),
@@ -74,8 +77,14 @@ def register(app: typer.Typer) -> None:
         from serve.auth import AuthConfigError
         from serve.config import DEFAULT_CONFIG_PATH, check_config, check_http_auth, load_config_file, with_overrides
 
-        if not 1 <= port <= 65535:
-            fail(f"--port must be between 1 and 65535, got {port}")
+        from serve.launch import DEFAULT_METRICS_PORT
+
+        metrics_port = DEFAULT_METRICS_PORT if metrics_port is None else metrics_port
+        for name, value in (("--port", port), ("--metrics-port", metrics_port)):
+            if not 1 <= value <= 65535:
+                fail(f"{name} must be between 1 and 65535, got {value}")
+        if metrics_port == port:
+            fail(f"--metrics-port must differ from --port ({port})")
         if not host.strip():
             fail("--host must not be empty")
         if not blocking and not os.environ.get("RAY_ADDRESS"):
@@ -101,7 +110,7 @@ def register(app: typer.Typer) -> None:
 
         from serve.launch import connect_ray, deploy
 
-        where = connect_ray()
+        where = connect_ray(metrics_export_port=metrics_port)
         typer.echo(f"Ray: {'started a local cluster' if where == 'local' else 'joined ' + where}; deploying {config_path} ...")
         try:
             deploy(schema)
@@ -109,6 +118,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"speechguide: error: {exc}", err=True)
             raise typer.Exit(1)
         typer.echo(f"serving on http://{host}:{port}  (POST /v1/generate, GET /v1/models, GET /healthz; models: {root})")
+        typer.echo(f"playground: http://{host}:{port}/   API reference: http://{host}:{port}/docs")
+        if where == "local":
+            typer.echo(f"metrics (Prometheus): http://127.0.0.1:{metrics_port}/metrics")
         if not blocking:
             return
         typer.echo("press Ctrl-C to stop")

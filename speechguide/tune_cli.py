@@ -126,9 +126,13 @@ def register(app: typer.Typer) -> None:
                 from speechguide.common import read_profile
 
                 read_profile(Path(settings.profile), "--profile")
+        from speechguide.progress import job_progress, on_terminal
         from tune.sweep import run
 
-        result = run(settings, resume=resume, log=typer.echo)
+        shown = resume is None and on_terminal()  # a resumed sweep shows Tune's own output
+        with job_progress("tune", settings.trials, enabled=shown) as update:
+            trial_ended = (lambda done, total, status: update(completed=done, total=total, status=status)) if shown else None
+            result = run(settings, resume=resume, log=typer.echo, progress=trial_ended)
         _table(result)
         s = result.summary()
         base, best = s["baseline"], s["best"]

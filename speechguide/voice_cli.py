@@ -41,8 +41,6 @@ def evaluate_voice_command(
     """Zero-shot voice guidance (reference spectral statistics; resemblyzer's encoder) and digit + speaker composites on FSDD references."""
     import math
 
-    from rich.progress import Progress
-
     from guidance.data import resolve_fsdd_root
     from guidance.guides import GuideSettings
     from guidance.models import load_model
@@ -94,11 +92,12 @@ def evaluate_voice_command(
             offsets = load_model(paths.path("word_spectra"), models.spec, "word-spectra").model.offsets
         except (FileNotFoundError, ValueError) as exc:
             fail(f"{exc} (build it with `speechguide train word-spectra`, or pass --no-word-spectra)")
-    with Progress(transient=True) as bar:
-        task = bar.add_task("systems", total=len(chosen))
+    from speechguide.progress import job_progress
+
+    with job_progress("evaluate-voice", len(chosen)) as update:
 
         def on_progress(name: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, description=f"sampling {name}")
+            update(completed=done, total=total, status=name)
 
         evaluate_voice(models, judge_digit, judge_speaker, cfg, out, data_root=str(root), progress=on_progress, word_offsets=offsets, listen=listen)
     typer.echo((out / "report.md").read_text())

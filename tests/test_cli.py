@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_run import run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,13 +81,21 @@ BAD_ARGS = [
 
 
 @pytest.mark.parametrize("args", BAD_ARGS, ids=[" ".join(a[:3]) + "…" for a in BAD_ARGS])
-def test_bad_arguments_exit_2_with_one_line(args, tiny_models_dir, tmp_path):
+def test_bad_arguments_exit_2_with_one_line(args, tiny_models_dir, tmp_path, capsys, monkeypatch):
     args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
-    r = run_cli(*args, env={"SPEECHGUIDE_MODELS": str(tiny_models_dir)})
+    code, err = run_in_process(args, capsys, monkeypatch, env={"SPEECHGUIDE_MODELS": str(tiny_models_dir)})
+    assert code == 2, (code, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("speechguide: error:"), err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("args", [BAD_ARGS[3], BAD_ARGS[-1]], ids=["bad label", "unknown command"])
+def test_bad_arguments_in_a_real_process(args, tiny_models_dir, tmp_path):
+    r = run_cli(*[str(tmp_path / "out") if a == "OUT" else a for a in args], env={"SPEECHGUIDE_MODELS": str(tiny_models_dir)})
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("speechguide: error:"), r.stderr
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_mismatched_model_dir_is_refused_in_one_line(tiny_models_dir, tmp_path, spec):
@@ -107,7 +116,10 @@ def test_mismatched_model_dir_is_refused_in_one_line(tiny_models_dir, tmp_path, 
     assert "n_mels" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_help_on_every_command():
+def test_help_on_every_command(capsys):
+    from speechguide.cli import main
+
     for cmd in ("train", "generate", "evaluate"):
-        r = run_cli(cmd, "--help")
-        assert r.returncode == 0 and "Usage" in r.stdout
+        capsys.readouterr()
+        assert main([cmd, "--help"]) == 0
+        assert "Usage" in capsys.readouterr().out

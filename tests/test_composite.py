@@ -100,8 +100,10 @@ def test_generate_composite_writes_wavs_and_both_scores(tiny_models_dir, fsdd_ro
         (["--target", "speaker=README.md", "--voice-guide", "nope"], "--voice-guide must be one of stats, encoder"),
     ],
 )
-def test_bad_composite_requests_exit_2_with_one_line(args, says, tmp_path):
-    r = run_cli("generate", *args, "--out", str(tmp_path / "o"))
-    assert r.returncode == 2, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, r.stderr
+def test_bad_composite_requests_exit_2_with_one_line(args, says, tmp_path, capsys, monkeypatch):
+    from cli_run import run_in_process
+
+    code, err = run_in_process(["generate", *args, "--out", tmp_path / "o"], capsys, monkeypatch)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and says in err, err
     assert not (tmp_path / "o").exists()

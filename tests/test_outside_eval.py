@@ -136,11 +136,11 @@ def test_guidance_takes_the_judges_as_a_hook_and_never_imports_them():
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr[-2000:])
 
 
-def test_evaluate_refuses_a_bad_real_clip_count_in_one_line(tiny_models_dir):
-    r = run_cli("evaluate", "--outside-real-per-class", "0", "--models-dir", str(tiny_models_dir))
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "speechguide: error: --outside-real-per-class must be between 1 and 1000, got 0"
-    ], r.stderr
+def test_evaluate_refuses_a_bad_real_clip_count_in_one_line(tiny_models_dir, capsys, monkeypatch):
+    from cli_run import run_in_process
+
+    code, err = run_in_process(["evaluate", "--outside-real-per-class", "0", "--models-dir", tiny_models_dir], capsys, monkeypatch)
+    assert code == 2 and err.strip().splitlines() == ["speechguide: error: --outside-real-per-class must be between 1 and 1000, got 0"], err
 
 
 # ---- speechguide evaluate-voice ---------------------------------------------------------------

@@ -10,14 +10,16 @@ import asyncio
 import base64
 import io
 import json
+import os
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import soundfile
 import torch
-from serve_app import running_app
+from serve_app import free_port, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -27,11 +29,18 @@ INGRESS_ONGOING, INGRESS_QUEUED = 4, 4  # the proxy counts a burst as queued unt
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_models_dir):
+def metrics_port() -> int:
+    """The cluster's Prometheus endpoint: http://127.0.0.1:PORT/metrics."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_models_dir, metrics_port):
     from serve.config import DEFAULT_CONFIG_PATH
 
     with running_app(
         DEFAULT_CONFIG_PATH,
+        metrics_export_port=metrics_port,
         models_dir=tiny_models_dir,
         deployments={"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}},
     ) as url:
@@ -301,10 +310,13 @@ def _ingress_admission() -> dict:
     return serve.get_deployment_handle("SpeechIngress", app_name=APP).admission_stats.remote().result(timeout_s=30)
 
 
-def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(app_url, tiny_models_dir):
-    """A 10 s deadline and a throughput prior of 10 units/s that is never re-measured here (window_s 600):
-    a request of 4 samples x 8 Heun steps (60 units) fits only on an idle replica, so a burst gets 503s
-    with Retry-After at once while every admitted request samples to the end."""
+API_TOKEN = "serve-test-" + "t0k3n" * 4
+
+
+@pytest.fixture(scope="class")
+def guarded_app(app_url, tiny_models_dir):
+    """The app redeployed once for the tests of the class below, then restored: a 10 s deadline and a throughput prior
+    of 10 units/s that is never re-measured (window_s 600), and an API token (args.auth.token)."""
     from serve.config import DEFAULT_CONFIG_PATH
     from serve.launch import deploy, prepare_config
 
@@ -313,11 +325,27 @@ def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(
     admission = {"prior_units_per_s": 10, "window_s": 600, "safety_margin": 0.25}
     try:
         deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides,
-                              args={"request_timeout_s": 10, "admission": admission}))
+                              args={"request_timeout_s": 10, "admission": admission, "auth": {"token": API_TOKEN}}))
         deadline = time.monotonic() + 60
         while _ingress_admission()["deadline_s"] != 10 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _ingress_admission()["deadline_s"] == 10
+        yield app_url
+    finally:
+        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides))
+        deadline = time.monotonic() + 60
+        while httpx.get(app_url + "/v1/models", timeout=30).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _ingress_admission()["deadline_s"] == 120
+
+
+class TestRedeployedWithATokenAndATightDeadline:
+    """Two tests on one redeploy of the app (`guarded_app`, restored when the class is done)."""
+
+    def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(self, guarded_app):
+        """A request of 4 samples x 8 Heun steps (60 units) fits only on an idle replica (10 units/s, 10 s deadline),
+        so a burst gets 503s with Retry-After at once while every admitted request samples to the end."""
+        app_url = guarded_app
 
         async def timed(c: httpx.AsyncClient, i: int) -> tuple[httpx.Response, float]:
             t0 = time.perf_counter()
@@ -325,7 +353,7 @@ def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(
             return r, time.perf_counter() - t0
 
         async def burst() -> list[tuple[httpx.Response, float]]:
-            async with httpx.AsyncClient(base_url=app_url, timeout=120) as c:
+            async with httpx.AsyncClient(base_url=app_url, timeout=120, headers={"Authorization": f"Bearer {API_TOKEN}"}) as c:
                 return await asyncio.gather(*(timed(c, i) for i in range(INGRESS_ONGOING + INGRESS_QUEUED)))
 
         results = asyncio.run(burst())
@@ -345,38 +373,15 @@ def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(
             assert seconds < 5.0  # answered at once, not after sampling until the 10 s deadline
         stats = _ingress_admission()
         assert stats["refused"] >= len(refused) and stats["in_flight"] == 0
-    finally:
-        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides))
-        deadline = time.monotonic() + 60
-        while _ingress_admission()["deadline_s"] != 120 and time.monotonic() < deadline:
-            time.sleep(0.5)
 
 
-API_TOKEN = "serve-test-" + "t0k3n" * 4
+    def test_bearer_token_guards_the_api_but_not_healthz(self, guarded_app, tmp_path, capsys, monkeypatch):
+        """With a token (args.auth.token): 401 + WWW-Authenticate without it or with a wrong one, /healthz
+        open; the Python client and `speechguide generate --url` send it from $SPEECHGUIDE_API_TOKEN."""
+        from cli_run import run_in_process
+        from serve.client import generate_remote
 
-
-def test_bearer_token_guards_the_api_but_not_healthz(app_url, tiny_models_dir, tmp_path):
-    """The app redeployed with a token (args.auth.token): 401 + WWW-Authenticate without it or with a wrong
-    one, /healthz open; the Python client and `speechguide generate --url` send it from $SPEECHGUIDE_API_TOKEN."""
-    import os
-    import subprocess
-    import sys
-
-    from serve.client import generate_remote
-    from serve.config import DEFAULT_CONFIG_PATH
-    from serve.launch import deploy, prepare_config
-
-    port = int(app_url.rsplit(":", 1)[1])
-    overrides = {"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}}
-
-    def wait_for_models_status(status: int, headers: dict) -> None:
-        deadline = time.monotonic() + 60
-        while httpx.get(app_url + "/v1/models", headers=headers, timeout=30).status_code != status and time.monotonic() < deadline:
-            time.sleep(0.5)
-
-    try:
-        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides, args={"auth": {"token": API_TOKEN}}))
-        wait_for_models_status(401, {})
+        app_url = guarded_app
         good = {"Authorization": f"Bearer {API_TOKEN}"}
         with httpx.Client(base_url=app_url, timeout=120) as c:
             for method, path in (("POST", "/v1/generate"), ("GET", "/v1/models")):
@@ -392,16 +397,15 @@ def test_bearer_token_guards_the_api_but_not_healthz(app_url, tiny_models_dir, t
         assert len(generate_remote(app_url, VALID, timeout=120, token=API_TOKEN)["samples"]) == 1
         with pytest.raises(ValueError, match="401"):
             generate_remote(app_url, VALID, timeout=60)
+        # The command line in this process (test_cli_generate_through_the_app runs it as a process).
         out = tmp_path / "remote"
-        cmd = [sys.executable, "-m", "speechguide", "generate", "--target", "digit=2", "--steps", "2", "--url", app_url, "--out", str(out)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "SPEECHGUIDE_API_TOKEN": API_TOKEN})
-        assert r.returncode == 0, r.stderr
+        args = ["generate", "--target", "digit=2", "--steps", "2", "--url", app_url, "--out", out]
+        code, err = run_in_process(args, capsys, monkeypatch, env={"SPEECHGUIDE_API_TOKEN": API_TOKEN})
+        assert code == 0, err
         assert (out / "2_000.wav").is_file() and API_TOKEN not in (out / "manifest.json").read_text()
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "SPEECHGUIDE_API_TOKEN"})
-        assert r.returncode == 2 and "missing bearer token" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    finally:
-        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides))
-        wait_for_models_status(200, {})
+        monkeypatch.delenv("SPEECHGUIDE_API_TOKEN")
+        code, err = run_in_process(args, capsys, monkeypatch)
+        assert code == 2 and "missing bearer token" in err and len(err.strip().splitlines()) == 1
 
 
 def test_killing_the_classifier_mid_request_ends_cleanly_and_the_app_recovers(app_url):
@@ -448,3 +452,148 @@ def test_killing_the_classifier_mid_request_ends_cleanly_and_the_app_recovers(ap
     assert recovered is not None, "the app did not serve again within 30 s of the kill"
     new = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#Classifier#" in a["name"]]
     assert new and new != [replicas[0]["name"]]
+
+
+# ---- metrics and the playground page, on the same running app ------------------------------------
+
+
+def _scrape(metrics_port: int) -> dict[str, list]:
+    """The Prometheus endpoint's samples, by sample name (`name_bucket`, `name_count`, ...)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def _total(samples: dict, name: str, **labels: str) -> float:
+    return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_metrics_reach_the_prometheus_endpoint(client, metrics_port):
+    from serve.metrics import EXPORTED
+
+    ok = client.post("/v1/generate", json={**VALID, "guide_kind": "clean"})
+    assert ok.status_code == 200, ok.text
+    bad = client.post("/v1/generate", json={"targets": [{"guide": "digit", "label": "12"}], "guide_kind": "clean"})
+    assert bad.status_code == 404
+    want = {
+        "ok clean request": lambda m: _total(m, EXPORTED["requests"], outcome="ok", guide_kind="clean") >= 1,
+        "invalid clean request": lambda m: _total(m, EXPORTED["requests"], outcome="invalid", guide_kind="clean") >= 1,
+        "request latency": lambda m: _total(m, EXPORTED["request_seconds"] + "_count", outcome="ok", guide_kind="clean") >= 1,
+        "vocode stage": lambda m: _total(m, EXPORTED["stage_seconds"] + "_count", stage="vocode", guide_kind="clean") >= 1,
+        "per-step latency": lambda m: _total(m, EXPORTED["step_seconds"] + "_count", guide_kind="clean") >= 1,
+        "vocoder time": lambda m: _total(m, EXPORTED["vocode_seconds"] + "_count", vocoder="neural") >= 1,
+        "admitted": lambda m: _total(m, EXPORTED["admission"], decision="admitted") >= 1,
+        "work in flight": lambda m: EXPORTED["work_in_flight"] in m and EXPORTED["requests_sampling"] in m,
+        "throughput": lambda m: _total(m, EXPORTED["throughput"]) > 0,
+        "denoiser forwards": lambda m: _total(m, EXPORTED["forwards"], deployment="Denoiser") >= 3,
+        "classifier forwards": lambda m: _total(m, EXPORTED["forwards"], deployment="Classifier") >= 1,
+        "rows in forwards": lambda m: _total(m, EXPORTED["forward_rows"], deployment="Denoiser") >= 3,
+        "rows per forward": lambda m: _total(m, EXPORTED["rows_per_forward"] + "_count", deployment="Denoiser") >= 3,
+    }
+    missing = list(want)
+    deadline = time.monotonic() + 90  # Ray exports every few seconds
+    while missing and time.monotonic() < deadline:
+        time.sleep(2)
+        samples = _scrape(metrics_port)
+        missing = [name for name, check in want.items() if not check(samples)]
+    assert not missing, f"not on the Prometheus endpoint after 90 s: {missing}"
+    lines = [f"{s.name}{{outcome={s.labels['outcome']},guide_kind={s.labels['guide_kind']}}} {s.value:g}" for s in samples[EXPORTED["requests"]]]
+    print("\n".join(sorted(lines)))  # the closing note quotes a few
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium (Debian's package) driven through its chromedriver; .ci/run installs both."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
+        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=900,1400"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_playground_page_generates_plays_and_draws_in_a_real_browser(app_url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser.get(app_url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+    assert "Upload" in browser.find_element(By.ID, "voice-note").text  # the app serves speaker targets (GET /v1/models)
+    assert browser.find_element(By.ID, "voice-controls").is_displayed()
+    Select(browser.find_element(By.ID, "digit")).select_by_value("3")
+    Select(browser.find_element(By.ID, "guide-kind")).select_by_value("noisy")
+    for field, value in (("steps", "3"), ("scale", "2")):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    WebDriverWait(browser, 120).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", browser.find_element(By.ID, "status").text
+
+    # The audio element holds the WAV and the browser decoded it; the canvas holds a spectrogram, not a blank.
+    wait.until(lambda d: d.execute_script("return document.getElementById('audio').readyState") >= 1)
+    duration = browser.execute_script("return document.getElementById('audio').duration")
+    assert 0.9 < duration < 2.0, duration
+    canvas = browser.execute_script(
+        "const c = document.getElementById('spectrogram'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "const seen = new Set(); for (let i = 0; i < d.length; i += 4) seen.add(d[i] * 65536 + d[i + 1] * 256 + d[i + 2]);"
+        "return {frames: Number(c.dataset.frames), mels: Number(c.dataset.mels), colours: seen.size};"
+    )
+    models = httpx.get(app_url + "/v1/models").json()
+    assert canvas["mels"] == models["features"]["n_mels"] and canvas["frames"] > 30 and canvas["colours"] > 20, canvas
+    scores = browser.find_element(By.ID, "scores").text
+    assert "digit 3" in scores and "guide target probability" in scores and "sampler steps 3" in scores
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "playground.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+
+    # /docs is FastAPI's Swagger UI, its script and style served by the app itself.
+    browser.get(app_url + "/docs")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
+    assert "speechguide" in browser.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
+    assert browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/v1/generate']")
+    assert httpx.get(app_url + "/docs-assets/swagger-ui.css").status_code == 200
+    assert httpx.get(app_url + "/playground/__init__.py").status_code == 404  # only the page's own files are served
+
+
+# ---- chaos: a replica of each deployment killed under a steady load (serve/chaos.py, bench/chaos.py) ----
+# On this module's app, last: each case runs a few closed-loop clients, kills one replica mid-load and
+# checks that no request was lost (every one answered 200 or a clear JSON error) and that full service came back.
+
+
+@pytest.mark.parametrize("deployment", ["Denoiser", "Classifier", "SpeechIngress"])
+def test_replica_killed_under_load_loses_no_request(app_url, deployment):
+    from serve.chaos import kill_replica, run_case, wait_healthy
+
+    wait_healthy()
+    result = run_case(f"kill {deployment}", app_url, kill_replica(deployment), clients=3, warmup_s=2, sustain_s=3)
+    print(result.fault_note, result.row())
+    assert result.ok > 0
+    assert result.lost == 0, result.examples("lost")
+    assert result.recovery_s() is not None, (result.examples("failed"), result.examples("lost"))
+    assert result.recovery_s() < 60
+    wait_healthy()  # the killed replica was replaced

@@ -3,12 +3,16 @@
 One module-scoped app runs from serve/config.yaml with `args.registry` pointing at the server (a
 1 s poll). Tiny models and two guidance profiles are registered there; the tests check that the app
 serves `speechguide-profile@production`, picks up a promotion while requests keep flowing (none
-fails), and guides with registered classifiers chosen per request (model multiplexing).
+fails), and guides with registered classifiers chosen per request (model multiplexing). Last, two chaos
+cases under a steady load (serve/chaos.py, shared with bench/chaos.py): a denoiser made for another
+feature config promoted to production (the app keeps answering with the last denoiser that loaded;
+none lost, none failed), then the MLflow server stopped while the app polls it (the app keeps serving).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -19,7 +23,7 @@ import time
 import httpx
 import pytest
 import torch
-from mlflow_server import mlflow_server_uri  # noqa: F401  (fixture)
+from mlflow_server import running_mlflow_server
 from serve_app import running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -35,7 +39,36 @@ def _profile(name: str, steps: int, scale: float):
 
 
 @pytest.fixture(scope="module")
-def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory):  # noqa: F811
+def mlflow_server(tmp_path_factory):
+    """(URL, an ExitStack whose close() stops the server): a fresh tracking server for the module, which
+    the last test stops; MLFLOW_TRACKING_URI points at it while the module runs."""
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    with contextlib.ExitStack() as server:
+        url = server.enter_context(running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")))
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        try:
+            yield url, server
+        finally:
+            if old is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="module")
+def mlflow_server_uri(mlflow_server) -> str:
+    return mlflow_server[0]
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> int:
+    from serve_app import free_port
+
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory, metrics_port):
     from mlops.registry import promote, register_models_dir, register_profile
     from serve.config import DEFAULT_CONFIG_PATH
 
@@ -54,6 +87,7 @@ def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory):  # noqa: F811
         with running_app(
             DEFAULT_CONFIG_PATH,
             timeout_s=300,
+            metrics_export_port=metrics_port,
             models_dir=tiny_models_dir,
             deployments={"SpeechIngress": {"max_ongoing_requests": 8, "max_queued_requests": 16}},
             args={"registry": registry},
@@ -75,7 +109,7 @@ def _generate(client: httpx.Client, **fields) -> dict:
     return r.json()
 
 
-def test_serves_the_production_profile(client, mlflow_server_uri):  # noqa: F811
+def test_serves_the_production_profile(client, mlflow_server_uri):
     body = client.get("/v1/models").json()
     assert body["profile_versions"] == [{"name": PROFILE, "version": 1, "alias": "production", "profile_name": "reg-one"}]
     reg = body["registry"]
@@ -142,7 +176,7 @@ def _load(app_url: str, stop: threading.Event, log: list) -> None:
                 log.append((time.monotonic(), 0, None, None, repr(exc)))
 
 
-def test_promotion_is_picked_up_without_a_failed_request(app_url, client, mlflow_server_uri, tiny_models_dir, capsys):  # noqa: F811
+def test_promotion_is_picked_up_without_a_failed_request(app_url, client, mlflow_server_uri, tiny_models_dir, capsys):
     from mlops.registry import register_profile
     from speechguide.cli import main
 
@@ -182,7 +216,7 @@ def test_promotion_is_picked_up_without_a_failed_request(app_url, client, mlflow
     assert any(v == 1 for log in logs for _, _, v, _, _ in log) and any(v == 2 for log in logs for _, _, v, _, _ in log)
 
 
-def test_guide_alias_move_loads_the_new_version(client, mlflow_server_uri, tiny_models_dir, tmp_path):  # noqa: F811
+def test_guide_alias_move_loads_the_new_version(client, mlflow_server_uri, tiny_models_dir, tmp_path):
     """A new classifier promoted to production guides the next requests naming the alias (multiplexed load)."""
     from guidance.data import DIGITS
     from guidance.models import ClassifierConfig, LogMelClassifier, read_metadata, save_model
@@ -213,7 +247,7 @@ def test_guide_alias_move_loads_the_new_version(client, mlflow_server_uri, tiny_
     assert base64.b64decode(after["samples"][0]["wav_base64"])[:4] == b"RIFF"
 
 
-def test_denoiser_alias_move_swaps_the_denoiser(client, mlflow_server_uri, tiny_models_dir, tmp_path):  # noqa: F811
+def test_denoiser_alias_move_swaps_the_denoiser(client, mlflow_server_uri, tiny_models_dir, tmp_path):
     """A newly promoted denoiser serves the next requests; no restart (multiplexed by version on the Denoiser)."""
     from guidance.diffusion import EDMPrecond
     from guidance.features import FeatureSpec
@@ -241,3 +275,55 @@ def test_denoiser_alias_move_swaps_the_denoiser(client, mlflow_server_uri, tiny_
     assert after["models"]["denoiser"] == {"name": "denoiser-unet", "version": 2, "alias": "production"}
     assert after["samples"][0]["wav_base64"] != before["samples"][0]["wav_base64"]
     assert client.get("/v1/models").json()["denoisers"][0]["version"] == 2
+
+
+def test_registry_reloads_reach_the_prometheus_endpoint(client, metrics_port):
+    """The registry watch's loads (its first ones at start-up and the promotions above) reach Ray's metrics
+    endpoint: the exported counter equals the count GET /v1/models reports."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serve.metrics import EXPORTED
+
+    reported = client.get("/v1/models").json()["registry"]["reloads"]
+    assert reported >= 3  # two profile aliases at start-up, then the promotions above
+    exported, deadline = 0.0, time.monotonic() + 60  # Ray exports every few seconds
+    while exported != reported and time.monotonic() < deadline:
+        time.sleep(2)
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        exported = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == EXPORTED["registry_reloads"])
+    assert exported == reported
+
+
+# ---- chaos around the registry, under a steady load (last: the second case stops the MLflow server) ----
+
+
+def _check_chaos(result) -> None:
+    print(result.fault_note, result.row())
+    assert result.ok > 0
+    assert result.lost == 0, result.examples("lost")
+    assert result.failed == 0, result.examples("failed")
+    assert result.recovery_s() is not None
+
+
+def test_mismatched_denoiser_promoted_under_load(app_url, mlflow_server_uri, tmp_path):
+    from serve.chaos import promote_mismatched_denoiser, run_case, served_denoiser, wait_healthy
+
+    wait_healthy()
+    served = served_denoiser(app_url)
+    assert served["alias"] == "production"
+    result = run_case("promote mismatched denoiser", app_url, promote_mismatched_denoiser(app_url, mlflow_server_uri, str(tmp_path)),
+                      clients=3, warmup_s=2, sustain_s=3)
+    _check_chaos(result)
+    assert served_denoiser(app_url) == served  # the last one that loaded
+
+
+def test_mlflow_server_stopped_while_polled(app_url, mlflow_server):
+    from serve.chaos import run_case, wait_healthy
+
+    def stop_server() -> str:
+        mlflow_server[1].close()
+        return "stopped the MLflow server"
+
+    wait_healthy()
+    result = run_case("stop MLflow server", app_url, stop_server, clients=3, warmup_s=2, sustain_s=3 + 3 * POLL_S)
+    _check_chaos(result)

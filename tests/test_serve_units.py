@@ -309,7 +309,7 @@ def cli() -> typer.Typer:
 def test_serve_command_help(cli):
     result = CliRunner().invoke(cli, ["serve", "--help"])
     assert result.exit_code == 0
-    for option in ("--config", "--models-dir", "--host", "--port", "--blocking"):
+    for option in ("--config", "--models-dir", "--host", "--port", "--metrics-port", "--blocking"):
         assert option in result.output
 
 
@@ -318,6 +318,8 @@ def test_serve_command_help(cli):
     [
         (["--port", "0"], "--port"),
         (["--port", "many"], "port"),
+        (["--metrics-port", "70000"], "--metrics-port"),
+        (["--port", "8100", "--metrics-port", "8100"], "--metrics-port must differ"),
         (["--config", "/nonexistent/serve.yaml"], "not found"),
         (["--models-dir", "/nonexistent/models"], "does not exist"),
         (["--no-blocking"], "RAY_ADDRESS"),

@@ -162,7 +162,7 @@ def _trainable(settings: TuneSettings, space: ProfileSpace, reference, experimen
     return tune.with_resources(bound, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
 
-def _tuner(settings: TuneSettings, space: ProfileSpace, trainable, name: str):
+def _tuner(settings: TuneSettings, space: ProfileSpace, trainable, name: str, progress: Optional[Callable[[int, int, str], None]] = None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -187,6 +187,10 @@ def _tuner(settings: TuneSettings, space: ProfileSpace, trainable, name: str):
     else:
         scheduler = FIFOScheduler()
     callbacks = [RunStatusCallback(settings.tracking_uri, settings.batches)] if settings.mlflow else []
+    if progress is not None:  # a progress bar replaces Tune's own status tables
+        from tune.progress import TrialProgress
+
+        callbacks.append(TrialProgress(settings.trials, progress))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -201,7 +205,7 @@ def _tuner(settings: TuneSettings, space: ProfileSpace, trainable, name: str):
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
-            verbose=1,
+            verbose=0 if progress is not None else 1,
         ),
     )
 
@@ -264,9 +268,16 @@ def _register(profile: GuidanceProfile, settings: TuneSettings, metrics: dict, p
 
 
 def run(
-    settings: TuneSettings, resume: Optional[str] = None, log: Callable[[str], None] = print, score_baseline: bool = True
+    settings: TuneSettings,
+    resume: Optional[str] = None,
+    log: Callable[[str], None] = print,
+    score_baseline: bool = True,
+    progress: Optional[Callable[[int, int, str], None]] = None,
 ) -> SweepResult:
-    """Start a sweep (or resume the one stored at `resume`), then pick, save and register the best profile."""
+    """Start a sweep (or resume the one stored at `resume`), then pick, save and register the best profile.
+
+    `progress(done, trials, status)` is told about each trial that ends (new sweeps; a resumed one has
+    Tune's own output)."""
     from ray import tune
 
     from mlops import tracking
@@ -306,7 +317,7 @@ def run(
         if resume:
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
         else:
-            tuner = _tuner(settings, space, trainable, name)
+            tuner = _tuner(settings, space, trainable, name, progress)
         grid = tuner.fit()
 
     rows = _rows(grid, settings, space)
