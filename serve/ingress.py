@@ -569,7 +569,7 @@ class SpeechIngress:
                 raise ApiError(422, "profile: through_denoiser (gradients through D) is not available in the split deployment")
         # Admission by work: decided and registered in one synchronous call, right before sampling.
         job, decision = self.admission.admit(len(plan), sampler_evaluations(plan.profile.sampler.steps, plan.profile.sampler.kind))
-        request.state.guide_kind = req.guide_kind  # the metrics' guide_kind tag
+        ingress_metrics().admission_decision(job is not None)
         if job is None:
             request.state.refused = True
             extra = {"admission": decision.as_dict(), "timings_ms": {"validate": round((time.perf_counter() - t_start) * 1e3, 2)}}
