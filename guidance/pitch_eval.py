@@ -60,11 +60,7 @@ def _heard(waves: torch.Tensor, ok: torch.Tensor, rate: int) -> list[HeardPitch]
     return [track(w, rate) if bool(k) else HeardPitch(float("nan"), 0.0, float("nan")) for w, k in zip(waves, ok)]
 
 
-def _digits_said(waves: torch.Tensor, rate: int) -> list[int | None]:
-    from outside_judges.report import default_recognizer
-
-    recognizer = default_recognizer()
-    return [recognizer.recognize(w, rate) for w in waves]
+DigitsSaid = Callable[[torch.Tensor, int], list]  # (waves, rate) -> the digit heard in each, or None
 
 
 def summarize(errors: list[float], heard: list[HeardPitch]) -> dict:
@@ -81,8 +77,12 @@ def summarize(errors: list[float], heard: list[HeardPitch]) -> dict:
     }
 
 
-def evaluate_pitch(models: ModelSet, cfg: PitchEvalConfig, out: Path, progress: Callable[[str], None] | None = None) -> dict:
+def evaluate_pitch(
+    models: ModelSet, cfg: PitchEvalConfig, out: Path, progress: Callable[[str], None] | None = None, digits_said: DigitsSaid | None = None
+) -> dict:
     """Sample every system, hear it, write results.json and report.md under `out`; returns the results."""
+    if cfg.outside_asr and digits_said is None:
+        raise ValueError("outside_asr needs digits_said: the outside recognizer, handed in by the caller")
     say = progress or (lambda _msg: None)
     out.mkdir(parents=True, exist_ok=True)
     rate = models.spec.sample_rate
@@ -117,7 +117,7 @@ def evaluate_pitch(models: ModelSet, cfg: PitchEvalConfig, out: Path, progress: 
     if cfg.digit:
         waves, ok = run("digit", "noisy", {"digit": digits})
         if cfg.outside_asr:
-            said = _digits_said(waves, rate)
+            said = digits_said(waves, rate)
             asr["digit"] = round(sum(s == int(d) for s, d in zip(said, digits)) / cfg.samples, 3)
     for text in texts:
         line = resolve_pitch(parse_pitch_target(text))
@@ -131,7 +131,7 @@ def evaluate_pitch(models: ModelSet, cfg: PitchEvalConfig, out: Path, progress: 
             errors = [h.error_semitones(line) for h in heard]
             row[name] = summarize(errors, heard) | {"sample_f0_hz": [round(h.median_hz, 1) for h in heard]}
             if name == "digit+pitch" and cfg.outside_asr:
-                said = _digits_said(waves, rate)
+                said = digits_said(waves, rate)
                 row[name]["digit_accuracy"] = round(sum(s == int(d) for s, d in zip(said, digits)) / cfg.samples, 3)
         results["targets"][text] = row
     results["digit_only_accuracy"] = asr.get("digit")

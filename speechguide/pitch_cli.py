@@ -56,7 +56,12 @@ def evaluate_pitch_command(
         targets=tuple(texts), samples=samples, seed=seed, steps=steps, scale=pitch_scale,
         capacity=capacity, digit=digit, outside_asr=outside_asr,
     )
-    evaluate_pitch(models, cfg, out, progress=lambda msg: typer.echo(msg, err=True))
+    said = None
+    if outside_asr:  # guidance/ never imports the outside judges: the command hands the recognizer in
+        from outside_judges.report import default_recognizer
+
+        said = lambda waves, rate: [default_recognizer().recognize(w, rate) for w in waves]  # noqa: E731
+    evaluate_pitch(models, cfg, out, progress=lambda msg: typer.echo(msg, err=True), digits_said=said)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"report written to {out}")
 

@@ -213,7 +213,12 @@ def test_cli_url_carries_every_target_and_writes_the_in_process_files(app_url, m
         assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in outs["local"].glob("*.wav"))
     assert names == sorted(p.name for p in outs["http"].glob("*.wav")) == ["3_000.wav"]
-    assert (outs["local"] / names[0]).read_bytes() == (outs["http"] / names[0]).read_bytes()
+    local, rate_l = soundfile.read(str(outs["local"] / names[0]), dtype="int16")
+    served, rate_h = soundfile.read(str(outs["http"] / names[0]), dtype="int16")
+    # Same file up to the silence gate (guidance/output_level.py): float differences between the doors far below
+    # one PCM step can move a sample across the gate's 2-step threshold, so a few samples may differ by <= 2 steps.
+    assert rate_l == rate_h and local.shape == served.shape
+    assert np.abs(local.astype(int) - served.astype(int)).max() <= 2 and (local != served).mean() < 0.01
     remote = json.loads((outs["http"] / "manifest.json").read_text())
     assert remote["request"]["voice_guide"] == "encoder" and remote["request"]["weights"] == {"speaker": 2.0}
     assert "reference_wav_base64" not in json.dumps(remote["request"])  # the manifest names the reference, not its bytes
