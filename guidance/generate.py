@@ -87,7 +87,7 @@ def generate_local(
         refs = torch.tensor([r for _, r, _ in plan.rows])
         with torch.no_grad():
             speaker_score = voice.score(dev_mels, plan.named["speaker"]).cpu()
-            heard = torch.nan_to_num(waves).clamp(-1, 1)  # what write_wav stores
+            heard = as_written(torch.nan_to_num(waves), models.spec.sample_rate)  # what write_wav stores
             cos_wav = (encoder.embed_waves(heard, models.spec.sample_rate).cpu() * encoder.references.cpu()[refs]).sum(1)
     pitch_error = pitch_heard = None
     if pitch is not None:

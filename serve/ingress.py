@@ -33,7 +33,6 @@ guides with that backbone only (`guide_kind: noisy`); the generator is the app's
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import logging
 import threading
@@ -43,7 +42,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import soundfile
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import NonFiniteError
+from guidance.data import wav_bytes  # noqa: F401  (re-exported: the bytes of every WAV the app answers)
 from guidance.guides.kinds import default_digit_kind
 from guidance.vocoders import describe_vocoder, load_vocoder
 from guidance.guide_host import RemoteGuide, RemoteReferenceGuide, hf_key, voice_key
@@ -190,13 +189,6 @@ def api_token(auth: Auth) -> Optional[str]:
     check_exposure(host, token, auth.token_env)
     log.info("HTTP API: %s (proxy host %s)", "bearer token required" if token else "open, no token set", host)
     return token
-
-
-def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
-    """16-bit PCM mono WAV, byte for byte what `guidance.data.write_wav` writes to a file."""
-    buf = io.BytesIO()
-    soundfile.write(buf, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-    return buf.getvalue()
 
 
 @serve.deployment(
