@@ -15,7 +15,7 @@ DEMO_OUT ?= demo-out
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-compile -e '.[test]'
 	@touch $@
 
 venv: $(VENV)/.installed
