@@ -138,13 +138,6 @@ def test_cli_refuses_bad_pitch_targets(tmp_path, target, says):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_refuses_pitch_targets_over_http(tmp_path):
-    r = _cli("generate", "--target", "digit=3", "--target", "pitch=140", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "out"))
-    assert r.returncode == 2, r.stderr
-    assert "in-process only" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists()
-
-
 def test_requests_without_pitch_do_not_load_crepe():
     code = "import sys, guidance.generate, guidance.plan; assert 'guidance.guides.pitch' not in sys.modules and 'torchcrepe' not in sys.modules"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
