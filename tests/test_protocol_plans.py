@@ -91,15 +91,15 @@ def test_a_tune_trial_samples_the_sweep_plan_batch_by_batch_as_generate_does(mod
     from tune.evaluator import ProfileEvaluator, base_profile, val_reference
     from tune.settings import TuneSettings
 
-    settings = TuneSettings(guide="noisy", per_class=2, batch_per_class=1, steps_min=2, steps_max=2, base_steps=2, seed=3,
+    settings = TuneSettings(guide="noisy", per_class=4, batch_per_class=2, steps_min=2, steps_max=2, base_steps=2, seed=3,
                             mlflow=False, models_dir=str(tiny_models_dir), data_dir=str(fsdd_root), outside_asr_weight=0.0)
     judge = _judge(tiny_models_dir, "digit")
     evaluator = ProfileEvaluator(settings, models, judge, val_reference(settings, models, judge))
     profile = base_profile(settings)
     batches = list(evaluator.run(profile))
-    assert len(batches) == 2 and all(b.targets.tolist() == list(range(10)) for b in batches)  # every batch holds every digit
+    assert len(batches) == 2 and all(b.targets.tolist() == list(range(10)) * 2 for b in batches)  # every batch holds every digit
     # One batch at a time is the whole plan at once (a deterministic sampler: batch seeds do not enter).
-    want = generate_local(models, targets_for("digit", DIGITS) * 2, 1, 3, profile, "noisy", scale_set=True).mels
+    want = generate_local(models, targets_for("digit", DIGITS) * 4, 1, 3, profile, "noisy", scale_set=True).mels
     assert torch.equal(torch.cat([b.mels for b in batches]), want)
     resumed = next(evaluator.run(profile, start=1))  # a resumed trial starts at its second batch: the same rows
     assert torch.equal(resumed.mels, batches[1].mels)
@@ -109,7 +109,7 @@ def test_a_tune_trial_samples_the_sweep_plan_batch_by_batch_as_generate_does(mod
 def test_evaluate_pitch_samples_every_system_as_generate_does(models, tmp_path, monkeypatch):
     import guidance.pitch_eval as pitch_eval
 
-    cfg = pitch_eval.PitchEvalConfig(targets=("rise",), samples=2, seed=1, steps=2)
+    cfg = pitch_eval.PitchEvalConfig(targets=("rise",), samples=2, seed=1, steps=4)  # 4 steps: one sigma in the pitch guide's window
     got = _recording(monkeypatch, pitch_eval)
     pitch_eval.evaluate_pitch(models, cfg, tmp_path / "pitch")
     profile = pitch_eval._profile(cfg)
