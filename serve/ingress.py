@@ -60,7 +60,7 @@ from guidance.data import wav_bytes  # noqa: F401  (re-exported: the bytes of ev
 from guidance.guides.kinds import default_digit_kind
 from guidance.vocoders import describe_vocoder, load_vocoder
 from guidance.guide_host import RemoteGuide, RemoteReferenceGuide, hf_key, remote_guide, voice_key
-from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings, read_reference
+from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, read_reference
 from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from guidance.guides.voice_stats import reference_mels
 from guidance.pipeline import ModelPaths
@@ -734,8 +734,7 @@ class SpeechIngress:
         desc = cat.guides.get(key)
         if desc is None:
             raise ApiError(404, f"voice_guide: this app hosts no {req.voice_guide!r} voice guide")
-        default = GuideSettings.model_validate_json(desc["default_settings"]) if desc.get("default_settings") else None
-        voice = RemoteReferenceGuide(key, desc["kind"], default)
+        voice = remote_guide(key, desc)  # a RemoteReferenceGuide: the plan adds the request's references
         rows = await asyncio.gather(*(
             self._remote("classifier", self.classifier.reference_features, key, sha, to_wire(wave)) for sha, wave in clips.values()
         ))
