@@ -203,7 +203,7 @@ def test_evaluate_pitch_writes_a_table_per_target(tiny_models_dir, tmp_path):
     import json
 
     out = tmp_path / "report"
-    r = _cli("evaluate-pitch", "--samples", "2", "--steps", "2", "--targets", "140,rise", "--no-digit",
+    r = _cli("evaluate-pitch", "--samples", "1", "--steps", "2", "--targets", "140,rise", "--no-digit",
              "--models-dir", str(tiny_models_dir), "--device", "cpu", "--out", str(out))
     assert r.returncode == 0, r.stderr
     results = json.loads((out / "results.json").read_text())
@@ -212,5 +212,5 @@ def test_evaluate_pitch_writes_a_table_per_target(tiny_models_dir, tmp_path):
     rise = results["targets"]["rise"]["line_hz"]
     assert rise[0] < rise[1]
     for row in results["targets"].values():
-        assert row["pitch"]["n"] == 2 and 0.0 <= row["pitch"]["within_1st"] <= 1.0 and "digit+pitch" not in row
+        assert row["pitch"]["n"] == 1 and 0.0 <= row["pitch"]["within_1st"] <= 1.0 and "digit+pitch" not in row
     assert "| 140 |" in (out / "report.md").read_text()
