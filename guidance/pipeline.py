@@ -21,7 +21,7 @@ from guidance.guides import ClassifierGuide, Guide, GuidanceProfile, GuidedDenoi
 from guidance.models import ModelFile, load_model
 from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS, GUIDE_KIND_TABLE
 from guidance.guides.single_backbone import SingleBackboneProvider
-from guidance.plan import Target, build_guide_terms, guide_settings, make_noise  # noqa: F401 (re-exported)
+from guidance.plan import Plan, Target, build_guide_terms, guide_settings, make_noise  # noqa: F401 (re-exported)
 from guidance.models.score_subnet import SingleBackboneModel, load_score_subnet
 from guidance.vocoders import DEFAULT_VOCODER, VOCODER_FILE, describe_vocoder, load_vocoder, vocode_batched
 
@@ -166,6 +166,31 @@ def sample_mels(
         if on_batch:
             on_batch(len(out[-1]))
     return torch.cat(out) if out else torch.empty(0, 1, models.spec.n_mels, models.spec.frames)
+
+
+def sample_plan(
+    models: ModelSet,
+    plan: Plan,
+    extra_guides: dict[str, Guide] | None = None,
+    batch_size: int = 50,
+    rows: slice | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    allow_nonfinite: bool = False,
+) -> torch.Tensor:
+    """Sample a request's plan in-process: its noise, its guide terms (the digit guide of its kind from the
+    model set, `extra_guides` for the others: {"speaker": voice guide, "pitch": pitch guide}), its profile,
+    its weights and its seed. Every in-process door samples through here: `generate`, evaluate,
+    evaluate-voice, evaluate-pitch, Tune and the default picker.
+
+    `rows`: only rows [start, stop) of the plan, sampled exactly as they are within the whole (their own
+    noise rows, batch seeds counted from `start`): how a Tune trial scores a plan batch by batch."""
+    noise, named, start = plan.noise(models.spec), plan.named, 0
+    if rows is not None:
+        noise, named, start = noise[rows], {k: v[rows] for k, v in named.items()}, rows.start or 0
+    return sample_mels(
+        models, plan.digit_kind, named, plan.profile, noise, seed=plan.seed + start, batch_size=batch_size, on_batch=on_batch,
+        extra_guides=extra_guides, weights=plan.weights, allow_nonfinite=allow_nonfinite,
+    )
 
 
 def vocode(mels: torch.Tensor, vocoder: Vocoder, batch_size: int = 64) -> torch.Tensor:

@@ -23,12 +23,13 @@ from typing import Callable
 
 import torch
 
-from guidance.data import as_written
+from guidance.data import DIGITS, as_written
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.guides.pitch import PitchGuide, default_pitch_settings
-from guidance.pitch_targets import parse_pitch_target, resolve_pitch
 from guidance.pitch_tracker import HeardPitch, track
-from guidance.pipeline import ModelSet, make_noise, sample_mels, vocode_finite
+from guidance.pipeline import ModelSet, sample_plan, vocode_finite
+from guidance.pitch_targets import parse_pitch_target, resolve_pitch
+from guidance.plan import Plan, Target, plan_request, targets_for
 
 WITHIN_SEMITONES = 1.0  # the acceptance: a sample is on target when its median F0 is within 1 semitone
 DEFAULT_SHIFTS = (-4, -2, 2, 4)
@@ -88,19 +89,25 @@ def evaluate_pitch(
     rate = models.spec.sample_rate
     prof = _profile(cfg)
     guide = PitchGuide(models.spec, models.vocoder, cfg.capacity, device=models.device)
-    noise = make_noise(cfg.samples, models.spec, cfg.seed)
     digits = torch.arange(cfg.samples) % 10
+    digit_targets = targets_for("digit", [DIGITS[d] for d in digits.tolist()])  # sample i says digit i mod 10
     timings: dict[str, float] = {}
 
-    def run(name: str, kind: str, named: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def plan(targets: list[Target], digit_kind: str) -> Plan:
+        """One system's request: `cfg.samples` rows from the same noise draw (one row per digit target, else
+        `cfg.samples` of each), under the evaluation's profile."""
+        num = 1 if any(t.guide == "digit" for t in targets) else cfg.samples
+        return plan_request(targets, num, cfg.seed, prof, models.guides["noisy"], digit_kind=digit_kind, scale_set=True, pitch_guide=guide)
+
+    def run(name: str, planned: Plan) -> tuple[torch.Tensor, torch.Tensor]:
         t0 = time.perf_counter()
-        mels = sample_mels(models, kind, named, prof, noise, seed=cfg.seed, extra_guides={"pitch": guide}, allow_nonfinite=True)
+        mels = sample_plan(models, planned, {"pitch": guide}, allow_nonfinite=True)
         timings[name] = round((time.perf_counter() - t0) / cfg.samples, 2)
         say(f"{name}: {timings[name]} s per sample")
         waves, ok = vocode_finite(mels, models.vocoder)  # rows that could not be vocoded are silent (and not ok)
         return as_written(waves, rate), ok  # the tracker and the recognizer hear the file as written
 
-    waves, ok = run("unguided", "none", {})
+    waves, ok = run("unguided", plan([], "none"))
     unguided = _heard(waves, ok, rate)
     voiced_medians = [h.median_hz for h in unguided if math.isfinite(h.median_hz)]
     centre = statistics.median(voiced_medians) if voiced_medians else 120.0
@@ -115,18 +122,17 @@ def evaluate_pitch(
     }
     asr: dict[str, float] = {}
     if cfg.digit:
-        waves, ok = run("digit", "noisy", {"digit": digits})
+        waves, ok = run("digit", plan(digit_targets, "noisy"))
         if cfg.outside_asr:
             said = digits_said(waves, rate)
             asr["digit"] = round(sum(s == int(d) for s, d in zip(said, digits)) / cfg.samples, 3)
     for text in texts:
-        line = resolve_pitch(parse_pitch_target(text))
-        index = guide.add_target(text)
+        systems = [("pitch", plan([Target("pitch", text)], "none"))]
+        systems += [("digit+pitch", plan([*digit_targets, Target("pitch", text)], "noisy"))] if cfg.digit else []
+        line = resolve_pitch(parse_pitch_target(text))  # exactly as asked (the guide keeps it in float32 cents)
         row: dict = {"line_hz": [round(line.start_hz, 1), round(line.end_hz, 1)], "shift_from_unguided_st": round(12 * math.log2(line.median_hz / centre), 2)}
-        target = torch.full((cfg.samples,), index)
-        systems = [("pitch", "none", {"pitch": target})] + ([("digit+pitch", "noisy", {"digit": digits, "pitch": target})] if cfg.digit else [])
-        for name, kind, named in systems:
-            waves, ok = run(f"{name} {text}", kind, named)
+        for name, planned in systems:
+            waves, ok = run(f"{name} {text}", planned)
             heard = _heard(waves, ok, rate)
             errors = [h.error_semitones(line) for h in heard]
             row[name] = summarize(errors, heard) | {"sample_f0_hz": [round(h.median_hz, 1) for h in heard]}

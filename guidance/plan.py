@@ -9,8 +9,11 @@ pitch guides' settings, retargeting a reference to the digit asked for, resolvin
 (`+3st`) against each speaker reference, the order of the rows and what each sample is called.
 
 Pitch targets (`pitch=140 | +3st | rise | fall`, the CREPE guide of `guidance.guides.pitch`) are planned
-here like the others; the Serve app does not host the pitch guide yet, so only the in-process driver
-(`guidance.generate`) samples them.
+here like the others, in-process against the loaded guide, in Serve against its stand-in whose target table
+travels to the hosted guide (`guidance.guide_host`).
+
+The evaluation protocols plan their systems here too (evaluate, evaluate-voice, evaluate-pitch, Tune, the
+default picker): each is a list of targets and a count, sampled by `guidance.pipeline.sample_plan`.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ class Target:
         return cls(guide.strip(), label.strip())
 
 
+def targets_for(guide: str, labels: list[str]) -> list[Target]:
+    """One target per label, in order: a protocol's "every digit" (`targets_for("digit", DIGITS)`), or one
+    target per row of a paired plan."""
+    return [Target(guide, label) for label in labels]
+
+
 def make_noise(n: int, spec: FeatureSpec, seed: int) -> torch.Tensor:
     """Unit Gaussian starting noise, drawn on the CPU so every device and every door sees the same numbers."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -81,6 +90,14 @@ def check_targets(targets: list[Target]) -> None:
     for t in targets:
         if t.guide == "pitch" and parse_pitch_target(t.label).needs_reference and not has_speaker:
             raise ValueError(f"pitch={t.label} is relative to a reference voice: add a speaker=REF.wav target")
+
+
+def pitch_references(targets: list[Target]) -> list[str]:
+    """The speaker references whose median F0 `plan_request` needs (`reference_hz`), by label: every one, when
+    a pitch target is relative to the voice (`+3st`) or a contour centred on it (rise, fall); else none."""
+    if not any(t.guide == "pitch" and parse_pitch_target(t.label).kind != "hz" for t in targets):
+        return []
+    return list(dict.fromkeys(t.label for t in targets if t.guide == "speaker"))
 
 
 def check_weights(weights: dict[str, float], targets: list[Target]) -> None:
@@ -254,6 +271,7 @@ def plan_request(
     offsets: torch.Tensor | None = None,
     pitch_guide: Guide | None = None,
     reference_hz: dict[str, float] | None = None,
+    paired: bool = False,
 ) -> Plan:
     """Plan one request. `digit_guide` gives the digit labels; `voice_guide` holds every speaker target's
     reference under its label (`add_reference`); `said` (R,) is the word each of its references says, needed
@@ -261,8 +279,11 @@ def plan_request(
     (a scale or a profile of its own), so a composite keeps it. `pitch_guide` takes every pitch target
     (`add_target(text, reference_hz, reference_name)` -> label index, `line(index)`), resolved per row against
     that row's speaker reference, whose median F0 `reference_hz` gives by label (needed for `+3st`; rise and
-    fall centre on it). Raises ValueError (unknown guide, bad weight, bad pitch target) and KeyError (a label
-    the guide lacks) with one line."""
+    fall centre on it). Rows are every combination of the targets (digit-major, then reference, then pitch),
+    each `num` times; `paired`: the k-th target of every targeted guide go together instead (one row per k,
+    each `num` times), for a protocol whose rows are not a product, e.g. evaluate-voice's references each with
+    its own digits. Raises ValueError (unknown guide, bad weight, bad pitch target, unequal paired counts) and
+    KeyError (a label the guide lacks) with one line."""
     check_targets(targets)
     weights = dict(weights or {})
     check_weights(weights, targets)
@@ -285,7 +306,7 @@ def plan_request(
     if pitch_labels:
         profile = profile.model_copy(update={"per_guide": {**profile.per_guide, "pitch": guide_settings(profile, "pitch", pitch_guide)}})
     pitches = list(range(len(pitch_labels)))
-    rows = [g for g in itertools.product(classes or [None], refs or [None], pitches or [None]) for _ in range(num)]
+    rows = [g for g in _combinations(classes, refs, pitches, paired) for _ in range(num)]
     named: dict[str, torch.Tensor] = {}
     if classes:
         named["digit"] = torch.tensor([d for d, _, _ in rows])
@@ -312,6 +333,17 @@ def plan_request(
         speaker_labels=speaker_labels, voice_kind=voice_guide.kind if refs else None, retargeted=retargeted,
         pitch_labels=pitch_labels, pitch_lines=pitch_lines,
     )
+
+
+def _combinations(classes: list[int], refs: list[int], pitches: list[int], paired: bool) -> list[tuple[int | None, int | None, int | None]]:
+    """(digit, reference, pitch) of each distinct row: every combination, or (`paired`) the k-th of each."""
+    if not paired:
+        return list(itertools.product(classes or [None], refs or [None], pitches or [None]))
+    counts = {len(x) for x in (classes, refs, pitches) if x}
+    if len(counts) > 1:
+        raise ValueError(f"paired targets need the same number of targets per guide, got {sorted(counts)}")
+    n = counts.pop() if counts else 1
+    return list(zip(classes or [None] * n, refs or [None] * n, pitches or [None] * n))
 
 
 def load_word_offsets(path: Path, spec: FeatureSpec) -> torch.Tensor | None:

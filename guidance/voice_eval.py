@@ -38,8 +38,9 @@ from guidance.guides.voice import DEFAULT_GRADIENT_BLUR, DEFAULT_VOICE_SETTINGS,
 from guidance.guides.voice_stats import DEFAULT_STATS_SETTINGS, VoiceStatsGuide, words_said
 from guidance.metrics import hear, judge_outputs
 from guidance.models import ModelFile
-from guidance.pipeline import ModelSet, sample_mels, vocode
-from guidance.plan import COMPOSITE_DIGIT_SCALE, make_noise  # the composite's digit scale (picked on val), written once there
+from guidance.generate import digit_guide_of
+from guidance.pipeline import ModelSet, sample_plan, vocode
+from guidance.plan import COMPOSITE_DIGIT_SCALE, Plan, plan_request, targets_for  # the composite's digit scale (picked on val), written once there
 
 # system -> (voice guide kind or None, with the digit guide)
 SYSTEMS: dict[str, tuple[str | None, bool]] = {
@@ -90,6 +91,25 @@ def pick_references(clips: list[Clip], split: str, per_speaker: int) -> list[Cli
                 raise FileNotFoundError(f"reference clip {key} missing from the {split} split")
             out.append(index[key])
     return out
+
+
+def system_plan(
+    models: ModelSet, cfg: "VoiceEvalConfig", name: str, references: list[str], digits: list[str], voice: ReferenceGuide | None,
+    said: torch.Tensor | None = None, word_offsets: torch.Tensor | None = None,
+) -> Plan:
+    """The protocol's request for one system: row i is reference `references[i]` (a label of `voice`) with the
+    digit `digits[i]` (paired targets: each reference has its own digits, not every digit), from one noise draw
+    for every system. The voice guide is left out of the unguided system, the digit guide (kind "none") of the
+    voice-only ones. `said` (the word each row of `voice`'s table says) and `word_offsets` retarget the stats
+    + digit composite's references to the digit asked for."""
+    voice_kind, with_digit = SYSTEMS[name]
+    targets = (targets_for("digit", digits) if with_digit else []) + (targets_for("speaker", references) if voice_kind else [])
+    weights = {**({"digit": cfg.digit_weight} if with_digit else {}), **({"speaker": cfg.voice_weight} if voice_kind else {})}
+    return plan_request(
+        targets, 1 if targets else len(digits), cfg.seed, cfg.profile(voice_kind), digit_guide_of(models, cfg.digit_kind),
+        voice if voice_kind else None, cfg.digit_kind if with_digit else "none", weights, scale_set=True,
+        said=said, offsets=word_offsets if said is not None else None, paired=True,
+    )
 
 
 def _waves(clips: list[Clip], num_samples: int) -> torch.Tensor:
@@ -158,8 +178,8 @@ def evaluate_voice(
     row_ref = torch.arange(len(refs)).repeat_interleave(n)  # row -> reference
     ref_speaker = torch.tensor([FSDD_SPEAKERS.index(refs[i].speaker) for i in range(len(refs))])[row_ref]
     digit_target = (torch.arange(len(row_ref)) * 7 + row_ref) % len(DIGITS)  # every digit, spread over refs
-    noise = make_noise(len(row_ref), spec, cfg.seed)
-    weights = {"digit": cfg.digit_weight, "speaker": cfg.voice_weight}
+    row_labels = [str(refs[r].path) for r in row_ref.tolist()]  # each row's reference, by its label in the voice guides
+    row_digits = [DIGITS[d] for d in digit_target.tolist()]
     report: dict = {
         "protocol": f"FSDD {cfg.split} split references ({len(refs)} clips, {cfg.refs_per_speaker} per speaker), "
         f"{n} samples per reference; generated audio is vocoded ({describe_vocoder(models.vocoder)['kind']}) before scoring",
@@ -189,19 +209,14 @@ def evaluate_voice(
         if progress:
             progress(name, idx, len(cfg.systems))
         voice_kind, with_digit = SYSTEMS[name]
-        targets: dict[str, torch.Tensor] = {"digit": digit_target} if with_digit else {}
-        extra = {}
-        if voice_kind is not None:
-            targets["speaker"] = ref_index[voice_kind][row_ref]
-            extra["speaker"] = guides[voice_kind]
-            if voice_kind == "stats" and with_digit and word_offsets is not None:
-                said = words_said(models.guides["clean"], ref_waves, spec, models.device)  # as the clean classifier hears them
-                targets["speaker"] = stats.retarget(targets["speaker"], said[row_ref], digit_target, word_offsets)
+        voice = guides[voice_kind] if voice_kind is not None else None
+        said = None
+        if voice_kind == "stats" and with_digit and word_offsets is not None:
+            said = torch.zeros(len(voice.labels), dtype=torch.long)  # by row of the guide's table
+            said[ref_index["stats"]] = words_said(models.guides["clean"], ref_waves, spec, models.device)  # as the clean classifier hears them
+        plan = system_plan(models, cfg, name, row_labels, row_digits, voice, said, word_offsets)
         started = time.time()
-        mels = sample_mels(
-            models, cfg.digit_kind if with_digit else "none", targets, cfg.profile(voice_kind), noise,
-            seed=cfg.seed, batch_size=cfg.batch_size, extra_guides=extra, weights=weights,
-        )
+        mels = sample_plan(models, plan, {"speaker": voice} if voice is not None else None, batch_size=cfg.batch_size)
         seconds = (time.time() - started) / len(mels)
         waves = vocode(mels, models.vocoder)
         heard = hear(waves, spec)

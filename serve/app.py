@@ -41,7 +41,7 @@ def build_app(args: Optional[dict] = None) -> Application:
         classifier = Classifier.options(user_config=tuning)
     return SpeechIngress.bind(
         denoiser.bind(models_dir, parsed.device, tuning, registry_uri),
-        classifier.bind(models_dir, parsed.device, tuning, registry_uri, {k: v.model_dump() for k, v in parsed.hf_guides.items()}),
+        classifier.bind(models_dir, parsed.device, tuning, registry_uri, {k: v.model_dump() for k, v in parsed.hf_guides.items()}, parsed.vocoder),
         parsed.model_dump(mode="json"),
     )
 

@@ -268,16 +268,17 @@ class Classifier(_Batcher):
     probability, per row, whatever the guide's kind.
 
     Holds the digit classifiers (the noise-conditioned one reads x_t and sigma, the clean one x0_hat), the
-    zero-shot voice guides, the Hugging Face classifiers of `args.hf_guides`, and registered classifiers
-    loaded on demand. Each call names its guide by key and carries its own settings (and, for a voice
-    guide, its request's reference features); nothing here is written for one guide kind.
+    zero-shot voice guides, the Hugging Face classifiers of `args.hf_guides`, the pitch guide (CREPE, through
+    the app's vocoder), and registered classifiers loaded on demand. Each call names its guide by key and
+    carries its own settings (and, for a guide with a request table, its request's: voice references, pitch
+    lines); nothing here is written for one guide kind.
     """
 
     batched_methods = ("guide",)
 
     def __init__(
         self, models_dir: str, device: Optional[str] = None, tuning: Optional[dict] = None, registry_uri: Optional[str] = None,
-        hf_guides: Optional[dict] = None,
+        hf_guides: Optional[dict] = None, vocoder: Optional[str] = "neural",
     ) -> None:
         from guidance.guide_host import load_guide_host
 
@@ -287,7 +288,7 @@ class Classifier(_Batcher):
         # The denoiser's front end is the contract: read it from the file's metadata (no weights).
         self.spec = FeatureSpec.from_dict(read_metadata(paths.path("denoiser"))["feature_spec"])
         sources = {name: (h["source"], h.get("label_map")) for name, h in (hf_guides or {}).items()}
-        self.host = load_guide_host(paths.root, self.spec, self.device, sources)
+        self.host = load_guide_host(paths.root, self.spec, self.device, sources, vocoder=vocoder)  # the app's vocoder: the pitch guide's route
         self.guides = {key: h.guide for key, h in self.host.items()}
         self._references: dict[tuple[str, str], np.ndarray] = {}  # (guide key, clip sha256) -> feature rows
         self.registry_loads = 0
@@ -370,7 +371,8 @@ class Classifier(_Batcher):
         return await asyncio.to_thread(run)
 
     async def reference_features(self, kind: str, sha256: str, wave: np.ndarray) -> np.ndarray:
-        """A reference guide's feature row of one clip (mono, at the app's rate), cached by the clip's content hash."""
+        """What a guide reads of one reference clip (mono, at the app's rate; a voice guide's feature row, the
+        pitch guide's median F0), cached by the clip's content hash."""
         key = (kind, sha256)
         row = self._references.get(key)
         if row is None:
@@ -386,8 +388,9 @@ class Classifier(_Batcher):
         return row
 
     async def score(self, kind: str, mels: np.ndarray, references: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """A reference guide's own score of finished samples against their references (higher is closer)."""
-        guide = self.guides[kind].with_references(from_wire(references).to(self.device))
+        """A guide's own score of finished samples against their request table's rows (a voice guide's: higher is
+        closer; the pitch guide's: its error in semitones)."""
+        guide = self.guides[kind].with_request_table(from_wire(references).to(self.device))
 
         def run() -> np.ndarray:
             with torch.no_grad():

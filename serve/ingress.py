@@ -35,6 +35,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -58,12 +59,12 @@ from guidance.finite import NonFiniteError
 from guidance.data import wav_bytes  # noqa: F401  (re-exported: the bytes of every WAV the app answers)
 from guidance.guides.kinds import default_digit_kind
 from guidance.vocoders import describe_vocoder, load_vocoder
-from guidance.guide_host import RemoteGuide, RemoteReferenceGuide, hf_key, voice_key
-from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, GuideSettings, read_reference
+from guidance.guide_host import RemoteGuide, RemoteReferenceGuide, hf_key, remote_guide, voice_key
+from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, read_reference
 from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from guidance.guides.voice_stats import reference_mels
 from guidance.pipeline import ModelPaths
-from guidance.plan import TARGET_GUIDES, Target, base_profile, load_word_offsets, plan_request, retargets, with_overrides
+from guidance.plan import TARGET_GUIDES, Target, base_profile, load_word_offsets, pitch_references, plan_request, retargets, with_overrides
 from serve.admission import AdmissionController, Job, sampler_evaluations
 from serve.auth import check_bearer, check_exposure, resolve_token
 from serve.config import AppArgs, Auth
@@ -79,7 +80,6 @@ WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
 RETRYABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
 REFUSED_RETRY_S = 30.0  # a registered denoiser version that failed to load is tried again after this
 MAX_SIGMA = 1000.0  # EDM's default is 80; far larger only overflows
-SERVED_GUIDES: tuple[str, ...] = ("digit", "speaker")  # the target guides this app hosts (pitch is in-process only, not yet served)
 
 api = FastAPI(title="speechguide", version="1", docs_url=None, redoc_url=None)
 add_playground_routes(api)  # GET / (the playground page) and /docs, from files the app serves
@@ -533,7 +533,7 @@ class SpeechIngress:
                 raise ApiError(422, f"guide_kind: this app's generator is score-subnet; it guides with its noise-conditioned backbone (noisy), not {req.guide_kind!r}")
         registered_guide = await self._registry_guide(req)
         guide_key, guide = registered_guide if registered_guide else self._hosted_digit_guide(req, cat)
-        targets, clips = self._targets(req, guide)
+        targets, clips = self._targets(req, guide, cat)
         registered = self._registry_profile(req)  # taken once: an alias move mid-request does not touch this request
         registered_denoiser = await self._registry_denoiser()  # likewise: one denoiser version per request
         denoiser_desc = registered_denoiser[1] if registered_denoiser else {k: cat.denoiser[k] for k in ("name", "version", "alias")}
@@ -542,6 +542,7 @@ class SpeechIngress:
         prof = self._profile(req, registered)
         digit = RemoteGuide(guide_key, guide["labels"], guide["noise_conditioned"])
         voice = await self._voice_guide(req, cat, clips) if clips else None
+        pitch, reference_hz = await self._pitch_guide(targets, cat, clips)
         said = None
         if voice is not None and retargets(targets, voice.kind, self._word_offsets):
             mels = reference_mels([clips[label][1] for label in voice.labels], cat.spec)
@@ -551,11 +552,11 @@ class SpeechIngress:
             plan = plan_request(
                 targets, req.num_samples, req.seed, prof, digit, voice, req.guide_kind, req.weights,
                 scale_set=req.guidance_scale is not None or req.profile is not None or registered is not None,
-                said=said, offsets=self._word_offsets if said is not None else None,
+                said=said, offsets=self._word_offsets if said is not None else None, pitch_guide=pitch, reference_hz=reference_hz,
             )
         except (KeyError, ValueError) as exc:
             raise ApiError(422, str(exc.args[0] if exc.args else exc)) from None
-        terms = plan.terms({"digit": digit, **({"speaker": voice} if voice is not None else {})})
+        terms = plan.terms({"digit": digit, **({"speaker": voice} if voice is not None else {}), **({"pitch": pitch} if pitch is not None else {})})
         for t in terms:
             if t.settings.through_denoiser and not t.guide.reads_x_t(t.settings):
                 raise ApiError(422, "profile: through_denoiser (gradients through D) is not available in the split deployment")
@@ -593,13 +594,18 @@ class SpeechIngress:
             speaker_score = from_wire(await self._remote(
                 "classifier", self.classifier.score, voice.name, to_wire(mels), to_wire(voice.references.float()), to_wire(plan.named["speaker"])
             ))
+        pitch_error = None
+        if pitch is not None:  # the pitch guide's own reading of the samples (CREPE's error in semitones)
+            pitch_error = from_wire(await self._remote(
+                "classifier", self.classifier.score, pitch.name, to_wire(mels), to_wire(pitch.request_table().float()), to_wire(plan.named["pitch"])
+            ))
         t_scored = time.perf_counter()
         waves = await asyncio.to_thread(self._vocode, mels)
         t_vocoded = time.perf_counter()
 
         rate = cat.spec.sample_rate
         samples = []
-        for i, (wave, scores) in enumerate(zip(waves, plan.scores(probs, speaker_score))):
+        for i, (wave, scores) in enumerate(zip(waves, plan.scores(probs, speaker_score, pitch_error=pitch_error))):
             if stats.last_guide_prob is not None and "digit" in plan.guided() and terms and terms[0].guide is digit:
                 scores["guide_last_step_probability"] = round(float(stats.last_guide_prob[i]), 4)
             wanted = plan.targets_of(i)
@@ -633,6 +639,8 @@ class SpeechIngress:
         if voice is not None:
             desc = cat.guides[voice.name]
             models["speaker_guide"] = {**{k: desc[k] for k in ("name", "kind", "version", "alias")}, **({"word_spectra": True} if plan.retargeted else {})}
+        if pitch is not None:
+            models["pitch_guide"] = {k: cat.guides[pitch.name][k] for k in ("name", "kind", "version", "alias")}
         return JSONResponse(
             {
                 "samples": [
@@ -661,16 +669,19 @@ class SpeechIngress:
             raise ApiError(404, f"hf_guide: {'name one of' if req.hf_guide is None else f'unknown Hugging Face guide {req.hf_guide!r}; known:'} {', '.join(names)}")
         return hf_key(name), cat.guides[hf_key(name)]
 
-    def _targets(self, req: GenerateRequest, guide: dict) -> tuple[list[Target], dict[str, tuple[str, torch.Tensor]]]:
+    def _targets(self, req: GenerateRequest, guide: dict, cat: Catalog) -> tuple[list[Target], dict[str, tuple[str, torch.Tensor]]]:
         """The request's targets for the plan, and each distinct reference clip by label: (sha256, wave).
         A reference is named by its content hash, so the same clip twice is read and described once."""
         targets: list[Target] = []
         clips: dict[str, tuple[str, torch.Tensor]] = {}
         for i, t in enumerate(req.targets):
-            if t.guide not in SERVED_GUIDES:
-                if t.guide in TARGET_GUIDES:  # planned by guidance.plan, but its guide is not hosted here (pitch: in-process only)
-                    raise ApiError(404, f"targets.{i}.guide: this app does not serve the {t.guide!r} guide yet (it is generated in-process only); it guides with: {', '.join(SERVED_GUIDES)}")
-                raise ApiError(404, f"targets.{i}.guide: unknown guide {t.guide!r}; this app guides with: {', '.join(SERVED_GUIDES)}")
+            if t.guide not in TARGET_GUIDES:
+                raise ApiError(404, f"targets.{i}.guide: unknown guide {t.guide!r}; this app guides with: {', '.join(self._target_guides(cat))}")
+            if t.guide not in self._target_guides(cat):  # planned by guidance.plan, but not hosted by this app
+                raise ApiError(404, f"targets.{i}.guide: this app hosts no {t.guide!r} guide; it guides with: {', '.join(self._target_guides(cat))}")
+            if t.guide not in ("digit", "speaker"):  # a hosted target guide of its own (pitch): the plan resolves its label
+                targets.append(Target(t.guide, t.label))
+                continue
             if t.guide == "speaker":
                 if self.fused is not None:
                     raise ApiError(422, f"targets.{i}.guide: this app's generator is score-subnet; it guides with its backbone's digit head only, not speaker")
@@ -691,14 +702,39 @@ class SpeechIngress:
             targets.append(Target(t.guide, t.label))
         return targets, clips
 
+    @staticmethod
+    def _target_guides(cat: Catalog) -> list[str]:
+        """The target guides this app steers with: digit, speaker (the fused generator refuses it with its own
+        reason) and every other target guide it hosts (pitch, when the Classifier deployment hosts CREPE)."""
+        hosted = {g.get("guide") for g in cat.guides.values()} & set(TARGET_GUIDES)
+        return ["digit", "speaker", *sorted(hosted - {"digit", "speaker"})]
+
+    async def _pitch_guide(self, targets: list[Target], cat: Catalog, clips: dict) -> tuple[Optional[Any], Optional[dict[str, float]]]:
+        """The request's pitch guide as its plan sees it (the plan resolves its targets into the guide's table,
+        which travels with every gradient call) and the median F0 of each speaker reference a relative or
+        contour target is resolved against, read by the hosted guide (cached there by content hash)."""
+        if not any(t.guide == "pitch" for t in targets):
+            return None, None
+        key = next(k for k, g in cat.guides.items() if g.get("guide") == "pitch")
+        labels = pitch_references(targets)
+        rows = await asyncio.gather(*(
+            self._remote("classifier", self.classifier.reference_features, key, clips[label][0], to_wire(clips[label][1])) for label in labels
+        ))
+        reference_hz = {}
+        for label, row in zip(labels, rows):
+            hz = float(from_wire(row).reshape(-1)[0])
+            if not math.isfinite(hz):
+                raise ApiError(422, f"targets: the speaker reference {label} has no voiced frame to read a pitch from (the pitch target is relative to it)")
+            reference_hz[label] = hz
+        return remote_guide(key, cat.guides[key]), reference_hz
+
     async def _voice_guide(self, req: GenerateRequest, cat: Catalog, clips: dict) -> RemoteReferenceGuide:
         """The request's voice guide with its references' features, computed by the guide deployment (cached there by content hash)."""
         key = voice_key(req.voice_guide)
         desc = cat.guides.get(key)
         if desc is None:
             raise ApiError(404, f"voice_guide: this app hosts no {req.voice_guide!r} voice guide")
-        default = GuideSettings.model_validate_json(desc["default_settings"]) if desc.get("default_settings") else None
-        voice = RemoteReferenceGuide(key, desc["kind"], default)
+        voice = remote_guide(key, desc)  # a RemoteReferenceGuide: the plan adds the request's references
         rows = await asyncio.gather(*(
             self._remote("classifier", self.classifier.reference_features, key, sha, to_wire(wave)) for sha, wave in clips.values()
         ))

@@ -49,7 +49,7 @@ class GuideCall:
     sigma: np.ndarray  # (n,)
     target: np.ndarray  # (n,) int64 class indices (a reference guide: rows of `references`)
     settings_json: str  # GuideSettings as JSON (temperature schedule, smoothing)
-    references: Optional[np.ndarray] = None  # a reference guide's table for this request, (R, ...) float32
+    references: Optional[np.ndarray] = None  # the guide's request table (`Guide.request_table`: voice references, pitch lines), (R, ...) float32
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,9 @@ def guide_batch(guides: dict[str, Guide], calls: list[GuideCall], device: torch.
 
     Calls that read the same guide merge into one pass: each row keeps its own sigma, target and
     temperature, and rows do not interact in an eval-mode guide, so the gradient of the summed
-    log-likelihood is every row's own gradient. Calls of a reference guide bring their request's
-    references: merged, the tables are stacked and each call's targets shifted to its own rows.
+    log-likelihood is every row's own gradient. Calls of a guide with a request table (voice references,
+    pitch target lines) bring their request's: merged, the tables are stacked and each call's targets
+    shifted to its own rows.
     Randomized smoothing draws its noise for the whole input tensor, so smoothed calls run one by one
     to get exactly the in-process result. Nothing here depends on the guide's kind.
     """
@@ -101,7 +102,7 @@ def guide_batch(guides: dict[str, Guide], calls: list[GuideCall], device: torch.
             tables = [from_wire(c.references) for c in members]
             shift = np.cumsum([0, *(len(t) for t in tables)])
             targets = [t + int(k) for t, k in zip(targets, shift)]
-            guide = guide.with_references(torch.cat(tables).to(device))  # type: ignore[attr-defined]
+            guide = guide.with_request_table(torch.cat(tables).to(device))
         target = torch.cat(targets).to(device)
         settings = [settings_from_json(c.settings_json) for c in members]
         sizes = [len(c.inp) for c in members]
@@ -163,7 +164,7 @@ def split_answerer(denoise: Denoise, guide: Optional[GuideHandle]) -> Answerer:
             return Denoised(await denoise(call.x, call.sigma))
         assert guide is not None, "a guided request needs the guide deployment"
         t = call.term
-        refs = getattr(t.guide, "references", None)  # a reference guide's request table travels with the call
+        refs = t.guide.request_table()  # a request's table (voice references, pitch lines) travels with the call
         result = await guide(GuideCall(
             t.guide.name, to_wire(call.inp), to_wire(call.sigma), to_wire(t.target), t.settings.model_dump_json(),
             to_wire(refs.float()) if refs is not None else None,

@@ -240,8 +240,6 @@ def generate(
             fail(f"{name} needs --url: registered models and named profiles are served by the Serve app")
     if profile_name is not None and profile is not None:
         fail("give --profile (a JSON file) or --profile-name (a profile the app knows), not both")
-    if url is not None and any(t.guide == "pitch" for t in targets):
-        fail("pitch targets are generated in-process only: the Serve app does not serve the pitch guide yet (leave out --url)")
     references = _read_references(targets)
     prof = read_profile(profile, "--profile") if profile is not None else base_profile(guide)
     prof = with_overrides(prof, scale, steps, sampler)

@@ -60,7 +60,11 @@ CASES = {
         {"kind": "noisy", "voice": "stats", "weights": {"speaker": 2.0}}, 0,
     ),
     "score-subnet": ({"targets": [{"guide": "digit", "label": "7"}]}, "/fused", {"kind": "noisy", "subnet": True}, 0),
+    "digit+pitch": (  # the CREPE guide hosted by the Classifier deployment; a rising contour (its line: the plan's)
+        {"targets": [{"guide": "digit", "label": "4"}, {"guide": "pitch", "label": "rise"}]}, "", {"kind": "clean", "pitch": "rise"}, 0,
+    ),
 }
+IN_PROCESS_SCORES = {"speaker_cosine_wav", "pitch_heard_hz", "pitch_heard_error_st", "pitch_heard_glide_st", "pitch_voiced_fraction"}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +140,10 @@ def _pcm(wave: np.ndarray) -> np.ndarray:
     return soundfile.read(io.BytesIO(wav_bytes(wave, 16000)), dtype="int16")[0]
 
 
-def _in_process(matrix_dir: Path, fsdd_root: Path, kind: str, voice: str | None = None, weights=None, subnet: bool = False, label="7", digit=True):
+def _in_process(
+    matrix_dir: Path, fsdd_root: Path, kind: str, voice: str | None = None, weights=None, subnet: bool = False, label="7", digit=True,
+    pitch: str | None = None,
+):
     from guidance.generate import generate_local
     from guidance.guides import read_reference
     from guidance.guides.hf import HFAudioGuide
@@ -152,6 +159,8 @@ def _in_process(matrix_dir: Path, fsdd_root: Path, kind: str, voice: str | None 
     if voice is not None:
         targets.append(Target("speaker", "ref.wav"))
         references = {"ref.wav": read_reference(fsdd_root / "recordings" / REFERENCE)}
+    if pitch is not None:
+        targets.append(Target("pitch", pitch))
     result = generate_local(
         models, targets, 1, SEED, with_overrides(base_profile(kind), steps=STEPS), kind, references, voice or "stats", weights, paths=paths,
     )
@@ -178,7 +187,7 @@ def test_same_request_same_audio_in_process_and_over_http(name, app_url, matrix_
     digit_label = next((t["label"] for t in body["targets"] if t["guide"] == "digit"), None)
     local_pcm, result = _in_process(
         matrix_dir, fsdd_root, local["kind"], local.get("voice"), local.get("weights"), local.get("subnet", False),
-        label=digit_label or "7", digit=digit_label is not None,
+        label=digit_label or "7", digit=digit_label is not None, pitch=local.get("pitch"),
     )
     # the comparison means something: audible, and guidance changed the sample
     assert np.abs(local_pcm).max() > 100 and (np.abs(local_pcm) < 32767).mean() > 0.5
@@ -194,18 +203,24 @@ def test_same_request_same_audio_in_process_and_over_http(name, app_url, matrix_
     if name == "digit+speaker":  # the composite retargeted its reference to digit 7 at both doors
         assert result.plan.retargeted and r.json()["models"]["speaker_guide"]["word_spectra"] is True
         assert r.json()["profile"]["guide"]["scale"] == 20.0 == result.plan.profile.guide.scale
-    assert set(sample["scores"]) >= set(result.scores[0]) - {"speaker_cosine_wav"}  # the encoder on the waveform is in-process only
+    if name == "digit+pitch":  # the same resolved line at both doors, and the hosted guide's own reading of the sample
+        assert sample["scores"]["pitch_target_hz"] == result.scores[0]["pitch_target_hz"]
+        assert sample["scores"]["pitch_crepe_error_st"] == result.scores[0]["pitch_crepe_error_st"]
+        assert r.json()["models"]["pitch_guide"]["name"] == result.pitch_guide.describe()["name"]
+    # the encoder and pYIN on the written waveform are in-process only
+    assert set(sample["scores"]) >= set(result.scores[0]) - IN_PROCESS_SCORES
 
 
 def test_cli_url_carries_every_target_and_writes_the_in_process_files(app_url, matrix_dir, fsdd_root, tmp_path):
-    """`speechguide generate --url` with a digit + speaker composite, a weight and the encoder voice guide
-    writes the same WAV files, byte for byte, as the in-process command."""
+    """`speechguide generate --url` with a digit + speaker + pitch composite (a contour centred on the reference's
+    median F0, which the hosted pitch guide reads), a weight and the encoder voice guide writes the same WAV
+    files, byte for byte, as the in-process command."""
     import json
     import subprocess
     import sys
 
     ref = fsdd_root / "recordings" / REFERENCE
-    args = ["generate", "--target", "digit=3", "--target", f"speaker={ref}", "--weight", "speaker=2", "--voice-guide", "encoder",
+    args = ["generate", "--target", "digit=3", "--target", f"speaker={ref}", "--target", "pitch=fall", "--weight", "speaker=2", "--voice-guide", "encoder",
             "--num", "1", "--steps", "3", "--seed", "2", "--models-dir", str(matrix_dir)]
     # The in-process CLI runs with this process's thread count (conftest: <= 2, what the replicas' math matched
     # bitwise in the matrix above). Left to torch's default (every core), a 16-core CI machine split the
@@ -228,8 +243,31 @@ def test_cli_url_carries_every_target_and_writes_the_in_process_files(app_url, m
     remote = json.loads((outs["http"] / "manifest.json").read_text())
     assert remote["request"]["voice_guide"] == "encoder" and remote["request"]["weights"] == {"speaker": 2.0}
     assert "reference_wav_base64" not in json.dumps(remote["request"])  # the manifest names the reference, not its bytes
-    assert [t["guide"] for t in remote["samples"][0]["targets"]] == ["digit", "speaker"]
+    assert [t["guide"] for t in remote["samples"][0]["targets"]] == ["digit", "speaker", "pitch"]
+    here = json.loads((outs["local"] / "manifest.json").read_text())
+    line = remote["samples"][0]["scores"]["pitch_target_hz"]
+    assert line == here["samples"][0]["scores"]["pitch_target_hz"] and line[0] > line[1]  # the same falling line, from the same reference F0
     assert -1 <= remote["samples"][0]["scores"]["speaker_cosine"] <= 1
+
+
+@pytest.mark.parametrize(
+    "pitch, speaker, prefix, status, says",
+    [
+        ("600", False, "", 422, "50-500 Hz"),
+        ("wobble", False, "", 422, "pitch target must be"),
+        ("+3st", False, "", 422, "speaker=REF.wav"),
+        ("-24st", True, "", 422, "50-500"),  # resolved against the reference's median F0, which the hosted guide reads
+        ("140", False, "/fused", 404, "hosts no 'pitch' guide"),
+    ],
+    ids=["out of range", "malformed", "relative without a reference", "relative out of range", "fused app"],
+)
+def test_bad_pitch_targets_get_a_4xx_with_a_message(app_url, fsdd_root, pitch, speaker, prefix, status, says):
+    targets = [{"guide": "digit", "label": "3"}, {"guide": "pitch", "label": pitch}]
+    if speaker:
+        targets.append({"guide": "speaker", "reference_wav_base64": base64.b64encode((fsdd_root / "recordings" / REFERENCE).read_bytes()).decode("ascii")})
+    r = httpx.post(f"{app_url}{prefix}/v1/generate", json={"targets": targets, "num_samples": 1, "steps": 2}, timeout=120)
+    assert r.status_code == status, r.text
+    assert says in r.json()["detail"], r.json()
 
 
 # ---- the fused app (serve/config-fused.yaml) on the same Serve instance, under /fused ----------------

@@ -170,3 +170,25 @@ def test_a_relative_pitch_target_out_of_range_for_its_reference_raises_one_line(
         plan_request(targets, 1, 0, PROFILE, _Digits(), _voice("a.wav"), pitch_guide=_Pitch(), reference_hz={"a.wav": 200.0})
     with pytest.raises(ValueError, match="needs a pitch guide"):
         plan_request(targets, 1, 0, PROFILE, _Digits(), _voice("a.wav"))
+
+
+def test_paired_targets_make_one_row_per_position_instead_of_every_combination():
+    targets = [Target("digit", "7"), Target("digit", "2"), Target("speaker", "bb.wav"), Target("speaker", "a.wav")]
+    plan = plan_request(targets, 2, 0, PROFILE, _Digits(), _voice("a.wav", "bb.wav"), paired=True)
+    assert plan.rows == [(7, 1, None), (7, 1, None), (2, 0, None), (2, 0, None)]  # digit k with reference k, each twice
+    assert plan.file_names() == ["7_000.wav", "7_001.wav", "2_000.wav", "2_001.wav"]
+    with pytest.raises(ValueError, match="same number of targets per guide"):
+        plan_request(targets[:1] + targets[2:], 1, 0, PROFILE, _Digits(), _voice("a.wav", "bb.wav"), paired=True)
+    # one guide: the same rows either way, in the order given (repeated labels repeat rows)
+    digits = [Target("digit", d) for d in "3031"]
+    assert plan_request(digits, 1, 0, PROFILE, _Digits(), paired=True).rows == plan_request(digits, 1, 0, PROFILE, _Digits()).rows
+    assert plan_request(digits, 1, 0, PROFILE, _Digits()).named["digit"].tolist() == [3, 0, 3, 1]
+
+
+def test_pitch_references_are_the_speakers_a_relative_or_contour_target_needs():
+    from guidance.plan import pitch_references
+
+    speakers = [Target("speaker", "a.wav"), Target("speaker", "b.wav"), Target("speaker", "a.wav")]
+    assert pitch_references([*speakers, Target("pitch", "140")]) == []
+    assert pitch_references([*speakers, Target("pitch", "rise")]) == ["a.wav", "b.wav"]
+    assert pitch_references([Target("digit", "3"), Target("pitch", "+3st"), speakers[1]]) == ["b.wav"]

@@ -121,7 +121,8 @@ def test_models_and_health(client):
     body = r.json()
     assert body["denoisers"][0]["version"] and body["sample_rate"] == 16000
     kinds = {g["guide_kind"]: g for g in body["guides"]}
-    assert set(kinds) == {"noisy", "clean", "speaker-stats", "speaker-encoder"} and kinds["noisy"]["labels"] == [str(d) for d in range(10)]
+    assert set(kinds) == {"noisy", "clean", "speaker-stats", "speaker-encoder", "pitch"} and kinds["noisy"]["labels"] == [str(d) for d in range(10)]
+    assert kinds["pitch"]["guide"] == "pitch" and kinds["pitch"]["kind"] == "crepe" and kinds["pitch"]["name"] == "crepe-tiny"  # CREPE, hosted
     assert kinds["speaker-stats"]["guide"] == "speaker" and kinds["speaker-stats"]["kind"] == "stats" and kinds["speaker-stats"]["reference"]
     assert body["voice_guides"] == ["encoder", "stats"] and body["unsupported_guides"] == []
     assert kinds["noisy"]["noise_conditioned"] and not kinds["clean"]["noise_conditioned"]
@@ -545,7 +546,8 @@ def test_playground_page_generates_plays_and_draws_in_a_real_browser(app_url, br
     assert browser.find_element(By.ID, "voice-controls").is_displayed()
     Select(browser.find_element(By.ID, "digit")).select_by_value("3")
     Select(browser.find_element(By.ID, "guide-kind")).select_by_value("noisy")
-    for field, value in (("steps", "3"), ("scale", "2")):
+    assert browser.find_element(By.ID, "pitch-box").is_displayed()  # the app hosts the pitch guide
+    for field, value in (("steps", "3"), ("scale", "2"), ("pitch", "150")):
         box = browser.find_element(By.ID, field)
         box.clear()
         box.send_keys(value)
@@ -566,6 +568,7 @@ def test_playground_page_generates_plays_and_draws_in_a_real_browser(app_url, br
     assert canvas["mels"] == models["features"]["n_mels"] and canvas["frames"] > 30 and canvas["colours"] > 20, canvas
     scores = browser.find_element(By.ID, "scores").text
     assert "digit 3" in scores and "guide target probability" in scores and "sampler steps 3" in scores
+    assert "pitch target hz 150,150" in scores  # a digit + pitch composite: the page sent the pitch target
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "playground.png"
     browser.save_screenshot(str(shot))

@@ -221,3 +221,15 @@ def test_a_sweep_killed_mid_way_resumes_with_restore_and_keeps_its_finished_tria
     assert len(after) == trials
     for name, text in finished.items():  # kept as they were: neither lost nor run again
         assert after[name] == text
+
+
+def test_default_picker_compares_each_default_with_churn_and_names_its_files_after_the_draw() -> None:
+    from guidance.guides import DEFAULT_PROFILES
+    from tune.pick_defaults import CHURNS, churn_candidates, sweep_stem
+
+    cands = churn_candidates((18,))
+    assert [(c.kind, c.profile.sampler.churn) for c in cands] == [(k, c) for k in ("noisy", "clean") for c in (0.0, *CHURNS)]
+    for c in cands:  # the shipped default of its kind, the sampler's churn aside
+        assert c.profile.guide == DEFAULT_PROFILES[c.kind].guide and c.profile.sampler.steps == 18
+    assert len({c.name for c in cands}) == len(cands) and cands[1].name.endswith("churn 5")
+    assert sweep_stem(0, "scales") == "val-sweep" and sweep_stem(7, "churn") == "val-sweep-seed7-churn"

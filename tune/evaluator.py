@@ -27,8 +27,9 @@ from guidance.data import DIGITS, fsdd_features
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.metrics import hear, judge_outputs
 from guidance.models import ModelFile, load_model
-from guidance.pipeline import ModelPaths, ModelSet, sample_mels, vocode_finite
-from guidance.plan import make_noise
+from guidance.generate import digit_guide_of
+from guidance.pipeline import ModelPaths, ModelSet, sample_plan, vocode_finite
+from guidance.plan import Plan, plan_request, targets_for
 from tune.objective import ObjectiveAccumulator, ObjectiveWeights, ValReference
 from tune.settings import TuneSettings
 
@@ -96,29 +97,32 @@ class ProfileEvaluator:
         self.settings, self.models, self.judge = settings, models, judge
         self.recognizer = recognizer if recognizer is not None else outside_recognizer(settings)
         self.accumulator = ObjectiveAccumulator(reference, weights(settings))
-        n = settings.per_class * len(DIGITS)
-        self.noise = make_noise(n, models.spec, settings.seed)
-        self.targets = torch.arange(len(DIGITS)).repeat(settings.per_class)  # every batch holds every digit
         self.batch_size = settings.batch_per_class * len(DIGITS)
+
+    def plan(self, profile: GuidanceProfile) -> Plan:
+        """The sweep's request under `profile`: every digit in turn, `per_class` rounds (so every batch holds
+        every digit), noise drawn from the sweep's seed: the same rows for every trial."""
+        targets = targets_for("digit", DIGITS) * self.settings.per_class
+        return plan_request(targets, 1, self.settings.seed, profile, digit_guide_of(self.models, self.settings.guide),
+                            digit_kind=self.settings.guide, scale_set=True)
 
     def run(self, profile: GuidanceProfile, start: int = 0) -> Iterator[BatchResult]:
         spec = self.models.spec
+        plan = self.plan(profile)
+        targets = plan.named["digit"]
         for b in range(start, self.settings.batches):
             rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
             began = time.perf_counter()
-            mels = sample_mels(
-                self.models, self.settings.guide, self.targets[rows], profile, self.noise[rows],
-                seed=self.settings.seed + rows.start, batch_size=self.batch_size, allow_nonfinite=True,
-            )
+            mels = sample_plan(self.models, plan, rows=rows, batch_size=self.batch_size, allow_nonfinite=True)
             waves, ok = vocode_finite(mels, self.models.vocoder)  # blown-up samples come back silent, flagged in `ok`
             heard = waves.clamp(-1.0, 1.0)  # what a WAV file holds
             emb, logits = judge_outputs(self.judge.model, hear(heard, spec))
             outside = None
             if self.settings.outside_asr_weight:
-                outside = outside_verdicts(self.recognizer, heard, spec.sample_rate, self.targets[rows])
-            metrics = self.accumulator.add(emb, logits, self.targets[rows], nonfinite=int((~ok).sum()), outside=outside)
+                outside = outside_verdicts(self.recognizer, heard, spec.sample_rate, targets[rows])
+            metrics = self.accumulator.add(emb, logits, targets[rows], nonfinite=int((~ok).sum()), outside=outside)
             metrics["batch_seconds"] = time.perf_counter() - began
-            yield BatchResult(b + 1, metrics, mels, waves, self.targets[rows])
+            yield BatchResult(b + 1, metrics, mels, waves, targets[rows])
 
 
 def score_profile(

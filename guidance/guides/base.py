@@ -35,6 +35,15 @@ class Guide(ABC):
     def reads_x_t(self, settings: GuideSettings) -> bool:
         return self.needs_sigma or settings.input == "x_t"
 
+    def request_table(self) -> torch.Tensor | None:
+        """The rows a request adds to this guide and its targets index (a voice guide's reference features, the
+        pitch guide's target lines), or None. A guide host keeps none: they travel with every gradient call."""
+        return None
+
+    def with_request_table(self, rows: torch.Tensor) -> "Guide":
+        """A shallow copy whose request table is `rows` (how a guide host answers one request's call)."""
+        raise TypeError(f"the {self.name!r} guide has no request table")
+
 
 @dataclass
 class GuideTerm:

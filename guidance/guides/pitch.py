@@ -200,12 +200,54 @@ def default_pitch_settings() -> GuideSettings:
     return GuidanceProfile.load(DEFAULTS_DIR / "pitch.json").guide
 
 
-class PitchGuide(Guide):
-    """CREPE's log-likelihood of a target F0 line over the voiced frames of x0_hat.
+class PitchTargetTable:
+    """A pitch guide's request table: the resolved targets added with `add_target` as labels, and row k of
+    `lines` label k's start and end in cents. A relative target resolves against its speaker reference, so
+    `+3st` with two references is two labels. The CREPE guide holds one; so does its stand-in in a server's
+    front end (`guidance.guide_host`), whose table travels with every gradient call to the guide's host."""
 
-    Labels are the resolved targets added with `add_target` (a relative target resolves against its
-    speaker reference, so `+3st` with two references is two labels); row k of `lines` holds label k's
-    start and end in cents.
+    device: torch.device
+
+    def clear_targets(self) -> None:
+        self.labels: list[str] = []
+        self.targets: list[PitchTarget] = []
+        self.lines = torch.empty(0, 2, device=self.device)
+
+    def add_target(self, text: str, reference_hz: float | None = None, reference_name: str | None = None) -> int:
+        """Parse and resolve a pitch target (PitchTargetError if malformed, out of range, or relative
+        without a reference) and return its label index."""
+        target = parse_pitch_target(text)
+        line = resolve_pitch(target, reference_hz)
+        label = target.text if not (reference_name and target.kind != "hz") else f"{target.text}@{reference_name}"
+        if label in self.labels:
+            return self.labels.index(label)
+        row = hz_to_cents(torch.tensor([line.start_hz, line.end_hz])).to(self.device)[None]
+        self.lines = torch.cat([self.lines, row])
+        self.labels.append(label)
+        self.targets.append(target)
+        return len(self.labels) - 1
+
+    def line(self, index: int) -> PitchLine:
+        start, end = cents_to_hz(self.lines[index]).tolist()
+        return PitchLine(start, end)
+
+    def request_table(self) -> torch.Tensor:
+        return self.lines
+
+    def with_request_table(self, rows: torch.Tensor):
+        """A shallow copy whose lines are `rows` (one request's, as a guide host receives them)."""
+        import copy
+
+        other = copy.copy(self)
+        other.lines = rows.to(self.device)
+        other.labels = [f"line {i}" for i in range(len(rows))]
+        other.targets = []
+        return other
+
+
+class PitchGuide(PitchTargetTable, Guide):
+    """CREPE's log-likelihood of a target F0 line over the voiced frames of x0_hat. Its labels are the
+    resolved targets of its `PitchTargetTable`.
     """
 
     name = "pitch"
@@ -228,32 +270,11 @@ class PitchGuide(Guide):
         self.crepe = (crepe or Crepe.shipped(capacity, self.device)).to(self.device)
         self.route = WaveRoute(spec, vocoder).to(self.device)
         self.hop = max(1, int(round(hop_s * CREPE_SAMPLE_RATE)))
-        self.labels: list[str] = []
-        self.targets: list[PitchTarget] = []
-        self.lines = torch.empty(0, 2, device=self.device)
+        self.clear_targets()
         self.default_settings = default_pitch_settings()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         self.objective = objective
-
-    # -- targets ---------------------------------------------------------------------------------------
-    def add_target(self, text: str, reference_hz: float | None = None, reference_name: str | None = None) -> int:
-        """Parse and resolve a pitch target (PitchTargetError if malformed, out of range, or relative
-        without a reference) and return its label index."""
-        target = parse_pitch_target(text)
-        line = resolve_pitch(target, reference_hz)
-        label = target.text if not (reference_name and target.kind != "hz") else f"{target.text}@{reference_name}"
-        if label in self.labels:
-            return self.labels.index(label)
-        row = hz_to_cents(torch.tensor([line.start_hz, line.end_hz])).to(self.device)[None]
-        self.lines = torch.cat([self.lines, row])
-        self.labels.append(label)
-        self.targets.append(target)
-        return len(self.labels) - 1
-
-    def line(self, index: int) -> PitchLine:
-        start, end = cents_to_hz(self.lines[index]).tolist()
-        return PitchLine(start, end)
 
     # -- CREPE on log-Mels ----------------------------------------------------------------------------
     def frames(self, mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,6 +349,15 @@ class PitchGuide(Guide):
         if not bool(voiced.any()):
             raise ValueError("the reference has no voiced frame CREPE can read a pitch from")
         return float(cents_to_hz(decode_cents(probs[voiced])).median())
+
+    def features_of(self, wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """What a guide host reads of a speaker reference for a request's plan: (1, 1) its median F0 in Hz
+        (`median_f0`), NaN when CREPE hears no voiced frame in it."""
+        try:
+            hz = self.median_f0(wave, sample_rate)
+        except ValueError:
+            hz = float("nan")
+        return torch.tensor([[hz]])
 
     def describe(self) -> dict:
         return {

@@ -47,6 +47,12 @@ class ReferenceGuide(Guide):
         wave = fit_length(wave.reshape(-1), self.spec.num_samples).unsqueeze(0)
         return self.reference_features(wave, sample_rate).to(self.device)
 
+    def request_table(self) -> torch.Tensor:
+        return self.references
+
+    def with_request_table(self, rows: torch.Tensor) -> "ReferenceGuide":
+        return self.with_references(rows)
+
     def with_references(self, rows: torch.Tensor) -> "ReferenceGuide":
         """A shallow copy whose reference table is `rows` (what a guide host receives with a gradient call:
         the request's reference features travel with the call, so one hosted guide serves every request)."""

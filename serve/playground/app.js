@@ -51,6 +51,7 @@ async function loadModels() {
     ? "Upload a short WAV of the voice to imitate."
     : "This app does not serve speaker guidance yet (GET /v1/models lists it under unsupported_guides): " +
       "reference voices work in-process with `speechguide generate --target speaker=FILE.wav`.";
+  $("pitch-box").hidden = !models.guides.some((g) => g.guide === "pitch");  // when the app hosts the pitch guide
   $("generate").disabled = false;
   setStatus(`ready: ${models.generator} generator, ${models.vocoder.kind || "vocoder"}, ${models.sample_rate} Hz`);
   return true;
@@ -194,6 +195,8 @@ async function requestBody() {
   if (voiceSupported && file && !$("voice-off").checked) {
     body.targets.push({ guide: "speaker", reference_wav_base64: bytesToBase64(new Uint8Array(await file.arrayBuffer())) });
   }
+  const pitch = $("pitch").value.trim();
+  if (!$("pitch-box").hidden && pitch !== "") body.targets.push({ guide: "pitch", label: pitch });
   return body;
 }
 
