@@ -4,7 +4,8 @@ Why this exists: placement rules (denoiser replicas here, classifier replicas th
 the workers) can only be tested on more than one Ray node. Each node is a `ray start --block`
 process started in its own session, so that session holds exactly that node's processes
 (raylet, GCS, agents, workers). `down` ends only the node sessions recorded in the state file; it never
-calls `ray stop`, which would end every Ray process of every user on the machine.
+calls `ray stop`, which would end every Ray process of every user on the machine. A worker node runs
+under `keeper.py`, which leads its session and starts the node again when it dies (see there why).
 
 Every port a node binds is chosen here (free ports on loopback, worker port ranges derived from the
 GCS port), and the head gets its own `--temp-dir`, so the cluster never collides with other local
