@@ -31,8 +31,13 @@ WAVS_LOGGED = 3  # digits 0..2 of the first batch
 
 
 def _start_mlflow(settings: TuneSettings, experiment_id: str, parent_run_id: str, profile, resumed_at: int) -> Any:
+    """The trial's nested run (TrialLog tries again at the next batch when this raises)."""
+    import mlflow
     from ray.air.integrations.mlflow import setup_mlflow
 
+    if mlflow.active_run() is not None:  # an earlier try opened the run, then failed to log its parameters
+        mlflow.log_params(profile_params(profile))
+        return mlflow
     ctx = tune.get_context()
     return setup_mlflow(
         profile_params(profile),
@@ -100,9 +105,10 @@ def trial(
             log.log_metrics(metrics, step=result.index)
             if result.index == start + 1 and start == 0:
                 unsent["media"] = lambda m, r=result: _log_media(m, r, models.spec, tune.get_context().get_trial_name())
-            for name in list(unsent):
-                if log.call(unsent[name]):
-                    del unsent[name]
+            for name in list(unsent):  # one failed call per batch at most: each costs seconds while the server is down
+                if log.pending or not log.call(unsent[name]):
+                    break
+                del unsent[name]
         run_id = log.run_id if log is not None else ""
         unlogged = float(len(log.pending) + len(unsent)) if log is not None else 0.0
         with tempfile.TemporaryDirectory() as tmp:
