@@ -338,13 +338,18 @@ def served_profile_version(url: str) -> int:
     return int(httpx.get(f"{url}/v1/models", timeout=30).json()["profile_versions"][0]["version"])
 
 
-def _cli(*args: str, timeout_s: float = 120) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-    import sys
+def _cli(*args: str) -> tuple[int, str, str]:
+    """`speechguide ARGS` in this process (as the user's command, without a second interpreter's start-up):
+    (exit code, stdout, stderr)."""
+    import contextlib
+    import io
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "speechguide", *args], env=env, capture_output=True, text=True, timeout=timeout_s)
+    from speechguide.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
 
 
 def promote_with_server_stopped(url: str, name: str, tracking_uri: str, stop: Callable[[], None], start: Callable[[], None],
@@ -359,25 +364,27 @@ def promote_with_server_stopped(url: str, name: str, tracking_uri: str, stop: Ca
 
         before = served_profile_version(url)
         stop()
-        down = _cli("models", "promote", name, "--tracking-uri", tracking_uri)
-        lines = down.stderr.strip().splitlines()
-        if down.returncode != 1 or len(lines) != 1:
-            raise RuntimeError(f"promote with the server stopped: exit {down.returncode}, stderr {down.stderr[-800:]!r}")
+        code, _, stderr = _cli("models", "promote", name, "--tracking-uri", tracking_uri)
+        lines = stderr.strip().splitlines()
+        if code != 1 or len(lines) != 1:
+            raise RuntimeError(f"promote with the server stopped: exit {code}, stderr {stderr[-800:]!r}")
+        t0 = time.monotonic()
         start()
+        back_s = time.monotonic() - t0
         still = resolve(name, "production", tracking_uri=tracking_uri).version
         if still != before:
             raise RuntimeError(f"the failed promotion moved {name}@production from {before} to {still}")
-        again = _cli("models", "promote", name, "--tracking-uri", tracking_uri)
-        if again.returncode != 0:
-            raise RuntimeError(f"promote after the server came back: exit {again.returncode}: {again.stderr[-800:]}")
+        code, again, stderr = _cli("models", "promote", name, "--tracking-uri", tracking_uri)
+        if code != 0:
+            raise RuntimeError(f"promote after the server came back: exit {code}: {stderr[-800:]}")
         target = resolve(name, "production", tracking_uri=tracking_uri).version
         deadline = time.monotonic() + wait_s
         while served_profile_version(url) != target:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the app did not serve {name} version {target} within {wait_s:.0f} s")
             time.sleep(0.5)
-        return (f"server stopped; `models promote` exit 1: {lines[0][:90]}...; server back, alias still at {before}; "
-                f"promoted again: {again.stdout.strip()}; the app serves it")
+        return (f"server stopped; `models promote` exit 1: {lines[0][:90]}...; server back after {back_s:.0f} s, alias still at {before}; "
+                f"promoted again: {again.strip()}; the app serves it")
 
     return fault
 

@@ -182,7 +182,7 @@ def test_a_worker_node_killed_during_a_sweep_loses_no_trial(connected, app_port,
     each. Once the classifier node's trial is mid-way (a checkpoint saved), that node is killed and the MLflow
     server stopped together; both come back (the keeper, the same store and address). Tune retries the trial
     from its checkpoint, the other trial's logging waits for the server: every trial finishes every batch, and
-    what MLflow did not get is said at the end (none here once the server is back in time)."""
+    what MLflow did not get (a retried trial that ends before the server is back) is said at the end."""
     from mlflow.tracking import MlflowClient
     from mlflow_server import running_mlflow_server
     from ray.util.state import list_actors
