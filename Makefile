@@ -48,8 +48,10 @@ bench-serve: venv
 bench-overload: venv
 	OMP_NUM_THREADS=1 $(PY) bench/overload_bench.py
 
-## chaos: replicas of each deployment killed under a steady load: requests answered, failed with a clear error,
-## lost (must be 0) and the time to full service, as a table (about 2 minutes on 2 cores).
+## chaos: replicas of each deployment (split and fused apps) killed under a steady load, MLflow stopped while polled and
+## during a promotion, worker nodes of the three-node cluster killed while serving and during a sweep, MLflow stopped
+## during a sweep: requests answered, failed with a clear error, lost (must be 0), Tune trials lost (must be 0) and the
+## time to full service, as one table.
 chaos: venv
 	OMP_NUM_THREADS=1 $(PY) bench/chaos.py
 

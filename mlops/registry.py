@@ -53,6 +53,10 @@ class RegistryError(Exception):
     """An unknown model, version or alias, or an unreachable registry: one line for the user."""
 
 
+class RegistryUnavailable(RegistryError):
+    """The registry did not answer (server down, network): not the user's input, worth trying again later."""
+
+
 # ---- connection ---------------------------------------------------------------------------------
 
 
@@ -64,10 +68,10 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as r:
             if r.status == 200:
                 return
-            raise RegistryError(f"MLflow server at {uri} answered /health with HTTP {r.status}")
+            raise RegistryUnavailable(f"MLflow server at {uri} answered /health with HTTP {r.status}")
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise RegistryError(f"MLflow server at {uri} is not reachable ({reason})") from None
+        raise RegistryUnavailable(f"MLflow server at {uri} is not reachable ({reason})") from None
 
 
 def client(*, tracking_uri: Optional[str] = None) -> MlflowClient:
@@ -155,6 +159,7 @@ def resolve(name: str, alias: Union[str, int] = PRODUCTION, *, tracking_uri: Opt
                 f"registered model {name!r} has no {'version' if str(alias).isdigit() else 'alias'} {str(alias)!r}"
                 f"; aliases: {', '.join(sorted(known)) or 'none'}"
             ) from None
+        check_reachable(resolve_tracking_uri(tracking_uri))  # the server went away mid-call: RegistryUnavailable
         raise
     info = _version_info(mv)
     if not info.aliases:  # some stores leave a version's aliases out: read them off the registered model
@@ -205,7 +210,18 @@ def promote(
     if not to or to.isdigit() or to == "latest":
         raise RegistryError(f"cannot use {to!r} as an alias")
     info = resolve(name, version_or_alias_from, tracking_uri=tracking_uri)
-    client(tracking_uri=tracking_uri).set_registered_model_alias(name, to, str(info.version))
+    uri = resolve_tracking_uri(tracking_uri)
+    try:  # one write on the server: the alias moved or it did not, never half
+        client(tracking_uri=uri).set_registered_model_alias(name, to, str(info.version))
+    except MlflowException as exc:
+        try:
+            check_reachable(uri)
+        except RegistryUnavailable as down:
+            raise RegistryUnavailable(
+                f"{down}; the promotion of {name} version {info.version} to {to!r} was not confirmed: run it again when the "
+                "server is back (promoting the same version twice changes nothing)"
+            ) from None
+        raise RegistryError(f"could not move {name}@{to} to version {info.version}: {' '.join(str(exc).split())[:300]}") from None
     return info.version
 
 

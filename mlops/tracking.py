@@ -17,6 +17,17 @@ from typing import Any, Iterator, Optional
 from guidance.run_log import NullRun, RunLog
 
 SQLITE_PREFIX = "sqlite:///"
+# MLflow's own HTTP defaults (7 retries with exponential backoff, 120 s timeout) keep one call against a server
+# that is down busy for about 4 minutes: meant for rate limits. A command a person waits on, and a Tune trial
+# that has samples to make, give up after a few seconds instead and say so (or log again later).
+FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def fail_fast_http() -> None:
+    """Bound MLflow's HTTP retries in this process (`FAIL_FAST_HTTP`), unless the user set them; MLflow
+    reads them at every request."""
+    for key, value in FAIL_FAST_HTTP.items():
+        os.environ.setdefault(key, value)
 
 
 def default_tracking_uri() -> str:

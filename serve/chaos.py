@@ -1,7 +1,9 @@
 """Chaos cases for the Serve app: a steady closed-loop load, a fault in the middle, and what the clients saw.
 
-Shared by `bench/chaos.py` (prints the table) and the chaos tests at the end of `tests/test_serve.py` and
-`tests/test_serve_registry.py` (assert no request is lost), which run on those modules' apps.
+Shared by `bench/chaos.py` (prints the table) and the chaos tests at the end of `tests/test_serve.py`,
+`tests/test_parity.py` (the fused app), `tests/test_serve_registry.py` and `tests/test_cluster_local.py`
+(worker nodes of the three-node cluster killed), which assert that no request is lost, on those modules'
+apps. `tune/chaos.py` adds the sweep cases (rows with Tune trials) to the same table.
 A few client threads each send a small /v1/generate request, wait for its answer, and send the next
 one. Every answer is one of:
 
@@ -48,10 +50,17 @@ class Answer:
 
 @dataclass
 class CaseResult:
+    """One row of the chaos table. A case without a request load (a sweep's) has no answers; a case with a
+    Tune sweep has `trials` (the sweep's) and `trials_lost` (those that did not finish every batch), and
+    its time to full service is `restored_s` (set by the case: e.g. until the killed node is back)."""
+
     name: str
     fault_at: float
     answers: list[Answer] = field(default_factory=list)
     fault_note: str = ""
+    trials: Optional[int] = None
+    trials_lost: Optional[int] = None
+    restored_s: Optional[float] = None
 
     def count(self, kind: str) -> int:
         return sum(a.kind == kind for a in self.answers)
@@ -75,7 +84,9 @@ class CaseResult:
     def recovery_s(self) -> Optional[float]:
         """Seconds from the fault to the first 200 of a request sent after the fault, followed only by
         200s until the case ended (a request in flight across the fault may finish early without
-        showing that the service is back)."""
+        showing that the service is back). A case without requests: its own `restored_s`."""
+        if not self.answers:
+            return self.restored_s
         after = sorted((a for a in self.answers if a.done >= self.fault_at), key=lambda a: a.done)
         first_ok = None
         for a in after:
@@ -90,8 +101,15 @@ class CaseResult:
 
     def row(self) -> dict:
         rec = self.recovery_s()
-        return {"case": self.name, "200": self.ok, "failed": self.failed, "lost": self.lost, "resent": self.resent,
-                "recovery_s": None if rec is None else round(rec, 1)}
+        row = {"case": self.name, "200": self.ok, "failed": self.failed, "lost": self.lost, "resent": self.resent,
+               "recovery_s": None if rec is None else round(rec, 1)}
+        if self.trials is not None:
+            row.update(trials=self.trials, trials_lost=self.trials_lost)
+        return row
+
+    def nothing_lost(self) -> bool:
+        """The acceptance rule of every row: no request lost, no Tune trial lost, full service restored."""
+        return self.lost == 0 and not self.trials_lost and self.recovery_s() is not None
 
 
 def classify(response: httpx.Response) -> tuple[str, str]:
@@ -218,6 +236,40 @@ def kill_replica(deployment: str, app: str = "speechguide") -> Callable[[], str]
     return fault
 
 
+def kill_worker_node(state_dir: str, name: str) -> Callable[[], str]:
+    """A fault: SIGKILL every process of worker node `name` of the local cluster (`speechguide cluster up`),
+    raylet, workers and replicas at once, as a crashed machine; its keeper starts the node again."""
+
+    def fault() -> str:
+        from pathlib import Path
+
+        from cluster.local.nodes import kill_node
+
+        killed = kill_node(Path(state_dir), name)
+        return f"killed node {name} ({len(killed)} processes)"
+
+    return fault
+
+
+def wait_node_back(state_dir: str, marker: str, dead: set[str], timeout_s: float = 180.0) -> float:
+    """Until a node with custom resource `marker` other than those in `dead` (ids) is alive; returns the
+    monotonic time it was first seen."""
+    from pathlib import Path
+
+    from cluster.local.nodes import ClusterState, node_ids
+
+    state = ClusterState.load(Path(state_dir))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if set(node_ids(state, marker)) - dead:
+                return time.monotonic()
+        except Exception:  # the GCS busy with the dead node: ask again
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"no new node with {marker} after {timeout_s:.0f} s")
+
+
 def wait_healthy(app: str = "speechguide", timeout_s: float = 180.0) -> None:
     """Until the app is RUNNING and each of its deployments HEALTHY (a killed replica replaced)."""
     from ray import serve
@@ -235,8 +287,17 @@ def wait_healthy(app: str = "speechguide", timeout_s: float = 180.0) -> None:
 
 
 def format_table(results: list[CaseResult]) -> str:
-    head = ["case", "requests 200", "failed (clear error)", "lost", "resent (dropped answer)", "time to full service (s)"]
-    rows = [[r.name, str(r.ok), str(r.failed), str(r.lost), str(r.resent), "not restored" if r.recovery_s() is None else f"{r.recovery_s():.1f}"] for r in results]
+    """One Markdown table: requests (a case without a load shows "-") and Tune trials (for cases with a sweep)."""
+    head = ["case", "requests 200", "failed (clear error)", "lost", "resent (dropped answer)", "Tune trials finished / lost",
+            "time to full service (s)"]
+
+    def cells(r: CaseResult) -> list[str]:
+        load = [str(r.ok), str(r.failed), str(r.lost), str(r.resent)] if r.answers else ["-"] * 4
+        trials = "-" if r.trials is None else f"{r.trials - (r.trials_lost or 0)} / {r.trials_lost or 0}"
+        rec = r.recovery_s()
+        return [r.name, *load, trials, "not restored" if rec is None else f"{rec:.1f}"]
+
+    rows = [cells(r) for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in rows)])
@@ -268,6 +329,62 @@ def promote_mismatched_denoiser(url: str, tracking_uri: str, workdir: str, name:
                 return f"promoted {name}/{info.version} (n_mels 32) to production; the app resolved it"
             time.sleep(0.5)
         raise TimeoutError(f"the app did not resolve {name}@production to version {info.version} within {wait_s:.0f} s")
+
+    return fault
+
+
+def served_profile_version(url: str) -> int:
+    """The version of the production profile the app serves right now (`GET /v1/models`)."""
+    return int(httpx.get(f"{url}/v1/models", timeout=30).json()["profile_versions"][0]["version"])
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    """`speechguide ARGS` in this process (as the user's command, without a second interpreter's start-up):
+    (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from speechguide.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def promote_with_server_stopped(url: str, name: str, tracking_uri: str, stop: Callable[[], None], start: Callable[[], None],
+                                wait_s: float = 60.0) -> Callable[[], str]:
+    """A fault: stop the MLflow server and run `speechguide models promote NAME` (candidate -> production) as a
+    user would: it must end with one line and exit code 1, the alias unmoved (checked once `start()` has the
+    server back, same store and address); then the same command again must promote. Returns once the app
+    serves the promoted version; the load meanwhile checks that the app kept serving the last one."""
+
+    def fault() -> str:
+        from mlops.registry import resolve
+
+        before = served_profile_version(url)
+        stop()
+        code, _, stderr = _cli("models", "promote", name, "--tracking-uri", tracking_uri)
+        lines = stderr.strip().splitlines()
+        if code != 1 or len(lines) != 1:
+            raise RuntimeError(f"promote with the server stopped: exit {code}, stderr {stderr[-800:]!r}")
+        t0 = time.monotonic()
+        start()
+        back_s = time.monotonic() - t0
+        still = resolve(name, "production", tracking_uri=tracking_uri).version
+        if still != before:
+            raise RuntimeError(f"the failed promotion moved {name}@production from {before} to {still}")
+        code, again, stderr = _cli("models", "promote", name, "--tracking-uri", tracking_uri)
+        if code != 0:
+            raise RuntimeError(f"promote after the server came back: exit {code}: {stderr[-800:]}")
+        target = resolve(name, "production", tracking_uri=tracking_uri).version
+        deadline = time.monotonic() + wait_s
+        while served_profile_version(url) != target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the app did not serve {name} version {target} within {wait_s:.0f} s")
+            time.sleep(0.5)
+        return (f"server stopped; `models promote` exit 1: {lines[0][:90]}...; server back after {back_s:.0f} s, alias still at {before}; "
+                f"promoted again: {again.strip()}; the app serves it")
 
     return fault
 

@@ -44,11 +44,12 @@ def register(app: typer.Typer) -> None:
         worker_cpus: int = typer.Option(2, "--worker-cpus", help="Logical CPUs of each worker node."),
         object_store_mb: int = typer.Option(150, "--object-store-mb", help="Object store per node, MiB."),
         dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="Dashboard on 127.0.0.1 (Ray's state API needs it)."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the `ray start` commands and start nothing."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the node commands (`ray start`, workers under their keeper) and start nothing."),
     ) -> None:
         """Start a Ray head and two worker nodes on this machine; print the address for RAY_ADDRESS.
 
         Custom resources: head_node on the head, denoiser_node and classifier_node on the workers.
+        A worker node that dies is started again (cluster/local/keeper.py), as KubeRay recreates a worker pod.
         """
         import shlex
 
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             dash = nodes.free_port() if dashboard else None
             for i, spec in enumerate(specs):
-                cmd = nodes.start_command(spec, i, port, root, object_store_mb * 2**20, dash)
+                cmd = nodes.kept(spec, nodes.start_command(spec, i, port, root, object_store_mb * 2**20, dash))
                 typer.echo(f"# {spec.name}\n{shlex.join(cmd)}")
             return
         try:
@@ -109,7 +110,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         typer.echo(f"GCS {info['gcs_address']}  dashboard {info['dashboard_url'] or '-'}  state {info['state_dir']}")
         for name, p in info["processes"].items():
-            typer.echo(f"  process {name:<11} pid {p['pid']:<8} {'alive' if p['alive'] else 'DEAD'}")
+            kept = f"  restarted {p['restarts']}x" if p.get("restarts") else ""
+            typer.echo(f"  process {name:<11} pid {p['pid']:<8} {'alive' if p['alive'] else 'DEAD'}{kept}")
         for n in info.get("nodes", []):
             typer.echo(f"  node {n['node_id'][:12]} {n.get('state', 'ALIVE'):<6} {'head ' if n.get('is_head') else 'worker'} "
                        f"actors {n.get('actors', '-'):<3} resources {json.dumps(n['resources'], sort_keys=True)}")

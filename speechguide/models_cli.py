@@ -18,8 +18,23 @@ TRACKING_HELP = "MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, el
 
 
 def _quiet_mlflow() -> None:
-    """Drop MLflow's progress bars (the registry calls are given --tracking-uri explicitly)."""
+    """Drop MLflow's progress bars (the registry calls are given --tracking-uri explicitly), and give up on a
+    server that does not answer within seconds rather than minutes."""
+    from mlops.tracking import fail_fast_http
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    fail_fast_http()
+
+
+def _registry_failed(exc: Exception) -> None:
+    """One line and the exit code: 1 when the registry is unavailable (not the user's input; try again
+    later), 2 for anything the user named wrong."""
+    from mlops.registry import RegistryUnavailable
+
+    if isinstance(exc, RegistryUnavailable):
+        typer.echo(f"speechguide: error: {exc}", err=True)
+        raise typer.Exit(1)
+    fail(str(exc))
 
 
 def register(app: typer.Typer) -> None:
@@ -42,7 +57,7 @@ def register(app: typer.Typer) -> None:
         try:
             models = list_registered(tracking_uri=tracking_uri)
         except RegistryError as exc:
-            fail(str(exc))
+            _registry_failed(exc)
         table = Table(title=f"registered models ({resolve_tracking_uri(tracking_uri)})")
         for col in ("name", "version", "aliases", "kind", "sha256", "details"):
             table.add_column(col)
@@ -101,7 +116,7 @@ def register(app: typer.Typer) -> None:
                     promote(profile_name, version, a, tracking_uri=tracking_uri)
                 typer.echo(f"{profile_name} version {version}  aliases: {', '.join(aliases)} (profile {prof.name!r})")
         except RegistryError as exc:
-            fail(str(exc))
+            _registry_failed(exc)
 
     @models_app.command("promote")
     def promote_command(
@@ -111,9 +126,12 @@ def register(app: typer.Typer) -> None:
         version: Optional[int] = typer.Option(None, "--version", help="Promote this version instead of --from's."),
         tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     ) -> None:
-        """Move alias --to (production) to the version --from (candidate) or --version names."""
+        """Move alias --to (production) to the version --from (candidate) or --version names.
+
+        One write on the registry: the alias moves or it does not. Exit 1 when the registry does not answer
+        (run it again once it does; promoting the same version twice changes nothing), 2 for a bad name."""
         _quiet_mlflow()
-        from mlops.registry import RegistryError, promote, resolve
+        from mlops.registry import RegistryError, RegistryUnavailable, promote, resolve
 
         if version is not None and version < 1:
             fail(f"--version must be at least 1, got {version}")
@@ -121,10 +139,12 @@ def register(app: typer.Typer) -> None:
             before = None
             try:
                 before = resolve(name, to, tracking_uri=tracking_uri).version
+            except RegistryUnavailable:
+                raise
             except RegistryError:
                 pass  # no such alias yet (an unknown model fails below, with its own message)
             got = promote(name, version if version is not None else source, to, tracking_uri=tracking_uri)
         except RegistryError as exc:
-            fail(str(exc))
+            _registry_failed(exc)
         moved = "unchanged at" if before == got else (f"moved from version {before} to" if before else "set to")
         typer.echo(f"{name}@{to} {moved} version {got}")

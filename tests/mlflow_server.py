@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -40,11 +40,12 @@ def _ready(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def running_mlflow_server(root: Path, timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
-    """Start `mlflow server` with its store under `root`; yield its URL once /health answers."""
+def running_mlflow_server(root: Path, timeout_s: float = START_TIMEOUT_S, port: Optional[int] = None) -> Iterator[str]:
+    """Start `mlflow server` with its store under `root`; yield its URL once /health answers. Given the
+    `root` and `port` of a server that was stopped, it is that server back (same store, same address)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [
         sys.executable, "-m", "mlflow", "server",
@@ -52,7 +53,7 @@ def running_mlflow_server(root: Path, timeout_s: float = START_TIMEOUT_S) -> Ite
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination", str(root / "artifacts"),
     ]
-    log = open(root / "server.log", "wb")
+    log = open(root / "server.log", "ab")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
     try:

@@ -3,13 +3,17 @@
 `speechguide cluster up` starts a head and two workers (custom resources denoiser_node and
 classifier_node); the app is deployed from cluster/local/serve-config.yaml (rendered from
 serve/config.yaml) with tiny models; Ray's state API must show the denoiser and classifier
-replicas on different nodes; a request goes through HTTP across the three nodes; then a small
-sweep of the project's `speechguide tune` (tune.sweep.run) must run its trials on both workers.
+replicas on different nodes; a request goes through HTTP across the three nodes. Then two chaos
+cases: a worker node killed under a steady load (no request lost, the node's keeper starts it again
+and its replica comes back there), and a worker node killed, with the MLflow server the sweep logs to
+stopped at the same moment, during a small sweep of the project's `speechguide tune` (tune.sweep.run),
+whose trials run on both workers: no trial lost.
 The cluster is always torn down with `speechguide cluster down`, which ends only its own nodes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -88,29 +92,32 @@ def _nodes_by_marker(dashboard: str) -> dict[str, str]:
     return out
 
 
-@pytest.mark.slow
-def test_app_is_placed_across_nodes_serves_over_http_and_a_sweep_spreads_over_the_workers(connected, tiny_models_dir, fsdd_root, tmp_path):
-    from ray.util.state import list_actors
-
-    from cluster.local.nodes import free_port, status
+@pytest.fixture(scope="module")
+def app_port(connected, tiny_models_dir) -> int:
+    """The rendered local config deployed with tiny models (each model deployment pinned to its worker
+    node); its HTTP port."""
+    from cluster.local.nodes import free_port
     from serve.launch import deploy, prepare_config
+
+    port = free_port()
+    deploy(prepare_config(LOCAL_CONFIG, models_dir=tiny_models_dir, port=port), timeout_s=240)
+    return port
+
+
+@pytest.mark.slow
+def test_app_is_placed_across_nodes_and_serves_over_http(connected, app_port):
+    from cluster.local.nodes import status
 
     dashboard = connected.dashboard_url
     nodes = _nodes_by_marker(dashboard)
     assert len(nodes) == 3 and len(set(nodes.values())) == 3, nodes
 
-    # 1. deploy the rendered local config: each model deployment pinned to its worker node
-    http_port = free_port()
-    deploy(prepare_config(LOCAL_CONFIG, models_dir=tiny_models_dir, port=http_port), timeout_s=240)
-    replicas = {}
-    for a in list_actors(address=dashboard, detail=True, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
-        if a.class_name.startswith("ServeReplica:speechguide:"):
-            replicas.setdefault(a.class_name.rsplit(":", 1)[1], set()).add(a.node_id)
-    assert replicas == {
+    # 1. each model deployment runs on its worker node
+    assert _replica_nodes(dashboard) == {
         "SpeechIngress": {nodes["head_node"]},
         "Denoiser": {nodes["denoiser_node"]},
         "Classifier": {nodes["classifier_node"]},
-    }, replicas
+    }
     assert nodes["denoiser_node"] != nodes["classifier_node"]
 
     # `cluster status` reports the same nodes, with the replicas counted where they run
@@ -118,10 +125,11 @@ def test_app_is_placed_across_nodes_serves_over_http_and_a_sweep_spreads_over_th
     by_id = {n["node_id"]: n for n in info["nodes"]}
     assert set(by_id) == set(nodes.values()) and all(p["alive"] for p in info["processes"].values())
     assert by_id[nodes["denoiser_node"]]["actors"] >= 1 and by_id[nodes["classifier_node"]]["actors"] >= 1
+    assert all(p["restarts"] == 0 for p in info["processes"].values())
 
     # 2. one guided request over HTTP: proxy and ingress on the head, every step calls both workers
     request = {"targets": [{"guide": "digit", "label": "3"}], "num_samples": 1, "seed": 0, "steps": 3}
-    with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120) as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{app_port}", timeout=120) as client:
         r = client.post("/v1/generate", json=request, headers={"Accept": "audio/wav"})
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "audio/wav"
@@ -130,25 +138,101 @@ def test_app_is_placed_across_nodes_serves_over_http_and_a_sweep_spreads_over_th
         body = client.post("/v1/generate", json={**request, "num_samples": 2}).json()
         assert len(body["samples"]) == 2 and body["stats"]["steps"] == 3
 
-    # 3. the project's Tune sweep on the same cluster: 1-CPU trials fit beside a worker's replica
-    #    (2 - 0.5 CPUs) but not on the head (1 - 0.25), so the two concurrent trials take a worker each
+
+def _replica_nodes(dashboard: str) -> dict[str, set[str]]:
+    """Deployment -> ids of the nodes its live replicas run on."""
+    from ray.util.state import list_actors
+
+    replicas: dict[str, set[str]] = {}
+    for a in list_actors(address=dashboard, detail=True, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
+        if a.class_name.startswith("ServeReplica:speechguide:"):
+            replicas.setdefault(a.class_name.rsplit(":", 1)[1], set()).add(a.node_id)
+    return replicas
+
+
+# ---- chaos: a worker node killed (raylet, workers, replicas at once) while serving and during a sweep ----
+# The node's keeper starts it again (cluster/local/keeper.py), as KubeRay recreates a dead worker pod: the
+# replica pinned to it and the interrupted trials get their place back (serve/chaos.py, tune/chaos.py).
+
+
+@pytest.mark.slow
+def test_a_worker_node_killed_while_serving_loses_no_request(connected, app_port):
+    from cluster.local.nodes import node_ids, restarts
+    from serve.chaos import kill_worker_node, run_case, wait_healthy, wait_node_back
+
+    wait_healthy()
+    before = set(node_ids(connected, "denoiser_node"))
+    result = run_case("kill the denoiser node while serving", f"http://127.0.0.1:{app_port}", kill_worker_node(connected.temp_dir, "denoiser"),
+                      clients=2, warmup_s=2, sustain_s=3, max_s=150)
+    print(result.fault_note, result.row())
+    assert result.ok > 0
+    assert result.lost == 0, result.examples("lost")
+    assert result.recovery_s() is not None, (result.examples("failed"), result.examples("lost"))
+    wait_node_back(connected.temp_dir, "denoiser_node", before)
+    wait_healthy()
+    (new,) = set(node_ids(connected, "denoiser_node")) - before  # the keeper started the node again: a new node id
+    assert _replica_nodes(connected.dashboard_url)["Denoiser"] == {new}
+    assert restarts(next(n for n in connected.nodes if n.name == "denoiser")) == 1
+
+
+@pytest.mark.slow
+def test_a_worker_node_killed_during_a_sweep_loses_no_trial(connected, app_port, tiny_models_dir, fsdd_root, tmp_path):
+    """The project's sweep on the same cluster, logging to a real MLflow server: 1-CPU trials fit beside a
+    worker's replica (2 - 0.5 CPUs) but not on the head (1 - 0.25), so the two concurrent trials take a worker
+    each. Once the classifier node's trial is mid-way (a checkpoint saved), that node is killed and the MLflow
+    server stopped together; both come back (the keeper, the same store and address). Tune retries the trial
+    from its checkpoint, the other trial's logging waits for the server: every trial finishes every batch, and
+    what MLflow did not get (a retried trial that ends before the server is back) is said at the end."""
+    from mlflow.tracking import MlflowClient
+    from mlflow_server import running_mlflow_server
+    from ray.util.state import list_actors
+
+    from cluster.local.nodes import _session_members, node_ids
+    from serve.chaos import kill_worker_node, wait_healthy, wait_node_back
+    from tune.chaos import run_sweep_case
     from tune.settings import TuneSettings
-    from tune.sweep import run
 
-    settings = TuneSettings(trials=2, max_concurrent=2, cpus_per_trial=1, scheduler="fifo", per_class=2, batch_per_class=2,
-                            steps_min=2, steps_max=3, base_steps=2, seed=0, mlflow=False, storage_path=str(tmp_path / "sweeps"),
-                            name="spread", models_dir=str(tiny_models_dir), data_dir=str(fsdd_root))
-    started = time.monotonic()
-    result = run(settings, log=lambda m: None)
-    assert [r.status for r in result.rows] == ["complete", "complete"], result.rows
-    trials = [a for a in list_actors(address=dashboard, detail=True, filters=[("class_name", "=", "ImplicitFunc")],
-                                     raise_on_missing_output=False)]
-    assert len(trials) == 2, trials
-    assert {a.node_id for a in trials} == {nodes["denoiser_node"], nodes["classifier_node"]}, (nodes, [a.node_id for a in trials])
-    print(f"sweep of 2 trials on the 3-node cluster: {time.monotonic() - started:.1f} s")
+    wait_healthy()
+    workers = {m: set(node_ids(connected, m)) for m in ("denoiser_node", "classifier_node")}
+    keeper = next(n.pid for n in connected.nodes if n.name == "classifier")
+    kill = kill_worker_node(connected.temp_dir, "classifier")
+    with contextlib.ExitStack() as server:
+        root = tmp_path / "mlflow"
+        uri = server.enter_context(running_mlflow_server(root))
 
-    # the app still serves after the sweep
-    with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120) as client:
+        def fault() -> str:
+            note = kill()
+            server.close()
+            return note + " and stopped the MLflow server"
+
+        def restored() -> None:
+            wait_node_back(connected.temp_dir, "classifier_node", workers["classifier_node"])
+            server.enter_context(running_mlflow_server(root, port=int(uri.rsplit(":", 1)[1])))
+
+        settings = TuneSettings(trials=2, max_concurrent=2, cpus_per_trial=1, scheduler="fifo", per_class=4, batch_per_class=2,
+                                steps_min=2, steps_max=3, base_steps=2, seed=0, storage_path=str(tmp_path / "sweeps"), name="node-kill",
+                                models_dir=str(tiny_models_dir), data_dir=str(fsdd_root), tracking_uri=uri, experiment="node-kill",
+                                register_name="node-kill-profile")
+        started = time.monotonic()
+        row, result = run_sweep_case("kill the classifier node during a sweep", settings, fault,
+                                     fault_when=lambda mid_way: bool(mid_way & set(_session_members(keeper))), restored=restored)
+        print(row.fault_note, row.row(), f"sweep of 2 trials on the 3-node cluster, one node killed: {time.monotonic() - started:.1f} s")
+        summary = result.summary()
+        print("MLflow after the sweep:", summary["mlflow_unlogged"], summary["tracking_problems"])
+        assert row.fault_note.startswith("killed node classifier"), row.fault_note
+        assert [r.status for r in result.rows] == ["complete", "complete"], result.rows
+        assert row.trials_lost == 0 and row.recovery_s() is not None
+        # whatever MLflow missed is said, and the sweep's own run was finished once the server was back
+        assert summary["mlflow_unlogged"] == 0 or any("never reached MLflow" in p for p in summary["tracking_problems"]), summary
+        assert MlflowClient(uri).get_run(result.parent_run_id).info.status == "FINISHED"
+    # the first attempts ran on both workers (the classifier node's under its old node id)
+    trial_nodes = {a.node_id for a in list_actors(address=connected.dashboard_url, detail=True, filters=[("class_name", "=", "ImplicitFunc")],
+                                                   raise_on_missing_output=False)}
+    assert workers["denoiser_node"] <= trial_nodes and workers["classifier_node"] <= trial_nodes, (workers, trial_nodes)
+
+    # the app serves again, its Classifier replica back on the restarted node
+    wait_healthy()
+    with httpx.Client(base_url=f"http://127.0.0.1:{app_port}", timeout=120) as client:
         assert client.get("/healthz").status_code == 200
 
 
@@ -181,3 +265,40 @@ def test_cluster_usage_errors_exit_2_with_one_line(args, needle, capsys):
     assert main(["cluster", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+def test_keeper_starts_a_dead_node_again_and_stops_on_sigterm(tmp_path):
+    """The keeper (cluster/local/keeper.py) on a stand-in node command: a SIGKILLed node is started again,
+    with a line in the log; SIGTERM stops the node and the keeper, and nothing is restarted after it."""
+    import signal
+
+    from cluster.local.keeper import RESTART_LINE
+    from cluster.local.nodes import KEEPER, _session_members
+
+    log = tmp_path / "node.log"
+    node = "echo started $$; exec sleep 60"
+    with open(log, "wb") as out:
+        keeper = subprocess.Popen([sys.executable, str(KEEPER), "--restart-delay", "0.2", "--", "sh", "-c", node],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def starts() -> list[int]:
+            return [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("started")]
+
+        deadline = time.monotonic() + 30
+        while not starts():
+            assert time.monotonic() < deadline and keeper.poll() is None, log.read_text()
+            time.sleep(0.05)
+        first = starts()[0]
+        os.kill(first, 9)
+        while len(starts()) < 2:
+            assert time.monotonic() < deadline and keeper.poll() is None, log.read_text()
+            time.sleep(0.05)
+        assert log.read_text().count(RESTART_LINE) == 1 and starts()[1] != first
+        keeper.send_signal(signal.SIGTERM)
+        assert keeper.wait(timeout=10) != 0  # the node's code: it ended by SIGTERM
+        time.sleep(0.5)
+        assert len(starts()) == 2 and not [p for p in _session_members(keeper.pid) if p != keeper.pid]
+    finally:
+        if keeper.poll() is None:
+            os.killpg(keeper.pid, 9)
+        keeper.wait(timeout=10)

@@ -406,3 +406,22 @@ def test_fused_bad_input_gets_a_4xx(client, body, status, field):
 def test_fused_still_serves_after_bad_input(client):
     r = client.post("/v1/generate", json={**FUSED_VALID, "seed": 9}, headers={"Accept": "audio/wav"})
     assert r.status_code == 200 and r.content[:4] == b"RIFF"
+
+
+# ---- chaos: the Fused replica killed under a steady load (serve/chaos.py, bench/chaos.py), last --------
+
+
+@pytest.mark.slow
+def test_fused_replica_killed_under_load_loses_no_request(fused_url):
+    """The fused app's one model deployment killed mid-load: the ingress resends the step calls to its
+    replacement, so no request is lost and full service comes back."""
+    from serve.chaos import kill_replica, run_case, wait_healthy
+
+    wait_healthy(FUSED_APP)
+    payload = {k: v for k, v in FUSED_VALID.items() if k != "seed"}  # each client request gets its own seed
+    result = run_case("kill Fused replica", fused_url, kill_replica("Fused", FUSED_APP), clients=2, warmup_s=2, sustain_s=3, payload=payload)
+    print(result.fault_note, result.row())
+    assert result.ok > 0
+    assert result.lost == 0, result.examples("lost")
+    assert result.recovery_s() is not None, (result.examples("failed"), result.examples("lost"))
+    wait_healthy(FUSED_APP)  # the killed replica was replaced

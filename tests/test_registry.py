@@ -146,13 +146,14 @@ def test_cli_errors_exit_2_with_one_line(registered, args, message, capsys):
     assert len(lines) == 1 and message in lines[0], err
 
 
-def test_cli_without_a_server_exits_2(monkeypatch, capsys):
+def test_cli_without_a_server_exits_1(monkeypatch, capsys):
+    """A registry that does not answer is not the user's input: exit 1 (try again later), one line."""
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)  # restored after the test, whatever the CLI sets
     rc, _, err = run_main(capsys, "models", "promote", PROFILE)
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and "not reachable" in err, err
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "not reachable" in err, err
     r = cli("models", "list", "--tracking-uri", dead, timeout=120)  # and as a real process
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not reachable" in r.stderr, r.stderr
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "not reachable" in r.stderr, r.stderr
 
 
 def test_default_store_is_sqlite_in_the_working_directory(tmp_path, monkeypatch):

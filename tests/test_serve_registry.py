@@ -6,7 +6,9 @@ serves `speechguide-profile@production`, picks up a promotion while requests kee
 fails), and guides with registered classifiers chosen per request (model multiplexing). Last, two chaos
 cases under a steady load (serve/chaos.py, shared with bench/chaos.py): a denoiser made for another
 feature config promoted to production (the app keeps answering with the last denoiser that loaded;
-none lost, none failed), then the MLflow server stopped while the app polls it (the app keeps serving).
+none lost, none failed), the MLflow server stopped during `speechguide models promote` (exit 1, nothing
+moved; promoting again once the server is back works), then the MLflow server stopped while the app polls
+it (the app keeps serving).
 """
 
 from __future__ import annotations
@@ -40,14 +42,16 @@ def _profile(name: str, steps: int, scale: float):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """(URL, an ExitStack whose close() stops the server): a fresh tracking server for the module, which
-    the last test stops; MLFLOW_TRACKING_URI points at it while the module runs."""
+    """(URL, an ExitStack whose close() stops the server, the server's store): a fresh tracking server for
+    the module, which the chaos tests at the end stop (and start again on the same store and address);
+    MLFLOW_TRACKING_URI points at it while the module runs."""
     old = os.environ.get("MLFLOW_TRACKING_URI")
+    root = tmp_path_factory.mktemp("mlflow-server")
     with contextlib.ExitStack() as server:
-        url = server.enter_context(running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")))
+        url = server.enter_context(running_mlflow_server(root))
         os.environ["MLFLOW_TRACKING_URI"] = url
         try:
-            yield url, server
+            yield url, server, root
         finally:
             if old is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -294,7 +298,7 @@ def test_registry_reloads_reach_the_prometheus_endpoint(client, metrics_port):
     assert exported == reported
 
 
-# ---- chaos around the registry, under a steady load (last: the second case stops the MLflow server) ----
+# ---- chaos around the registry, under a steady load (last: the MLflow server stopped, and at the very end for good) ----
 
 
 def _check_chaos(result) -> None:
@@ -315,6 +319,25 @@ def test_mismatched_denoiser_promoted_under_load(app_url, mlflow_server_uri, tmp
                       clients=3, warmup_s=2, sustain_s=3)
     _check_chaos(result)
     assert served_denoiser(app_url) == served  # the last one that loaded
+
+
+def test_mlflow_server_stopped_during_a_promotion(app_url, mlflow_server):
+    """`speechguide models promote` while the server is down: one line, exit 1, the alias unmoved, and the app
+    keeps serving the last version under load; with the server back the same command promotes, and the app
+    serves the new version."""
+    from mlops.registry import register_profile
+    from serve.chaos import promote_with_server_stopped, run_case, served_profile_version, wait_healthy
+
+    url, server, root = mlflow_server
+    before = served_profile_version(app_url)
+    version = register_profile(_profile("reg-three", steps=2, scale=3.0), PROFILE, {"objective": 0.3}, tracking_uri=url)  # candidate
+    port = int(url.rsplit(":", 1)[1])
+    fault = promote_with_server_stopped(app_url, PROFILE, url, stop=server.close,
+                                        start=lambda: server.enter_context(running_mlflow_server(root, port=port)))
+    wait_healthy()
+    result = run_case("stop MLflow server during a promotion", app_url, fault, clients=2, warmup_s=1, sustain_s=2)
+    _check_chaos(result)
+    assert before < version == served_profile_version(app_url)
 
 
 def test_mlflow_server_stopped_while_polled(app_url, mlflow_server):

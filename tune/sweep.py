@@ -26,7 +26,7 @@ from tune.space import ProfileSpace, SpaceBounds
 
 KEPT_METRICS = (
     "objective", "judge_accuracy", OUTSIDE_METRIC, "fd", "diversity", "samples", "nonfinite_samples", "trial_seconds", "batches",
-    "time_total_s", "timestamp",
+    "time_total_s", "timestamp", "mlflow_unlogged",
 )
 REGISTERED_METRICS = ("objective", "judge_accuracy", OUTSIDE_METRIC, "fd", "diversity")
 
@@ -53,6 +53,7 @@ class SweepResult:
     registered_version: Optional[int] = None
     registration_note: str = ""
     wall_seconds: float = 0.0
+    tracking_problems: list[str] = field(default_factory=list)  # what MLflow did not get (the figures are in Tune's results)
 
     def summary(self) -> dict:
         """JSON-ready figures: best vs default on the validation objective and the compute spent."""
@@ -74,6 +75,8 @@ class SweepResult:
             "registered_version": self.registered_version,
             "registration_note": self.registration_note,
             "wall_seconds": self.wall_seconds,
+            "mlflow_unlogged": sum(r.metrics.get("mlflow_unlogged", 0) for r in self.rows),
+            "tracking_problems": self.tracking_problems,
         }
 
 
@@ -162,13 +165,12 @@ def _trainable(settings: TuneSettings, space: ProfileSpace, reference, experimen
     return tune.with_resources(bound, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
 
-def _tuner(settings: TuneSettings, space: ProfileSpace, trainable, name: str, progress: Optional[Callable[[int, int, str], None]] = None):
+def _tuner(settings: TuneSettings, space: ProfileSpace, trainable, name: str, progress: Optional[Callable[[int, int, str], None]] = None,
+           run_status=None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
-
-    from tune.tracking import RunStatusCallback
 
     multi = settings.objective == "multi"
     multi_metrics, multi_modes = weights(settings).multi_objectives()
@@ -186,7 +188,7 @@ def _tuner(settings: TuneSettings, space: ProfileSpace, trainable, name: str, pr
         )
     else:
         scheduler = FIFOScheduler()
-    callbacks = [RunStatusCallback(settings.tracking_uri, settings.batches)] if settings.mlflow else []
+    callbacks = [run_status] if run_status is not None else []
     if progress is not None:  # a progress bar replaces Tune's own status tables
         from tune.progress import TrialProgress
 
@@ -299,6 +301,8 @@ def run(
     space = ProfileSpace(base_profile(settings), bounds=SpaceBounds(steps=(settings.steps_min, settings.steps_max)))
 
     exp_id, parent = sidecar.get("experiment_id"), sidecar.get("parent_run_id")
+    if settings.mlflow:
+        tracking.fail_fast_http()  # an MLflow server that goes down mid-sweep costs seconds per call, not minutes
     if settings.mlflow and not resume:
         exp_id = tracking.experiment_id(settings.experiment, tracking_uri=settings.tracking_uri)
         parent = tracking.start_run(
@@ -312,12 +316,15 @@ def run(
         write_sidecar(exp_path, {"name": name, "settings": json.loads(settings.model_dump_json()),
                                  "experiment_id": exp_id, "parent_run_id": parent})
 
+    from tune.tracking import RunStatusCallback
+
+    run_status = RunStatusCallback(settings.tracking_uri, settings.batches) if settings.mlflow else None
     with ray_session(settings):
         trainable = _trainable(settings, space, reference, exp_id, parent)
         if resume:
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
         else:
-            tuner = _tuner(settings, space, trainable, name, progress)
+            tuner = _tuner(settings, space, trainable, name, progress, run_status)
         grid = tuner.fit()
 
     rows = _rows(grid, settings, space)
@@ -340,18 +347,45 @@ def run(
             result.registered_version, result.registration_note = _register(best_profile, settings, metrics, parent)
             log(result.registration_note)
     result.wall_seconds = time.time() - started
-    if settings.mlflow and parent:
-        summary = result.summary()
-        parent_metrics = {"best_objective": (best.metrics["objective"] if best else float("nan")),
-                          "default_objective": baseline.get("objective", float("nan")),
-                          "trials_complete": summary["complete"], "trials_stopped": summary["stopped"],
-                          "samples_generated": summary["samples_generated"], "trial_seconds": summary["trial_seconds"]}
-        dicts = {"trials.json": {"trials": [{"trial_id": r.trial_id, "status": r.status, **r.metrics, "default": r.is_default} for r in rows]}}
-        if best_profile is not None:
-            dicts = {"best_profile.json": json.loads(best_profile.to_json()), **dicts}
-        tracking.finish_run(parent, parent_metrics, dicts, tracking_uri=settings.tracking_uri)
+    if settings.mlflow:
+        _finish_tracking(result, run_status, parent, log)
     write_sidecar_file(exp_path, "sweep_summary.json", json.dumps(result.summary(), indent=2))
     return result
+
+
+def _finish_tracking(result: SweepResult, run_status, parent: Optional[str], log: Callable[[str], None]) -> None:
+    """Close what the trials' callback could not, log the sweep's figures to its parent run, and say plainly what
+    MLflow did not get (a server down at the end of the sweep costs the sweep nothing: its results are on disk)."""
+    rows = result.rows
+    if run_status is not None and run_status.close_unclosed():
+        result.tracking_problems.append(f"{len(run_status.unclosed)} trial run(s) left RUNNING in MLflow ({run_status.problem})")
+    unlogged = [(r.trial_id, int(r.metrics.get("mlflow_unlogged", 0))) for r in rows if r.metrics.get("mlflow_unlogged", 0)]
+    if unlogged:
+        result.tracking_problems.append(
+            f"{sum(n for _, n in unlogged)} batch report(s) or file group(s) of {len(unlogged)} trial(s) never reached MLflow "
+            f"({', '.join(t for t, _ in unlogged)}); every trial's figures are in Tune's results under {result.path}")
+    if parent:
+        try:
+            _finish_parent(result, parent)
+        except Exception as exc:  # noqa: BLE001 - the sweep's results stand without their MLflow copy
+            result.tracking_problems.append(f"parent run {parent} not finished: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    for line in result.tracking_problems:
+        log(f"MLflow: {line}")
+
+
+def _finish_parent(result: SweepResult, parent: str) -> None:
+    """The sweep's figures (best vs default, trials, compute) and files on its MLflow parent run, which ends FINISHED."""
+    from mlops import tracking
+
+    summary, best = result.summary(), result.best
+    parent_metrics = {"best_objective": (best.metrics["objective"] if best else float("nan")),
+                      "default_objective": result.baseline.get("objective", float("nan")),
+                      "trials_complete": summary["complete"], "trials_stopped": summary["stopped"],
+                      "samples_generated": summary["samples_generated"], "trial_seconds": summary["trial_seconds"]}
+    dicts = {"trials.json": {"trials": [{"trial_id": r.trial_id, "status": r.status, **r.metrics, "default": r.is_default} for r in result.rows]}}
+    if result.best_profile is not None:
+        dicts = {"best_profile.json": json.loads(result.best_profile.to_json()), **dicts}
+    tracking.finish_run(parent, parent_metrics, dicts, tracking_uri=result.settings.tracking_uri)
 
 
 def write_sidecar_file(exp_path: str, filename: str, text: str) -> None:

@@ -4,7 +4,8 @@ Why this exists: placement rules (denoiser replicas here, classifier replicas th
 the workers) can only be tested on more than one Ray node. Each node is a `ray start --block`
 process started in its own session, so that session holds exactly that node's processes
 (raylet, GCS, agents, workers). `down` ends only the node sessions recorded in the state file; it never
-calls `ray stop`, which would end every Ray process of every user on the machine.
+calls `ray stop`, which would end every Ray process of every user on the machine. A worker node runs
+under `keeper.py`, which leads its session and starts the node again when it dies (see there why).
 
 Every port a node binds is chosen here (free ports on loopback, worker port ranges derived from the
 GCS port), and the head gets its own `--temp-dir`, so the cluster never collides with other local
@@ -161,6 +162,15 @@ def start_command(
     return cmd
 
 
+KEEPER = Path(__file__).with_name("keeper.py")
+
+
+def kept(spec: NodeSpec, command: list[str]) -> list[str]:
+    """A worker node's command under `keeper.py`, which starts the node again when it dies (as KubeRay
+    recreates a dead worker pod); the head's command as it is (its GCS is the cluster)."""
+    return command if spec.head else [sys.executable, str(KEEPER), "--", *command]
+
+
 def _ensure_auth_token() -> None:
     """Every node runs with Ray's token authentication (what `ray.init()` does by default now): a
     worker node started with the mode unset would not send the token the head expects. The token
@@ -192,6 +202,10 @@ def _node_env() -> dict[str, str]:
     # On SIGTERM a node drains for up to 30 s by default (Serve moves replicas away first); `down`
     # stops every node at once, so there is nowhere to drain to.
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "3")
+    # The GCS declares a node dead after 5 failed health checks, 3 s apart by default: 15 s in which the
+    # replicas and trials of a crashed worker still look alive. Checks 1 s apart find it in about 5 s; a
+    # node that is alive but slow still has 5 x 10 s (the unchanged timeout) to answer.
+    env.setdefault("RAY_health_check_period_ms", "1000")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     return env
 
@@ -254,7 +268,7 @@ def up(
     object_store = object_store_mb * 2**20
     try:
         for index, spec in enumerate(nodes):
-            cmd = start_command(spec, index, gcs_port, state_dir, object_store, dashboard_port)
+            cmd = kept(spec, start_command(spec, index, gcs_port, state_dir, object_store, dashboard_port))
             log_path = state_dir / f"node-{spec.name}.log"
             log_path.write_bytes(b"")
             proc = _spawn(cmd, log_path, cwd)
@@ -380,6 +394,44 @@ def down(state_dir: Path, grace_s: float = 15.0) -> list[str]:
     return done
 
 
+def restarts(record: NodeRecord) -> int:
+    """Times the keeper started this node again (its lines in the node's log)."""
+    from cluster.local.keeper import RESTART_LINE
+
+    try:
+        return Path(record.log).read_text(errors="replace").count(RESTART_LINE)
+    except OSError:
+        return 0
+
+
+def kill_node(state_dir: Path, name: str) -> list[int]:
+    """SIGKILL every process of worker node `name` (its `ray start`, raylet, agents, workers and their
+    actors) at once, but not its keeper: to Ray this is a machine that crashed. The keeper starts the
+    node again (a new node id, the same custom resources). Returns the pids killed."""
+    state = ClusterState.load(Path(state_dir))
+    if state is None:
+        raise RuntimeError(f"no cluster recorded in {state_dir}")
+    record = next((n for n in state.nodes if n.name == name), None)
+    if record is None:
+        raise ValueError(f"no node {name!r}; nodes: {', '.join(n.name for n in state.nodes)}")
+    if record is state.nodes[0]:
+        raise ValueError("the head is not kept: killing it ends the cluster")
+    if not _ours(record, state):
+        raise RuntimeError(f"node {name} (pid {record.pid}) is not running")
+    killed = [pid for pid in _session_members(record.pid) if pid != record.pid]
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return killed
+
+
+def node_ids(state: ClusterState, marker: str) -> list[str]:
+    """Ids of the alive nodes that carry custom resource `marker`."""
+    return [n["node_id"] for n in alive_nodes(state.gcs_address) if marker in n["resources"]]
+
+
 def status(state_dir: Path) -> dict:
     """Recorded nodes, whether their processes live, and the cluster's nodes and actors per Ray."""
     state = ClusterState.load(Path(state_dir))
@@ -390,7 +442,7 @@ def status(state_dir: Path) -> dict:
         "state_dir": str(state_dir),
         "gcs_address": state.gcs_address,
         "dashboard_url": state.dashboard_url,
-        "processes": {n.name: {"pid": n.pid, "alive": _alive(n.pid), "log": n.log} for n in state.nodes},
+        "processes": {n.name: {"pid": n.pid, "alive": _alive(n.pid), "log": n.log, "restarts": restarts(n)} for n in state.nodes},
     }
     if not out["running"]:
         return out
