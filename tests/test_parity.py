@@ -214,7 +214,7 @@ def test_same_request_same_audio_in_process_and_over_http(name, app_url, matrix_
 def test_cli_url_carries_every_target_and_writes_the_in_process_files(app_url, matrix_dir, fsdd_root, tmp_path):
     """`speechguide generate --url` with a digit + speaker + pitch composite (a contour centred on the reference's
     median F0, which the hosted pitch guide reads), a weight and the encoder voice guide writes the same WAV
-    files, byte for byte, as the in-process command."""
+    files as the in-process command: the same names and lengths, samples equal up to the silence gate (below)."""
     import json
     import subprocess
     import sys
