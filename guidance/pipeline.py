@@ -25,8 +25,8 @@ from guidance.plan import Plan, Target, build_guide_terms, guide_settings, make_
 from guidance.models.score_subnet import SingleBackboneModel, load_score_subnet
 from guidance.vocoders import DEFAULT_VOCODER, VOCODER_FILE, describe_vocoder, load_vocoder, vocode_batched
 
-GuideKind = Literal["noisy", "clean", "none", "hf"]
 GUIDE_KINDS: tuple[str, ...] = (*GUIDE_KIND_TABLE, "none")  # hf: a Hugging Face classifier the caller puts in ModelSet.guides
+GuideKind = Literal[GUIDE_KINDS]  # type: ignore[valid-type]
 MODELS_ENV = "SPEECHGUIDE_MODELS"
 
 

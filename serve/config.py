@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from guidance.strict import StrictModel
 from serve.auth import TOKEN_ENV, check_exposure, resolve_token
 
@@ -61,14 +62,14 @@ class RegistryArgs(_Strict):
     )
     profile_aliases: list[str] = Field(default_factory=lambda: ["production"], min_length=1, max_length=8)
     poll_seconds: float = Field(10.0, ge=0.2, le=3600, description="how often aliases are re-resolved")
-    guides: dict[str, str] = Field(default_factory=dict, description="guide kind (noisy|clean) -> NAME@ALIAS of a registered classifier")
+    guides: dict[str, str] = Field(default_factory=dict, description="guide kind (one of guidance.guides.kinds.CLASSIFIER_GUIDE_KINDS) -> NAME@ALIAS of a registered classifier")
     denoiser: Optional[str] = Field(None, description="NAME@ALIAS of a registered U-Net denoiser (default: the models_dir one)")
 
     @model_validator(mode="after")
     def _check(self) -> "RegistryArgs":
-        unknown = set(self.guides) - {"noisy", "clean"}
+        unknown = set(self.guides) - set(CLASSIFIER_GUIDE_KINDS)
         if unknown:
-            raise ValueError(f"guides: unknown guide kind(s) {sorted(unknown)}; use noisy or clean")
+            raise ValueError(f"guides: unknown guide kind(s) {sorted(unknown)}; use {' or '.join(CLASSIFIER_GUIDE_KINDS)}")
         for alias in self.profile_aliases:
             if not alias or alias.isdigit() or alias == "latest" or not alias.replace("-", "").replace("_", "").isalnum():
                 raise ValueError(f"profile_aliases: {alias!r} is not an alias name")

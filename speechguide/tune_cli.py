@@ -84,9 +84,10 @@ def register(app: typer.Typer) -> None:
         """Search guidance profiles with Ray Tune (Optuna, ASHA) on the validation split; log to MLflow."""
         import json
 
+        from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
         from tune.settings import TuneSettings
 
-        for label, value, choices in (("--scheduler", scheduler, ("asha", "fifo")), ("--objective", objective, ("scalar", "multi")), ("--guide", guide, ("clean", "noisy"))):
+        for label, value, choices in (("--scheduler", scheduler, ("asha", "fifo")), ("--objective", objective, ("scalar", "multi")), ("--guide", guide, CLASSIFIER_GUIDE_KINDS)):
             if value is not None and value not in choices:
                 fail(f"{label} must be one of {', '.join(choices)}, got {value!r}")
         if out is not None and out.suffix != ".json":

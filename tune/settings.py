@@ -8,6 +8,7 @@ from typing import Literal, Optional
 
 from pydantic import ConfigDict, Field, model_validator
 
+from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
 from guidance.strict import StrictModel
 
 SIDECAR = "speechguide_sweep.json"  # stored in the experiment directory, read back by --resume
@@ -28,7 +29,7 @@ class TuneSettings(StrictModel):
     trials: int = Field(20, ge=1, le=10_000)
     scheduler: Literal["asha", "fifo"] = "asha"
     objective: Literal["scalar", "multi"] = "scalar"
-    guide: Literal["clean", "noisy"] = "clean"
+    guide: Literal[CLASSIFIER_GUIDE_KINDS] = "clean"  # type: ignore[valid-type]
     per_class: int = Field(10, ge=2, le=1000, description="generated samples per digit for a full trial")
     batch_per_class: int = Field(2, ge=2, le=1000, description="samples per digit in each reported batch")
     steps_min: int = Field(8, ge=1, le=1000)
