@@ -16,7 +16,7 @@ DOWNLOAD := $(if $(SPEECHGUIDE_FSDD_DIR),,--download)
 MODELS := models
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test bench bench-serve bench-overload bench-tune bench-vocoder chaos models venv clean
+.PHONY: demo test bench bench-serve bench-gpu bench-overload bench-tune bench-vocoder chaos models venv clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -44,9 +44,15 @@ bench: bench-vocoder bench-serve bench-overload bench-tune
 bench-vocoder: venv
 	OMP_NUM_THREADS=1 $(PY) bench/vocoder_compare.py --split val --every 10
 
-## bench-serve: in-process vs Serve (step-batched) vs Serve (unbatched) at concurrency 1, 4, 16.
+## bench-serve: in-process (all cores, and one thread) vs Serve split (step-batched, unbatched) and fused at
+## concurrency 1, 4, 16; medians of 3 runs, and where each Serve millisecond per step goes.
 bench-serve: venv
-	$(PY) bench/serve_bench.py
+	$(PY) bench/serve_bench.py --repeats 3
+
+## bench-gpu: on a machine with a CUDA GPU, in one call: Serve on fractional GPUs at concurrency 1, 16, 64
+## and a Tune sweep on the GPU against the CPU.
+bench-gpu: venv
+	PY=$(PY) bash bench/gpu_bench.sh
 
 ## bench-overload: capacity, then a burst of 4x what the app samples at once, with and without admission by work:
 ## goodput / capacity, the slowest rejection, p99 of admitted requests vs the deadline (about 3 minutes on 2 cores).

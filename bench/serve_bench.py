@@ -8,12 +8,18 @@
     one call per step) against its own in-process counterpart (the guided denoiser with the single-backbone provider on the batch
     of the c requests in flight), so the fused ratio compares like with like.
 
+The in-process baseline gets every core (`--threads`, default all); a second in-process row held to one
+thread is printed for reference. For each Serve system a breakdown says where each millisecond of a
+step goes (model compute, ingress step arithmetic, handle calls/serialisation/queueing) and what a
+request costs around its sampling (scores, vocoding, HTTP), from the app's own per-request timings and
+the model replicas' busy time in the same run.
+
 Same models, steps, seeds and targets everywhere (request i: digit i % 10, seed i, one sample).
 Printed per system and concurrency: throughput (samples/s), p50/p99 end-to-end latency, the
 sampling part alone (server-side timing for Serve), per-step time and the per-step overhead
 over in-process sampling at the same concurrency, plus the ratios between the systems.
 
-    .venv/bin/python bench/serve_bench.py [--models-dir DIR] [--steps 10] [--concurrency 1,4,16] [--no-fused]
+    .venv/bin/python bench/serve_bench.py [--models-dir DIR] [--steps 10] [--concurrency 1,4,16] [--no-fused] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ from guidance.pipeline import ModelPaths, ModelSet, default_models_dir, make_noi
 
 REQUIRED = ("denoiser", "noisy_classifier", "clean_classifier")
 # Each system's per-step overhead is measured against the in-process sampler of the same generator.
-BASELINE = {"serve batched": "in-process batched", "serve unbatched": "in-process batched", "serve fused": "in-process fused"}
+BASELINE = {
+    "serve batched": "in-process batched", "serve unbatched": "in-process batched", "serve fused": "in-process fused",
+}
+ONE_THREAD = "in-process batched, 1 thread"
 
 
 @dataclass
@@ -53,6 +62,9 @@ class Run:
     items_per_forward: float | None = None  # denoiser
     guide_items_per_forward: float | None = None
     denoiser_busy: float | None = None  # fraction of the wall time the denoiser replica computed
+    guide_busy: float | None = None  # fraction of the wall time the classifier replica computed
+    timings: list[dict] = field(default_factory=list)  # the app's timings_ms of each request
+    guide_kind: str = "noisy"
 
     @property
     def throughput(self) -> float:
@@ -114,7 +126,7 @@ async def bench_serve(url: str, name: str, n: int, c: int, steps: int, kind: str
     """c closed-loop HTTP clients: each sends its next request when the previous one is answered."""
     import httpx
 
-    run = Run(name, c, steps)
+    run = Run(name, c, steps, guide_kind=kind)
     queue = list(range(n))
 
     async def client(http: httpx.AsyncClient) -> None:
@@ -125,7 +137,9 @@ async def bench_serve(url: str, name: str, n: int, c: int, steps: int, kind: str
             if r.status_code != 200:
                 raise RuntimeError(f"request {i} failed: {r.status_code} {r.text[:300]}")
             run.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-            run.sampling_ms.append(r.json()["timings_ms"]["sampling"])
+            timings = r.json()["timings_ms"]
+            run.sampling_ms.append(timings["sampling"])
+            run.timings.append({**timings, "client": run.latencies_ms[-1]})
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
         t_start = time.perf_counter()
@@ -164,14 +178,46 @@ def forward_cost_per_row(models: ModelSet, subnet: ModelSet | None, sizes: tuple
                 fused = guided_denoiser(subnet, "noisy", target, DEFAULT_PROFILES["noisy"])
                 cost["fused guided step"] = timed(lambda: fused(x, sigma))
         parts.append(f"batch {b:>2}: " + ", ".join(f"{k} {v / b:.1f}" for k, v in cost.items()))
-    print("forward cost, ms per row (in-process, 1 thread): " + "; ".join(parts))
+    print(f"forward cost, ms per row (in-process, {torch.get_num_threads()} torch threads): " + "; ".join(parts))
 
 
 def _handle_stats(name: str, reset: bool = False) -> dict:
+    """A model deployment's forward counters."""
     from ray import serve
 
     handle = serve.get_deployment_handle(name, app_name="speechguide")
     return (handle.reset_stats if reset else handle.stats).remote().result(timeout_s=60)
+
+
+def breakdown(runs: list[Run], steps: int) -> None:
+    """Where a Serve step's milliseconds go, and what a request costs around its sampling (medians).
+
+    Per step (wall time of one step of a request): the model replicas computing (their busy share of the
+    run's wall time, times the step), the ingress's own step arithmetic (sampling time not spent waiting
+    on a model call), and the rest of the wait: handle calls, serialisation and queueing, i.e. the wait
+    beyond the compute on the step's critical path (the denoiser and a guide reading x_t run side by side
+    in the split app, so the longer of the two; x0_hat guides run after the denoiser, so their sum). Per
+    request: validation, scores, vocoding and what the client saw beyond the app's total (HTTP, JSON,
+    proxy)."""
+    serve_runs = [r for r in runs if r.timings]
+    if not serve_runs:
+        return
+    med = lambda r, key: float(np.median([t[key] for t in r.timings]))  # noqa: E731
+    header = f"{'system':<22}{'conc':>5}{'step ms':>9}{'D comp':>8}{'C comp':>8}{'ingress':>9}{'handles+q':>10}  |{'valid':>7}{'scores':>8}{'vocode':>8}{'http':>7}"
+    print("\nwhere the time goes (ms, medians): per step | per request outside sampling")
+    print(header)
+    print("-" * len(header))
+    for r in serve_runs:
+        side_by_side = r.system in ("serve batched", "serve unbatched") and r.guide_kind == "noisy"
+        step = med(r, "per_step")
+        wait = med(r, "waiting_on_deployments") / steps
+        d = (r.denoiser_busy or 0.0) * step
+        c = (r.guide_busy or 0.0) * step
+        http = float(np.median([t["client"] - t["total"] for t in r.timings]))
+        print(
+            f"{r.system:<22}{r.concurrency:>5}{step:>9.1f}{d:>8.1f}{c:>8.1f}{step - wait:>9.1f}{max(wait - (max(d, c) if side_by_side else d + c), 0.0):>10.1f}  |"
+            f"{med(r, 'validate'):>7.1f}{med(r, 'scores'):>8.1f}{med(r, 'vocode'):>8.1f}{http:>7.1f}"
+        )
 
 
 def _free_port() -> int:
@@ -226,10 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guide-kind", choices=("noisy", "clean"), default="noisy")
     parser.add_argument("--no-fused", action="store_true", help="skip (d), the fused single-backbone app and its in-process counterpart")
     parser.add_argument(
-        "--threads", type=int, default=1,
-        help="torch threads in-process (default 1, like each Serve replica: with other jobs on the cores, "
-        "2 threads were measured 100x slower here from OpenMP contention)",
+        "--threads", type=int, default=os.cpu_count(),
+        help="torch threads of the in-process baseline (default: every core, as a user running one process would); "
+        "a one-thread in-process row is printed beside it",
     )
+    parser.add_argument("--device", default="cpu", help="cpu | cuda: where the in-process baseline runs")
+    parser.add_argument(
+        "--gpus-per-replica", type=float, default=0.0,
+        help="num_gpus of each model replica; e.g. 0.5 packs two replicas on one GPU",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs per system and level; the median-throughput run is reported")
     parser.add_argument(
         "--replica-threads", type=int, default=0,
         help="torch threads of every model replica, batched and unbatched alike (default: the config's, 1 per replica)",
@@ -248,23 +300,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"models: tiny random models ({root}); {default_models_dir()} is incomplete")
     else:
         print(f"models: {root.resolve()}")
-    models = ModelSet.load(ModelPaths(root=root), "cpu")
+    models = ModelSet.load(ModelPaths(root=root), args.device)
     count = lambda c: args.requests or max(4, 2 * c)  # noqa: E731
     print(
         f"steps={args.steps} (heun), guide={args.guide_kind}, concurrency={levels}, cpu cores={os.cpu_count()}, "
-        f"in-process torch threads={torch.get_num_threads()}"
+        f"in-process torch threads={torch.get_num_threads()}, device={args.device}, gpus per replica={args.gpus_per_replica:g}, "
+        f"repeats={args.repeats} (median run)"
     )
     runs: list[Run] = []
 
+    def median_run(make) -> Run:
+        done = sorted((make() for _ in range(max(1, args.repeats))), key=lambda r: r.throughput)
+        return done[len(done) // 2]
+
     sample_mels(models, args.guide_kind, torch.tensor([0]), DEFAULT_PROFILES[args.guide_kind].with_sampler(steps=2), make_noise(1, models.spec, 0))
     for c in levels:
-        runs.append(bench_in_process(models, count(c), c, args.steps, args.guide_kind))
+        runs.append(median_run(lambda: bench_in_process(models, count(c), c, args.steps, args.guide_kind)))
+    if args.threads != 1:
+        torch.set_num_threads(1)
+        for c in levels:
+            runs.append(median_run(lambda: bench_in_process(models, count(c), c, args.steps, args.guide_kind, ONE_THREAD)))
+        torch.set_num_threads(args.threads)
     fused = not args.no_fused and ModelPaths(root=root).path("score_subnet").is_file()
     if fused:  # (d) in-process: single-backbone provider (guided with its own backbone, the noisy profile)
-        subnet = ModelSet.from_score_subnet(ModelPaths(root=root).path("score_subnet"), "cpu")
+        subnet = ModelSet.from_score_subnet(ModelPaths(root=root).path("score_subnet"), args.device)
         sample_mels(subnet, "noisy", torch.tensor([0]), DEFAULT_PROFILES["noisy"].with_sampler(steps=2), make_noise(1, subnet.spec, 0))
         for c in levels:
-            runs.append(bench_in_process(subnet, count(c), c, args.steps, "noisy", "in-process fused"))
+            runs.append(median_run(lambda: bench_in_process(subnet, count(c), c, args.steps, "noisy", "in-process fused")))
     elif not args.no_fused:
         print(f"(d) skipped: {ModelPaths(root=root).path('score_subnet')} not found")
     forward_cost_per_row(models, subnet if fused else None)
@@ -286,23 +348,34 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if fused:
             systems.append(("serve fused", FUSED_CONFIG_PATH, threads, None))
+        gpu = args.gpus_per_replica
         for name, config_path, tuning, app_args in systems:
-            if name == "serve fused":  # the split app's deployments give way to the fused app's
+            if name == "serve fused":  # the split app's deployments give way to the fused app's (one machine)
                 serve.delete("speechguide")
-            deploy(prepare_config(config_path, root, port=port, user_config=tuning or None, args=app_args), timeout_s=300)
+            on_gpu = {  # the replicas that compute get the GPU share; device null lets them use it
+                d: {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": gpu}}
+                for d in (("Fused",) if name == "serve fused" else ("Denoiser", "Classifier"))
+            } if gpu else None
+            deploy(prepare_config(config_path, root, port=port, user_config=tuning or None, args=app_args, deployments=on_gpu), timeout_s=300)
             kind = "noisy" if name == "serve fused" else args.guide_kind
             model_deps = ("Fused",) if name == "serve fused" else ("Denoiser", "Classifier")
             asyncio.run(bench_serve(url, "warm-up", 2, 2, 2, kind))
-            for c in levels:
+
+            def one_run(c: int) -> Run:
                 for d in model_deps:
                     _handle_stats(d, reset=True)
                 run = asyncio.run(bench_serve(url, name, count(c), c, args.steps, kind))
                 den = _handle_stats(model_deps[0])
                 run.items_per_forward = den["mean_items_per_batch"]
-                if len(model_deps) > 1:
-                    run.guide_items_per_forward = _handle_stats(model_deps[1])["mean_items_per_batch"]
                 run.denoiser_busy = den["busy_s"] / run.wall_s
-                runs.append(run)
+                if len(model_deps) > 1:
+                    guide = _handle_stats(model_deps[1])
+                    run.guide_items_per_forward = guide["mean_items_per_batch"]
+                    run.guide_busy = guide["busy_s"] / run.wall_s
+                return run
+
+            for c in levels:
+                runs.append(median_run(lambda: one_run(c)))
     finally:
         serve.shutdown()
         import ray
@@ -312,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
             tmp.cleanup()
     print()
     report(runs, args.steps)
+    breakdown(runs, args.steps)
     print(
-        "\nmeasured end to end (sampling + scores + Griffin-Lim vocoding); 'samp p50' is the sampling part alone "
+        "\nmeasured end to end (sampling + scores + vocoding with the app's vocoder); 'samp p50' is the sampling part alone "
         "(server-side for Serve), 'ovh ms/step' its excess over in-process sampling of the same generator at the same concurrency, "
         "'D/C req/fwd' the mean requests merged per denoiser (fused: Fused) / classifier forward, "
         "'D busy' that replica's compute share of the wall time. (d): ScoreSubnet guided with its own backbone, noisy profile."
