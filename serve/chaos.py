@@ -352,12 +352,14 @@ def _cli(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def promote_with_server_stopped(url: str, name: str, tracking_uri: str, stop: Callable[[], None], start: Callable[[], None],
-                                wait_s: float = 60.0) -> Callable[[], str]:
+def promote_with_server_stopped(url: str, name: str, tracking_uri: str, stop: Callable[[], None], start: Callable[[], None] | None,
+                                wait_s: float = 60.0, store_uri: str | None = None) -> Callable[[], str]:
     """A fault: stop the MLflow server and run `speechguide models promote NAME` (candidate -> production) as a
     user would: it must end with one line and exit code 1, the alias unmoved (checked once `start()` has the
     server back, same store and address); then the same command again must promote. Returns once the app
-    serves the promoted version; the load meanwhile checks that the app kept serving the last one."""
+    serves the promoted version; the load meanwhile checks that the app kept serving the last one.
+    With `start=None` the server stays down: the alias is read from the server's own store (`store_uri`,
+    its backend database) and nothing is promoted again (the tests' shorter form of the case)."""
 
     def fault() -> str:
         from mlops.registry import resolve
@@ -368,6 +370,11 @@ def promote_with_server_stopped(url: str, name: str, tracking_uri: str, stop: Ca
         lines = stderr.strip().splitlines()
         if code != 1 or len(lines) != 1:
             raise RuntimeError(f"promote with the server stopped: exit {code}, stderr {stderr[-800:]!r}")
+        if start is None:
+            still = resolve(name, "production", tracking_uri=store_uri).version
+            if still != before:
+                raise RuntimeError(f"the failed promotion moved {name}@production from {before} to {still}")
+            return f"server stopped; `models promote` exit 1: {lines[0][:90]}...; alias still at {before} in the server's store"
         t0 = time.monotonic()
         start()
         back_s = time.monotonic() - t0
