@@ -21,6 +21,9 @@ DEMO_OUT ?= demo-out
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile -e '.[test]'
+	@# Compile the heavy imports once, in one process, before test runs start many processes (Ray nodes and
+	@# workers, CLI subprocesses) that would otherwise each compile them at the same time on a fresh clone.
+	$(PY) -c "import torch, torchaudio, ray, ray.serve, ray.tune, ray.util.state, mlflow, fastapi, httpx, optuna, librosa"
 	@touch $@
 
 venv: $(VENV)/.installed
