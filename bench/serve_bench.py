@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -220,12 +219,6 @@ def breakdown(runs: list[Run], steps: int) -> None:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def report(runs: list[Run], steps: int) -> None:
     by = {(r.system, r.concurrency): r for r in runs}
     header = (
@@ -334,10 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from serve.config import DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH
-    from serve.launch import connect_ray, deploy, prepare_config
+    from serve.launch import connect_ray, deploy, free_port, prepare_config
 
     connect_ray(num_cpus=os.cpu_count())
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     try:
         threads = {"torch_threads": args.replica_threads} if args.replica_threads else {}

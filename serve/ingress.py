@@ -674,11 +674,12 @@ class SpeechIngress:
         A reference is named by its content hash, so the same clip twice is read and described once."""
         targets: list[Target] = []
         clips: dict[str, tuple[str, torch.Tensor]] = {}
+        served = self._target_guides(cat)
         for i, t in enumerate(req.targets):
             if t.guide not in TARGET_GUIDES:
-                raise ApiError(404, f"targets.{i}.guide: unknown guide {t.guide!r}; this app guides with: {', '.join(self._target_guides(cat))}")
-            if t.guide not in self._target_guides(cat):  # planned by guidance.plan, but not hosted by this app
-                raise ApiError(404, f"targets.{i}.guide: this app hosts no {t.guide!r} guide; it guides with: {', '.join(self._target_guides(cat))}")
+                raise ApiError(404, f"targets.{i}.guide: unknown guide {t.guide!r}; this app guides with: {', '.join(served)}")
+            if t.guide not in served:  # planned by guidance.plan, but not hosted by this app
+                raise ApiError(404, f"targets.{i}.guide: this app hosts no {t.guide!r} guide; it guides with: {', '.join(served)}")
             if t.guide not in ("digit", "speaker"):  # a hosted target guide of its own (pitch): the plan resolves its label
                 targets.append(Target(t.guide, t.label))
                 continue
