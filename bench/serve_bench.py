@@ -19,7 +19,7 @@ Printed per system and concurrency: throughput (samples/s), p50/p99 end-to-end l
 sampling part alone (server-side timing for Serve), per-step time and the per-step overhead
 over in-process sampling at the same concurrency, plus the ratios between the systems.
 
-    .venv/bin/python bench/serve_bench.py [--models-dir DIR] [--steps 10] [--concurrency 1,4,16] [--no-fused] [--repeats 3]
+    .venv/bin/python bench/serve_bench.py [--models-dir DIR] [--steps 10] [--concurrency 1,4,16] [--no-fused] [--repeats 3] [--cpu-by-process]
 """
 
 from __future__ import annotations
@@ -180,6 +180,29 @@ def forward_cost_per_row(models: ModelSet, subnet: ModelSet | None, sizes: tuple
     print(f"forward cost, ms per row (in-process, {torch.get_num_threads()} torch threads): " + "; ".join(parts))
 
 
+def _cpu_by_process() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) each process on this machine has used so far, by pid."""
+    import psutil
+
+    out = {}
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            t = proc.cpu_times()
+            out[proc.pid] = (" ".join(proc.info["cmdline"] or [proc.info["name"] or "?"])[:80], t.user + t.system)
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def print_cpu_use(name: str, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], wall_s: float) -> None:
+    """Where the machine's CPU went during one run: the replicas' compute against Ray's own processes."""
+    used = sorted(((cpu - before.get(pid, ("", 0.0))[1], label) for pid, (label, cpu) in after.items()), reverse=True)
+    cores = os.cpu_count() or 1
+    print(f"CPU by process, {name}: {sum(u for u, _ in used):.2f} of {cores * wall_s:.2f} core-s ({cores} cores x {wall_s:.2f} s wall)")
+    for u, label in used[:10]:
+        print(f"  {u:7.2f}  {label}")
+
+
 def _handle_stats(name: str, reset: bool = False) -> dict:
     """A model deployment's forward counters."""
     from ray import serve
@@ -279,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         "--replica-threads", type=int, default=0,
         help="torch threads of every model replica, batched and unbatched alike (default: the config's, 1 per replica)",
     )
+    parser.add_argument(
+        "--cpu-by-process", action="store_true",
+        help="after each Serve run print the CPU seconds each process used (replicas, ingress, Ray's own) and the replicas' compute-thread CPU",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     levels = [int(v) for v in args.concurrency.split(",")]
@@ -357,7 +384,13 @@ def main(argv: list[str] | None = None) -> int:
             def one_run(c: int) -> Run:
                 for d in model_deps:
                     _handle_stats(d, reset=True)
+                before = _cpu_by_process() if args.cpu_by_process else {}
                 run = asyncio.run(bench_serve(url, name, count(c), c, args.steps, kind))
+                if args.cpu_by_process:
+                    print_cpu_use(f"{name}, c = {c}", before, _cpu_by_process(), run.wall_s)
+                    for d in model_deps:  # compute thread's CPU against its wall time: contention shows as the gap
+                        st = _handle_stats(d)
+                        print(f"  {d}: forward wall {st['busy_s']:.2f} s, compute thread CPU {st['cpu_s']:.2f} s, replica process CPU {st['process_cpu_s']:.2f} s")
                 den = _handle_stats(model_deps[0])
                 run.items_per_forward = den["mean_items_per_batch"]
                 run.denoiser_busy = den["busy_s"] / run.wall_s

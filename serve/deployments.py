@@ -90,6 +90,8 @@ class _Coalescer:
     def reset(self) -> None:
         self.forwards = self.items = self.rows_done = self.largest = 0
         self.busy_s = 0.0
+        self.cpu_s = 0.0
+        self.process_cpu0 = time.process_time()
 
     async def submit(self, items: list) -> list:
         loop = asyncio.get_running_loop()
@@ -99,6 +101,11 @@ class _Coalescer:
             self.worker = asyncio.create_task(self._drain())
         return list(await asyncio.gather(*futures))
 
+    def _timed_run(self, items: list) -> tuple[list, float]:
+        t0 = time.thread_time()
+        out = self.run(items)
+        return out, time.thread_time() - t0
+
     async def _drain(self) -> None:
         while self.pending:
             take, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
@@ -107,7 +114,7 @@ class _Coalescer:
                 continue
             t0 = time.perf_counter()
             try:
-                out = await asyncio.to_thread(self.run, [item for item, _ in take])
+                out, cpu = await asyncio.to_thread(self._timed_run, [item for item, _ in take])
             except Exception as exc:  # every caller of this forward gets the error; the replica lives on
                 for _, f in take:
                     if not f.done():
@@ -123,6 +130,7 @@ class _Coalescer:
             self.largest = max(self.largest, len(take))
             self.rows_done += rows
             self.busy_s += seconds
+            self.cpu_s += cpu
             if self.on_forward is not None:
                 self.on_forward(len(take), rows, seconds)
 
@@ -163,6 +171,8 @@ class _Batcher:
             "mean_items_per_batch": c.items / c.forwards if c.forwards else 0.0,
             "max_items_per_batch": c.largest,
             "busy_s": round(c.busy_s, 4),
+            "cpu_s": round(c.cpu_s, 4),
+            "process_cpu_s": round(time.process_time() - c.process_cpu0, 4),
             "tuning": self.tuning.model_dump(),
         }
 
