@@ -202,8 +202,14 @@ def test_a_worker_node_killed_during_a_sweep_loses_no_trial(connected, app_port,
     assert [r.status for r in result.rows] == ["complete", "complete"], result.rows
     assert row.trials_lost == 0 and row.recovery_s() is not None
     # the first attempts ran on both workers (the classifier node's under its old node id)
-    trial_nodes = {a.node_id for a in list_actors(address=connected.dashboard_url, detail=True, filters=[("class_name", "=", "ImplicitFunc")],
-                                                   raise_on_missing_output=False)}
+    # (right after a node kill the state API can answer with no actors at all for a few seconds: ask again)
+    deadline = time.monotonic() + 30
+    while True:
+        trial_nodes = {a.node_id for a in list_actors(address=connected.dashboard_url, detail=True, filters=[("class_name", "=", "ImplicitFunc")],
+                                                       raise_on_missing_output=False)}
+        if trial_nodes or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert workers["denoiser_node"] <= trial_nodes and workers["classifier_node"] <= trial_nodes, (workers, trial_nodes)
 
     # the app serves again, its Classifier replica back on the restarted node
