@@ -386,16 +386,16 @@ def main(argv: list[str] | None = None) -> int:
                     _handle_stats(d, reset=True)
                 before = _cpu_by_process() if args.cpu_by_process else {}
                 run = asyncio.run(bench_serve(url, name, count(c), c, args.steps, kind))
+                stats = {d: _handle_stats(d) for d in model_deps}
                 if args.cpu_by_process:
                     print_cpu_use(f"{name}, c = {c}", before, _cpu_by_process(), run.wall_s)
-                    for d in model_deps:  # compute thread's CPU against its wall time: contention shows as the gap
-                        st = _handle_stats(d)
+                    for d, st in stats.items():  # compute thread's CPU against its wall time: contention shows as the gap
                         print(f"  {d}: forward wall {st['busy_s']:.2f} s, compute thread CPU {st['cpu_s']:.2f} s, replica process CPU {st['process_cpu_s']:.2f} s")
-                den = _handle_stats(model_deps[0])
+                den = stats[model_deps[0]]
                 run.items_per_forward = den["mean_items_per_batch"]
                 run.denoiser_busy = den["busy_s"] / run.wall_s
                 if len(model_deps) > 1:
-                    guide = _handle_stats(model_deps[1])
+                    guide = stats[model_deps[1]]
                     run.guide_items_per_forward = guide["mean_items_per_batch"]
                     run.guide_busy = guide["busy_s"] / run.wall_s
                 return run
