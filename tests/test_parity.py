@@ -96,7 +96,10 @@ def app_url(matrix_dir, tmp_path_factory):
     fused_app.update(name="fused", route_prefix="/fused")
     for dep in fused_app["deployments"]:
         if dep["name"] == "Fused":
-            dep["ray_actor_options"] = {"num_cpus": 0.5, "num_gpus": 0}  # both apps fit the 2-CPU test cluster
+            # both apps fit the 2-CPU test cluster; one replica (the file has two, one per cohort), whose forward
+            # counters the merge tests below read
+            dep.update(num_replicas=1, ray_actor_options={"num_cpus": 0.5, "num_gpus": 0})
+    fused_app["args"]["step_merging"]["cohorts"] = 1
     split["applications"][0]["args"]["hf_guides"] = {"tiny": {"source": str(matrix_dir / "hf-tiny")}}
     split["applications"].append(fused_app)
     path = tmp_path_factory.mktemp("matrix-config") / "config.yaml"
@@ -161,9 +164,14 @@ def _in_process(
         references = {"ref.wav": read_reference(fsdd_root / "recordings" / REFERENCE)}
     if pitch is not None:
         targets.append(Target("pitch", pitch))
-    result = generate_local(
-        models, targets, 1, SEED, with_overrides(base_profile(kind), steps=STEPS), kind, references, voice or "stats", weights, paths=paths,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the 1-thread replicas: other thread counts round sums differently (1 PCM step)
+    try:
+        result = generate_local(
+            models, targets, 1, SEED, with_overrides(base_profile(kind), steps=STEPS), kind, references, voice or "stats", weights, paths=paths,
+        )
+    finally:
+        torch.set_num_threads(threads)
     return _pcm(result.waves.numpy()[0]), result
 
 
@@ -222,10 +230,11 @@ def test_cli_url_carries_every_target_and_writes_the_in_process_files(app_url, m
     ref = fsdd_root / "recordings" / REFERENCE
     args = ["generate", "--target", "digit=3", "--target", f"speaker={ref}", "--target", "pitch=fall", "--weight", "speaker=2", "--voice-guide", "encoder",
             "--num", "1", "--steps", "3", "--seed", "2", "--models-dir", str(matrix_dir)]
-    # The in-process CLI runs with this process's thread count (conftest: <= 2, what the replicas' math matched
-    # bitwise in the matrix above). Left to torch's default (every core), a 16-core CI machine split the
-    # reductions differently and moved samples by up to 4 PCM steps: the same math, another summation order.
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    # The in-process CLI runs with one thread, as the replicas do (Ray gives a replica with num_cpus < 1 one
+    # thread). Another count splits the reductions differently: a 16-core CI machine's default moved samples
+    # by up to 4 PCM steps, 2 threads here by up to 118 after the composite's 3 steps: the same math, another
+    # summation order.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     outs = {}
     for door, extra in (("local", []), ("http", ["--url", app_url])):
         outs[door] = tmp_path / door
