@@ -91,6 +91,17 @@ class StepMerging(_Strict):
     max_items: int = Field(64, ge=1, le=1024, description="request calls carried by one merged call")
     max_in_flight: int = Field(2, ge=1, le=64, description="merged calls in flight per deployment and ingress replica")
     wait_s: float = Field(0.02, ge=0, le=1, description="how long a merged call waits for the rest of the requests sampling here")
+    cohorts: int = Field(
+        1, ge=1, le=64,
+        description="equal groups the requests sampling here are split into, one merged call each (at most max_in_flight at once): "
+        "1 gives the largest forwards; one per model replica keeps several replicas busy at once",
+    )
+
+    @model_validator(mode="after")
+    def _cohorts_fit(self) -> "StepMerging":
+        if self.cohorts > self.max_in_flight:
+            raise ValueError(f"step_merging.cohorts ({self.cohorts}) cannot exceed max_in_flight ({self.max_in_flight}): the cohorts travel at once")
+        return self
 
 
 class Admission(_Strict):

@@ -278,7 +278,7 @@ class SpeechIngress:
                 return await self._remote(what, method, items)
 
             merger = self._mergers[what] = CallMerger(
-                send, merging.max_items, merging.max_in_flight, merging.wait_s, expected=lambda: self._sampling
+                send, merging.max_items, merging.max_in_flight, merging.wait_s, expected=lambda: self._sampling, cohorts=merging.cohorts
             )
         return merger
 

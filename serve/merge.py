@@ -29,6 +29,12 @@ class CallMerger(Generic[Item, Result]):
     many callers may submit (the requests sampling on this replica). The requests woken by one answer
     reach their next call a few event-loop turns apart; without the wait the first of them would go
     alone and the others would queue behind it, so batches would halve instead of staying whole.
+
+    The callers are split into `cohorts` equal groups, one send each (16 requests, 2 cohorts: sends of
+    8). One cohort gives the largest forwards, the cheapest per row on one replica. With several model
+    replicas one cohort leaves all but one idle: the requests fall into lockstep in one send, so a
+    single forward runs at a time (measured with two 1-thread Fused replicas on 2 cores: a third of
+    the machine idle); one cohort per replica keeps them all busy.
     """
 
     def __init__(
@@ -38,14 +44,19 @@ class CallMerger(Generic[Item, Result]):
         max_in_flight: int = 1,
         wait_s: float = 0.002,
         expected: Optional[Callable[[], int]] = None,
+        cohorts: int = 1,
     ) -> None:
-        if max_items < 1 or max_in_flight < 1 or wait_s < 0:
-            raise ValueError(f"max_items and max_in_flight must be >= 1 and wait_s >= 0, got {max_items}, {max_in_flight}, {wait_s}")
+        if max_items < 1 or max_in_flight < 1 or wait_s < 0 or not 1 <= cohorts <= max_in_flight:
+            raise ValueError(
+                f"max_items and max_in_flight must be >= 1, wait_s >= 0 and cohorts between 1 and max_in_flight, "
+                f"got {max_items}, {max_in_flight}, {wait_s}, {cohorts}"
+            )
         self.send = send
         self.max_items = max_items
         self.max_in_flight = max_in_flight
         self.wait_s = wait_s
         self.expected = expected
+        self.cohorts = cohorts
         self.pending: list[tuple[Item, asyncio.Future]] = []
         self.oldest = 0.0  # when the oldest pending item arrived
         self.freed = 0.0  # when a send last came back (items that waited for it then wait for its cohort)
@@ -62,9 +73,16 @@ class CallMerger(Generic[Item, Result]):
         self._launch()
         return await future
 
+    def _cohort_size(self) -> int:
+        """Items one send carries: an equal share of the expected callers per send in flight."""
+        if self.expected is None:
+            return self.max_items
+        share = -(-self.expected() // self.cohorts)
+        return max(1, min(self.max_items, share))
+
     def _cohort_waiting(self) -> float:
         """Seconds still to wait for more items before sending (0: send now)."""
-        if self.wait_s <= 0 or self.expected is None or len(self.pending) >= min(self.max_items, self.expected()):
+        if self.wait_s <= 0 or self.expected is None or len(self.pending) >= self._cohort_size():
             return 0.0
         return max(0.0, max(self.oldest, self.freed) + self.wait_s - time.monotonic())
 
@@ -78,7 +96,8 @@ class CallMerger(Generic[Item, Result]):
             if remaining > 0:
                 self.timer = loop.call_later(remaining, self._launch)
                 return
-            take, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
+            size = self.max_items if self.cohorts == 1 else self._cohort_size()  # one cohort: whatever waits (composites send 2+ calls per request)
+            take, self.pending = self.pending[:size], self.pending[size:]
             self.oldest = time.monotonic()
             self.in_flight += 1
             loop.create_task(self._send(take))

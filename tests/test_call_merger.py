@@ -86,3 +86,54 @@ def test_a_failed_send_fails_only_its_own_calls():
     assert out[1:] == [1, 2, 3, 4]  # later sends went on
     with pytest.raises(ValueError):
         CallMerger(send, max_items=0)
+
+
+@pytest.mark.parametrize("cohorts,expected_size", [(1, 16), (2, 8)])
+def test_cohorts_split_the_requests_into_equal_sends_in_flight_at_once(cohorts, expected_size):
+    """16 samplers, 2 sends in flight: one cohort keeps them in one send per step (the largest forward);
+    two cohorts split them into two sends of 8 that are in flight together (one per model replica)."""
+    sizes: list[int] = []
+    in_flight, peak = {"now": 0}, {"max": 0}
+    active = {"n": 0}
+
+    async def send(items):
+        sizes.append(len(items))
+        in_flight["now"] += 1
+        peak["max"] = max(peak["max"], in_flight["now"])
+        await asyncio.sleep(0.02)
+        in_flight["now"] -= 1
+        return [x * 0.5 for x, _ in items]
+
+    merger = CallMerger(send, max_items=64, max_in_flight=2, wait_s=0.005, expected=lambda: active["n"], cohorts=cohorts)
+
+    async def denoise(x, sigma):
+        return await merger.submit((x, sigma))
+
+    async def one(i):
+        active["n"] += 1  # all 16 register before the first call, as requests admitted together do
+        await asyncio.sleep(0)
+        try:
+            return await drive_sampler(torch.full((1, 1, 2, 2), float(i + 1)), SamplerConfig(steps=6, kind="euler"), i, None, denoise, None)
+        finally:
+            active["n"] -= 1
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(16)))
+
+    results = asyncio.run(main())
+    assert sum(sizes) == 16 * 6 and max(sizes) == expected_size
+    assert sizes.count(expected_size) >= len(sizes) - 2, sizes
+    if cohorts == 2:
+        assert peak["max"] == 2  # the two cohorts travel at once
+    finals = torch.stack([out.flatten()[0] for out, _ in results])
+    assert torch.allclose(finals / finals[0], torch.arange(1, 17, dtype=finals.dtype), rtol=1e-5)
+
+
+def test_cohorts_must_fit_the_sends_in_flight():
+    from serve.config import StepMerging
+
+    with pytest.raises(ValueError, match="cohorts"):
+        CallMerger(lambda items: items, max_in_flight=1, cohorts=2)
+    with pytest.raises(ValueError, match="cannot exceed max_in_flight"):
+        StepMerging(cohorts=3, max_in_flight=2)
+    assert StepMerging().cohorts == 1
