@@ -31,6 +31,7 @@ from guidance.models.score_subnet import resolve_backbone
 from guidance.pipeline import ModelPaths
 from serve.config import DeploymentTuning
 from serve.metrics import forward_metrics
+from serve.routing import ROUTER_PATH
 from serve.steps import GuideCall, GuideResult, denoise_batch, from_wire, guide_batch, to_wire
 
 log = logging.getLogger("ray.serve")
@@ -42,6 +43,7 @@ _MODEL_DEPLOYMENT = dict(
     max_queued_requests=256,
     health_check_period_s=10.0,
     health_check_timeout_s=30.0,
+    request_router_config={"request_router_class": ROUTER_PATH},
     ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
 )
 
