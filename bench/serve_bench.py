@@ -242,7 +242,7 @@ def breakdown(runs: list[Run], steps: int) -> None:
         )
 
 
-def report(runs: list[Run], steps: int) -> None:
+def report(runs: list[Run], steps: int, rounds: list[list[Run]]) -> None:
     by = {(r.system, r.concurrency): r for r in runs}
     header = (
         f"{'system':<28}{'conc':>5}{'n':>4}{'samples/s':>11}{'p50 ms':>10}{'p99 ms':>10}"
@@ -261,101 +261,49 @@ def report(runs: list[Run], steps: int) -> None:
             f"{fmt(r.items_per_forward, '.2f'):>10}{fmt(r.guide_items_per_forward, '.2f'):>10}{fmt(r.denoiser_busy, '.0%'):>8}"
         )
     print()
-    print("ratios (throughput):")
+    print("ratios (throughput)" + (f", the median of {len(rounds)} rounds' ratios, each round's systems run back to back [every round's ratio]:" if len(rounds) > 1 else ":"))
+    pairs = [
+        ("serve batched / unbatched", "serve batched", "serve unbatched"),
+        ("serve batched / in-process", "serve batched", "in-process batched"),
+        ("serve unbatched / in-process", "serve unbatched", "in-process batched"),
+        ("serve fused / in-process fused", "serve fused", "in-process fused"),
+        ("serve fused / serve batched (split)", "serve fused", "serve batched"),
+    ]
     for c in sorted({r.concurrency for r in runs}):
         parts = []
-        b, u, a = by.get(("serve batched", c)), by.get(("serve unbatched", c)), by.get(("in-process batched", c))
-        f, fa = by.get(("serve fused", c)), by.get(("in-process fused", c))
-        if b and u:
-            parts.append(f"serve batched / unbatched = {b.throughput / u.throughput:.2f}x")
-        if b and a:
-            parts.append(f"serve batched / in-process = {b.throughput / a.throughput:.2f}x")
-        if u and a:
-            parts.append(f"serve unbatched / in-process = {u.throughput / a.throughput:.2f}x")
-        if f and fa:
-            parts.append(f"serve fused / in-process fused = {f.throughput / fa.throughput:.2f}x")
-        if f and b:
-            parts.append(f"serve fused / serve batched (split) = {f.throughput / b.throughput:.2f}x")
+        for label, top, bottom in pairs:
+            ratios = []
+            for round_runs in rounds:
+                got = {r.system: r for r in round_runs if r.concurrency == c}
+                if top in got and bottom in got:
+                    ratios.append(got[top].throughput / got[bottom].throughput)
+            if ratios:
+                spread = f" [{', '.join(f'{v:.2f}' for v in ratios)}]" if len(ratios) > 1 else ""
+                parts.append(f"{label} = {float(np.median(ratios)):.2f}x{spread}")
         print(f"  concurrency {c:>2}: " + "; ".join(parts))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=None, help="default: models/ when complete, else tiny random models")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(4, 2 x concurrency))")
-    parser.add_argument("--guide-kind", choices=("noisy", "clean"), default="noisy")
-    parser.add_argument("--no-fused", action="store_true", help="skip (d), the fused single-backbone app and its in-process counterpart")
-    parser.add_argument(
-        "--threads", type=int, default=os.cpu_count(),
-        help="torch threads of the in-process baseline (default: every core, as a user running one process would); "
-        "a one-thread in-process row is printed beside it",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu | cuda: where the in-process baseline runs")
-    parser.add_argument(
-        "--gpus-per-replica", type=float, default=0.0,
-        help="num_gpus of each model replica; e.g. 0.5 packs two replicas on one GPU",
-    )
-    parser.add_argument("--repeats", type=int, default=1, help="runs per system and level; the median-throughput run is reported")
-    parser.add_argument(
-        "--replica-threads", type=int, default=0,
-        help="torch threads of every model replica, batched and unbatched alike (default: the config's, 1 per replica)",
-    )
-    parser.add_argument(
-        "--cpu-by-process", action="store_true",
-        help="after each Serve run print the CPU seconds each process used (replicas, ingress, Ray's own) and the replicas' compute-thread CPU",
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    levels = [int(v) for v in args.concurrency.split(",")]
-
-    root = args.models_dir or default_models_dir()
-    tmp = None
-    if not all(ModelPaths(root=root).path(f).is_file() for f in REQUIRED):
-        if args.models_dir:
-            parser.error(f"{root} lacks one of the models the app loads")
-        tmp = tempfile.TemporaryDirectory(prefix="serve-bench-")
-        root = tiny_models(Path(tmp.name))
-        print(f"models: tiny random models ({root}); {default_models_dir()} is incomplete")
-    else:
-        print(f"models: {root.resolve()}")
-    models = ModelSet.load(ModelPaths(root=root), args.device)
-    count = lambda c: args.requests or max(4, 2 * c)  # noqa: E731
-    print(
-        f"steps={args.steps} (heun), guide={args.guide_kind}, concurrency={levels}, cpu cores={os.cpu_count()}, "
-        f"in-process torch threads={torch.get_num_threads()}, device={args.device}, gpus per replica={args.gpus_per_replica:g}, "
-        f"repeats={args.repeats} (median run)"
-    )
-    runs: list[Run] = []
-
-    def median_run(make) -> Run:
-        done = sorted((make() for _ in range(max(1, args.repeats))), key=lambda r: r.throughput)
-        return done[len(done) // 2]
-
-    sample_mels(models, args.guide_kind, torch.tensor([0]), DEFAULT_PROFILES[args.guide_kind].with_sampler(steps=2), make_noise(1, models.spec, 0))
-    for c in levels:
-        runs.append(median_run(lambda: bench_in_process(models, count(c), c, args.steps, args.guide_kind)))
+def in_process_round(args: argparse.Namespace, models: ModelSet, subnet: ModelSet | None, levels: list[int], count) -> list[Run]:
+    """(a) with every core, (a) held to one thread, and (d)'s in-process counterpart, each level once (no Ray running)."""
+    runs = [bench_in_process(models, count(c), c, args.steps, args.guide_kind) for c in levels]
     if args.threads != 1:
         torch.set_num_threads(1)
-        for c in levels:
-            runs.append(median_run(lambda: bench_in_process(models, count(c), c, args.steps, args.guide_kind, ONE_THREAD)))
+        runs += [bench_in_process(models, count(c), c, args.steps, args.guide_kind, ONE_THREAD) for c in levels]
         torch.set_num_threads(args.threads)
-    fused = not args.no_fused and ModelPaths(root=root).path("score_subnet").is_file()
-    if fused:  # (d) in-process: single-backbone provider (guided with its own backbone, the noisy profile)
-        subnet = ModelSet.from_score_subnet(ModelPaths(root=root).path("score_subnet"), args.device)
-        sample_mels(subnet, "noisy", torch.tensor([0]), DEFAULT_PROFILES["noisy"].with_sampler(steps=2), make_noise(1, subnet.spec, 0))
-        for c in levels:
-            runs.append(median_run(lambda: bench_in_process(subnet, count(c), c, args.steps, "noisy", "in-process fused")))
-    elif not args.no_fused:
-        print(f"(d) skipped: {ModelPaths(root=root).path('score_subnet')} not found")
-    forward_cost_per_row(models, subnet if fused else None)
+    if subnet is not None:  # (d) in-process: single-backbone provider (guided with its own backbone, the noisy profile)
+        runs += [bench_in_process(subnet, count(c), c, args.steps, "noisy", "in-process fused") for c in levels]
+    return runs
 
+
+def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, fused: bool) -> list[Run]:
+    """(b), (c) and (d) over HTTP on a private local Ray cluster, started and stopped within the round so
+    its processes do not run beside the in-process systems."""
     from ray import serve
 
     from serve.config import DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH
     from serve.launch import connect_ray, deploy, free_port, prepare_config
 
+    runs: list[Run] = []
     connect_ray(num_cpus=os.cpu_count())
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -400,17 +348,97 @@ def main(argv: list[str] | None = None) -> int:
                     run.guide_busy = guide["busy_s"] / run.wall_s
                 return run
 
-            for c in levels:
-                runs.append(median_run(lambda: one_run(c)))
+            runs += [one_run(c) for c in levels]
     finally:
         serve.shutdown()
         import ray
 
         ray.shutdown()
-        if tmp is not None:
-            tmp.cleanup()
+    return runs
+
+
+def median_runs(rounds: list[list[Run]]) -> list[Run]:
+    """Per system and level, the run of median throughput across the rounds (in the first round's order)."""
+    out = []
+    for first in rounds[0]:
+        same = sorted((r for runs in rounds for r in runs if (r.system, r.concurrency) == (first.system, first.concurrency)), key=lambda r: r.throughput)
+        out.append(same[len(same) // 2])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=None, help="default: models/ when complete, else tiny random models")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(4, 2 x concurrency))")
+    parser.add_argument("--guide-kind", choices=("noisy", "clean"), default="noisy")
+    parser.add_argument("--no-fused", action="store_true", help="skip (d), the fused single-backbone app and its in-process counterpart")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(),
+        help="torch threads of the in-process baseline (default: every core, as a user running one process would); "
+        "a one-thread in-process row is printed beside it",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu | cuda: where the in-process baseline runs")
+    parser.add_argument(
+        "--gpus-per-replica", type=float, default=0.0,
+        help="num_gpus of each model replica; e.g. 0.5 packs two replicas on one GPU",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1,
+        help="rounds; each runs every system once, back to back (the machine's speed drifts over minutes), and its ratios are "
+        "taken within the round; the median round ratio and the median-throughput run per system are reported",
+    )
+    parser.add_argument(
+        "--replica-threads", type=int, default=0,
+        help="torch threads of every model replica, batched and unbatched alike (default: the config's, 1 per replica)",
+    )
+    parser.add_argument(
+        "--cpu-by-process", action="store_true",
+        help="after each Serve run print the CPU seconds each process used (replicas, ingress, Ray's own) and the replicas' compute-thread CPU",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    levels = [int(v) for v in args.concurrency.split(",")]
+
+    root = args.models_dir or default_models_dir()
+    tmp = None
+    if not all(ModelPaths(root=root).path(f).is_file() for f in REQUIRED):
+        if args.models_dir:
+            parser.error(f"{root} lacks one of the models the app loads")
+        tmp = tempfile.TemporaryDirectory(prefix="serve-bench-")
+        root = tiny_models(Path(tmp.name))
+        print(f"models: tiny random models ({root}); {default_models_dir()} is incomplete")
+    else:
+        print(f"models: {root.resolve()}")
+    models = ModelSet.load(ModelPaths(root=root), args.device)
+    count = lambda c: args.requests or max(4, 2 * c)  # noqa: E731
+    print(
+        f"steps={args.steps} (heun), guide={args.guide_kind}, concurrency={levels}, cpu cores={os.cpu_count()}, "
+        f"in-process torch threads={torch.get_num_threads()}, device={args.device}, gpus per replica={args.gpus_per_replica:g}, "
+        f"rounds={args.repeats} (medians)"
+    )
+    fused = not args.no_fused and ModelPaths(root=root).path("score_subnet").is_file()
+    if not fused and not args.no_fused:
+        print(f"(d) skipped: {ModelPaths(root=root).path('score_subnet')} not found")
+    subnet = ModelSet.from_score_subnet(ModelPaths(root=root).path("score_subnet"), args.device) if fused else None
+    sample_mels(models, args.guide_kind, torch.tensor([0]), DEFAULT_PROFILES[args.guide_kind].with_sampler(steps=2), make_noise(1, models.spec, 0))
+    if subnet is not None:
+        sample_mels(subnet, "noisy", torch.tensor([0]), DEFAULT_PROFILES["noisy"].with_sampler(steps=2), make_noise(1, subnet.spec, 0))
+    forward_cost_per_row(models, subnet)
+
+    rounds: list[list[Run]] = []
+    for k in range(max(1, args.repeats)):
+        if args.repeats > 1:
+            print(f"round {k + 1} of {args.repeats}", flush=True)
+        runs = in_process_round(args, models, subnet, levels, count)
+        runs += serve_round(args, root, levels, count, fused)
+        rounds.append(runs)
+    if tmp is not None:
+        tmp.cleanup()
+    runs = median_runs(rounds)
     print()
-    report(runs, args.steps)
+    report(runs, args.steps, rounds)
     breakdown(runs, args.steps)
     print(
         "\nmeasured end to end (sampling + scores + vocoding with the app's vocoder); 'samp p50' is the sampling part alone "
