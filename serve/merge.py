@@ -62,6 +62,7 @@ class CallMerger(Generic[Item, Result]):
         self.freed = 0.0  # when a send last came back (items that waited for it then wait for its cohort)
         self.timer: Optional[asyncio.TimerHandle] = None
         self.in_flight = 0
+        self.items_in_flight = 0  # items of the sends in flight
         self.sends = 0
         self.items = 0
 
@@ -84,6 +85,8 @@ class CallMerger(Generic[Item, Result]):
         """Seconds still to wait for more items before sending (0: send now)."""
         if self.wait_s <= 0 or self.expected is None or len(self.pending) >= self._cohort_size():
             return 0.0
+        if len(self.pending) + self.items_in_flight >= self.expected():  # every caller is waiting or on its way: no one else will come
+            return 0.0
         return max(0.0, max(self.oldest, self.freed) + self.wait_s - time.monotonic())
 
     def _launch(self) -> None:
@@ -100,6 +103,7 @@ class CallMerger(Generic[Item, Result]):
             take, self.pending = self.pending[:size], self.pending[size:]
             self.oldest = time.monotonic()
             self.in_flight += 1
+            self.items_in_flight += len(take)
             loop.create_task(self._send(take))
 
     async def _send(self, take: list[tuple[Any, asyncio.Future]]) -> None:
@@ -120,5 +124,6 @@ class CallMerger(Generic[Item, Result]):
                 raise
         finally:
             self.in_flight -= 1
+            self.items_in_flight -= len(take)
             self.freed = time.monotonic()
             self._launch()

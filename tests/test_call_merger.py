@@ -4,6 +4,7 @@ and a failed send fails only the calls it carried."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -137,3 +138,20 @@ def test_cohorts_must_fit_the_sends_in_flight():
     with pytest.raises(ValueError, match="cannot exceed max_in_flight"):
         StepMerging(cohorts=3, max_in_flight=2)
     assert StepMerging().cohorts == 1
+
+
+def test_a_short_cohort_goes_at_once_when_every_caller_is_accounted_for():
+    """15 requests in 2 cohorts: sends of 8 and 7. Once the 7 are pending and the 8 are in flight, nobody else
+    can submit before an answer, so the 7 go at once instead of waiting wait_s at every step."""
+
+    async def main():
+        merger = CallMerger(lambda items: items, max_items=64, max_in_flight=2, wait_s=10.0, expected=lambda: 15, cohorts=2)
+        merger.freed = merger.oldest = time.monotonic()
+        merger.pending = [(i, None) for i in range(7)]
+        waiting_alone = merger._cohort_waiting()
+        merger.items_in_flight = 8
+        return waiting_alone, merger._cohort_waiting()
+
+    waiting_alone, waiting_with_the_rest_in_flight = asyncio.run(main())
+    assert waiting_alone > 9.0  # 8 callers unaccounted for: wait for them
+    assert waiting_with_the_rest_in_flight == 0.0
