@@ -75,7 +75,7 @@ class CallMerger(Generic[Item, Result]):
         return await future
 
     def _cohort_size(self) -> int:
-        """Items one send carries: an equal share of the expected callers per send in flight."""
+        """Items one send carries: an equal share of the expected callers per cohort."""
         if self.expected is None:
             return self.max_items
         share = -(-self.expected() // self.cohorts)
