@@ -38,7 +38,7 @@ demo: venv
 
 ## test: the test suite (slow end-to-end tests included).
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 ## bench: every benchmark; each prints ratios measured side by side in one run.
 bench: bench-vocoder bench-serve bench-overload bench-tune
