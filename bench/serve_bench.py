@@ -211,6 +211,14 @@ def _handle_stats(name: str, reset: bool = False) -> dict:
     return (handle.reset_stats if reset else handle.stats).remote().result(timeout_s=60)
 
 
+def _replica_counts(deployments: tuple[str, ...]) -> dict[str, int]:
+    """Running replicas of each model deployment of the app."""
+    from ray import serve
+
+    app = serve.status().applications["speechguide"]
+    return {d: app.deployments[d].replica_states.get("RUNNING", 0) for d in deployments}
+
+
 def breakdown(runs: list[Run], steps: int) -> None:
     """Where a Serve step's milliseconds go, and what a request costs around its sampling (medians).
 
@@ -233,11 +241,14 @@ def breakdown(runs: list[Run], steps: int) -> None:
         side_by_side = r.system in ("serve batched", "serve unbatched") and r.guide_kind == "noisy"
         step = med(r, "per_step")
         wait = med(r, "waiting_on_deployments") / steps
-        d = (r.denoiser_busy or 0.0) * step
-        c = (r.guide_busy or 0.0) * step
+        # None: the deployment ran several replicas, whose counters one handle call cannot gather
+        d = r.denoiser_busy * step if r.denoiser_busy is not None else None
+        c = r.guide_busy * step if r.guide_busy is not None else (0.0 if r.system == "serve fused" else None)
+        rest = max(wait - (max(d, c) if side_by_side else d + c), 0.0) if d is not None and c is not None else None
+        ms = lambda v, width: f"{'-':>{width}}" if v is None else f"{v:>{width}.1f}"  # noqa: E731
         http = float(np.median([t["client"] - t["total"] for t in r.timings]))
         print(
-            f"{r.system:<22}{r.concurrency:>5}{step:>9.1f}{d:>8.1f}{c:>8.1f}{step - wait:>9.1f}{max(wait - (max(d, c) if side_by_side else d + c), 0.0):>10.1f}  |"
+            f"{r.system:<22}{r.concurrency:>5}{step:>9.1f}{ms(d, 8)}{ms(c, 8)}{step - wait:>9.1f}{ms(rest, 10)}  |"
             f"{med(r, 'validate'):>7.1f}{med(r, 'scores'):>8.1f}{med(r, 'vocode'):>8.1f}{http:>7.1f}"
         )
 
@@ -338,11 +349,13 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
                 if args.cpu_by_process:
                     print_cpu_use(f"{name}, c = {c}", before, _cpu_by_process(), run.wall_s)
                     for d, st in stats.items():  # compute thread's CPU against its wall time: contention shows as the gap
-                        print(f"  {d}: forward wall {st['busy_s']:.2f} s, compute thread CPU {st['cpu_s']:.2f} s, replica process CPU {st['process_cpu_s']:.2f} s")
+                        print(f"  {d} (one replica): forward wall {st['busy_s']:.2f} s, compute thread CPU {st['cpu_s']:.2f} s, replica process CPU {st['process_cpu_s']:.2f} s")
+                replicas = _replica_counts(model_deps)
                 den = stats[model_deps[0]]
-                run.items_per_forward = den["mean_items_per_batch"]
-                run.denoiser_busy = den["busy_s"] / run.wall_s
-                if len(model_deps) > 1:
+                if replicas[model_deps[0]] == 1:  # one replica's counters describe the deployment only when it is the only one
+                    run.items_per_forward = den["mean_items_per_batch"]
+                    run.denoiser_busy = den["busy_s"] / run.wall_s
+                if len(model_deps) > 1 and replicas[model_deps[1]] == 1:
                     guide = stats[model_deps[1]]
                     run.guide_items_per_forward = guide["mean_items_per_batch"]
                     run.guide_busy = guide["busy_s"] / run.wall_s
