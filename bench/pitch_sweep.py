@@ -1,7 +1,7 @@
 """Small probes of the pitch guide's settings: pitch-only (or digit + pitch) samples towards the unguided
 median F0 -4 and +4 semitones, heard by pYIN. Each config is a JSON object: scale, lo, hi (the sigma
 window), optional objective (softmax | bce), digit (true: with the digit guide at its default profile),
-shifts (semitones, default [-4, 4]). reports/pitch/sweep.md holds the runs that set the default profile.
+shifts (semitones, default [-4, 4]), sampler overrides churn and steps, capacity (tiny | full), smoothing and smoothing_samples, through (the gradient through the denoiser: true). reports/pitch/sweep.md holds the runs that set the default profile.
 
     python bench/pitch_sweep.py N STEPS '[{"scale":0.5,"lo":1,"hi":16}]' [NOISE_SEED]
 """
@@ -20,7 +20,7 @@ from guidance.guides.pitch import PitchGuide
 from guidance.pitch_tracker import track
 n = int(sys.argv[1]); steps = int(sys.argv[2]); configs = json.loads(sys.argv[3]); seed = int(sys.argv[4]) if len(sys.argv) > 4 else 100
 models = ModelSet.load(ModelPaths(), "cpu")
-g = PitchGuide(models.spec, models.vocoder)
+guides = {"tiny": PitchGuide(models.spec, models.vocoder)}
 noise = make_noise(n, models.spec, seed)
 prof0 = DEFAULT_PROFILES["noisy"].with_sampler(steps=steps)
 mels = sample_mels(models, "none", {}, prof0, noise)
@@ -30,9 +30,13 @@ fin = [b for b in base if math.isfinite(b)]
 centre = statistics.median(fin)
 print("unguided", [round(b) if math.isfinite(b) else None for b in base], "median", round(centre, 1), flush=True)
 for cfg in configs:
+    capacity = cfg.get("capacity", "tiny")
+    g = guides.setdefault(capacity, guides.get(capacity) or PitchGuide(models.spec, models.vocoder, capacity))
     g.objective = cfg.get("objective", "softmax")
     digit = cfg.get("digit", False)
-    prof = prof0.model_copy(update={"per_guide": {"pitch": GuideSettings(scale=cfg["scale"], norm_scaling=True, sigma_lo=cfg["lo"], sigma_hi=cfg["hi"], schedule=cfg.get("schedule", "constant"))}})
+    sampler = {k: cfg[k] for k in ("churn", "steps") if k in cfg}
+    prof = prof0.with_sampler(**sampler) if sampler else prof0
+    prof = prof.model_copy(update={"per_guide": {"pitch": GuideSettings(scale=cfg["scale"], norm_scaling=True, sigma_lo=cfg["lo"], sigma_hi=cfg["hi"], schedule=cfg.get("schedule", "constant"), smoothing=cfg.get("smoothing", 0.0), smoothing_samples=cfg.get("smoothing_samples", 4), through_denoiser=cfg.get("through", False))}})
     res = []
     t0 = time.perf_counter()
     for k in cfg.get("shifts", [-4, 4]):
