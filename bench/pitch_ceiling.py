@@ -6,7 +6,7 @@ trip; a round trip is "kept" when pYIN hears it voiced with a median F0 within 1
 recording's. No model is sampled: this is the ceiling of any pitch guide on this front end and vocoder,
 and the share of guided samples that can be on target cannot exceed it by much.
 
-    python bench/pitch_ceiling.py [--clips 48] [--shifts -4,-2,0,2,4] [--json reports/pitch/ceiling.json]
+    python bench/pitch_ceiling.py [--clips 48] [--shifts -4,-2,0,2,4] [--vocoder FILE] [--json reports/pitch/ceiling.json]
 """
 
 from __future__ import annotations
@@ -33,21 +33,13 @@ def shifted(wave: torch.Tensor, rate: int, semitones: float) -> torch.Tensor:
     return torch.from_numpy(librosa.effects.pitch_shift(wave.numpy(), sr=rate, n_steps=semitones)).float()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clips", type=int, default=48, help="test clips, taken evenly across the split")
-    ap.add_argument("--shifts", default="-4,-2,0,2,4", help="semitones, comma-separated")
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    models = ModelSet.load(device="cpu")
+def ceiling(models: ModelSet, clips: list, shifts: list[float], say=print) -> dict[str, dict]:
+    """One row per shift: shares of recordings and round trips pYIN hears voiced, and of the voiced
+    recordings whose round trip stays within 1 semitone."""
     rate = models.spec.sample_rate
-    clips = fsdd_split(list_fsdd(resolve_fsdd_root()), "test")
-    clips = clips[:: max(1, len(clips) // args.clips)][: args.clips]
-    shifts = [float(s) for s in args.shifts.split(",")]
     rows: dict[str, dict] = {}
-    print("| shift st | recordings voiced | round trips voiced | kept (voiced, within 1 st) | median F0 of recordings Hz |")
-    print("|---|---|---|---|---|")
+    say("| shift st | recordings voiced | round trips voiced | kept (voiced, within 1 st) | median F0 of recordings Hz |")
+    say("|---|---|---|---|---|")
     for st in shifts:
         voiced = trip_voiced = kept = 0
         medians = []
@@ -64,10 +56,30 @@ def main() -> None:
                 if math.isfinite(heard.median_hz) and abs(12 * math.log2(heard_trip.median_hz / heard.median_hz)) <= 1:
                     kept += 1
         n = len(clips)
-        rows[f"{st:+g}"] = {"clips": n, "voiced": voiced / n, "round_trip_voiced": trip_voiced / n, "kept": kept / max(voiced, 1),
-                            "median_f0_hz": statistics.median(medians) if medians else None}
-        r = rows[f"{st:+g}"]
-        print(f"| {st:+g} | {r['voiced']:.2f} | {r['round_trip_voiced']:.2f} | {r['kept']:.2f} | {r['median_f0_hz'] or float('nan'):.1f} |", flush=True)
+        r = rows[f"{st:+g}"] = {
+            "clips": n, "voiced": voiced / n, "round_trip_voiced": trip_voiced / n, "kept": kept / max(voiced, 1),
+            "median_f0_hz": statistics.median(medians) if medians else None,
+        }
+        say(f"| {st:+g} | {r['voiced']:.2f} | {r['round_trip_voiced']:.2f} | {r['kept']:.2f} | {r['median_f0_hz'] or float('nan'):.1f} |")
+    return rows
+
+
+def test_clips(count: int) -> list:
+    clips = fsdd_split(list_fsdd(resolve_fsdd_root()), "test")
+    return clips[:: max(1, len(clips) // count)][:count]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=48, help="test clips, taken evenly across the split")
+    ap.add_argument("--shifts", default="-4,-2,0,2,4", help="semitones, comma-separated")
+    ap.add_argument("--vocoder", default="neural", help="neural (the committed one) or a vocoder model file")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    models = ModelSet.load(device="cpu", vocoder=args.vocoder)
+    clips = test_clips(args.clips)
+    rows = ceiling(models, clips, [float(s) for s in args.shifts.split(",")], lambda line: print(line, flush=True))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"clips": len(clips), "vocoder": models.vocoder.description, "shifts": rows}, indent=2))
