@@ -9,7 +9,9 @@
     of the c requests in flight), so the fused ratio compares like with like.
 
 The in-process baseline gets every core (`--threads`, default all); a second in-process row held to one
-thread is printed for reference. For each Serve system a breakdown says where each millisecond of a
+thread is printed for reference, and a third runs the layout Serve's model replicas have without Ray: one
+one-thread process per baseline thread, each sampling its share of the clients (the room Serve's own
+overheads have: a Serve system can at best match it). For each Serve system a breakdown says where each millisecond of a
 step goes (model compute, ingress step arithmetic, handle calls/serialisation/queueing) and what a
 request costs around its sampling (scores, vocoding, HTTP), from the app's own per-request timings and
 the model replicas' busy time in the same run.
@@ -48,6 +50,8 @@ BASELINE = {
     "serve batched": "in-process batched", "serve unbatched": "in-process batched", "serve fused": "in-process fused",
 }
 ONE_THREAD = "in-process batched, 1 thread"
+# The model replicas' layout without Ray: one 1-thread process per core, each sampling its share of the clients.
+PROCESSES = "in-process, 1-thread processes"
 
 
 @dataclass
@@ -99,14 +103,14 @@ def request(i: int, steps: int, kind: str) -> dict:
     return {"targets": [{"guide": "digit", "label": str(i % 10)}], "num_samples": 1, "seed": i, "steps": steps, "guide_kind": kind}
 
 
-def bench_in_process(models: ModelSet, n: int, c: int, steps: int, kind: str, name: str = "in-process batched") -> Run:
-    """c clients in one process: the c requests in flight are sampled as one batch."""
+def bench_in_process(models: ModelSet, n: int, c: int, steps: int, kind: str, name: str = "in-process batched", first: int = 0) -> Run:
+    """c clients in one process: the c requests in flight are sampled as one batch (requests first .. first + n - 1)."""
     profile = DEFAULT_PROFILES[kind].with_sampler(steps=steps)
     digit = models.guides[kind]
     run = Run(name, c, steps)
     t_start = time.perf_counter()
-    for start in range(0, n, c):
-        ids = list(range(start, min(start + c, n)))
+    for start in range(first, first + n, c):
+        ids = list(range(start, min(start + c, first + n)))
         t0 = time.perf_counter()
         labels = torch.tensor([i % 10 for i in ids])
         noise = torch.cat([make_noise(1, models.spec, i) for i in ids])
@@ -118,6 +122,41 @@ def bench_in_process(models: ModelSet, n: int, c: int, steps: int, kind: str, na
         run.latencies_ms += [(t2 - t0) * 1e3] * len(ids)
         run.sampling_ms += [(t1 - t0) * 1e3] * len(ids)
     run.wall_s = time.perf_counter() - t_start
+    return run
+
+
+def _process_share(root: str, device: str, n: int, c: int, first: int, steps: int, kind: str, barrier, results) -> None:
+    """One of `bench_in_processes`' processes: one torch thread, its share of the requests, started with the others."""
+    torch.set_num_threads(1)
+    models = ModelSet.load(ModelPaths(root=Path(root)), device)
+    bench_in_process(models, 1, 1, 2, kind)  # warm-up, outside the timing
+    barrier.wait()
+    run = bench_in_process(models, n, c, steps, kind, PROCESSES, first)
+    results.put((run.wall_s, run.latencies_ms, run.sampling_ms))
+
+
+def bench_in_processes(root: Path, device: str, processes: int, n: int, c: int, steps: int, kind: str) -> Run:
+    """The model replicas' layout without Ray: `processes` one-thread processes, each sampling its share of the
+    n requests with its share of the c clients, all started together; the throughput is n over the slowest."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    shares = [n // processes + (k < n % processes) for k in range(processes)]
+    starts = [sum(shares[:k]) for k in range(processes)]
+    workers = [
+        ctx.Process(target=_process_share, args=(str(root), device, share, max(1, c // processes), first, steps, kind, barrier, results))
+        for share, first in zip(shares, starts)
+    ]
+    for w in workers:
+        w.start()
+    got = [results.get(timeout=1800) for _ in workers]
+    for w in workers:
+        w.join()
+    run = Run(PROCESSES, c, steps, wall_s=max(wall for wall, _, _ in got))
+    for _, latencies, sampling in got:
+        run.latencies_ms += latencies
+        run.sampling_ms += sampling
     return run
 
 
@@ -276,6 +315,8 @@ def report(runs: list[Run], steps: int, rounds: list[list[Run]]) -> None:
     pairs = [
         ("serve batched / unbatched", "serve batched", "serve unbatched"),
         ("serve batched / in-process", "serve batched", "in-process batched"),
+        ("serve batched / in-process 1-thread processes", "serve batched", PROCESSES),
+        ("in-process 1-thread processes / in-process", PROCESSES, "in-process batched"),
         ("serve unbatched / in-process", "serve unbatched", "in-process batched"),
         ("serve fused / in-process fused", "serve fused", "in-process fused"),
         ("serve fused / serve batched (split)", "serve fused", "serve batched"),
@@ -294,13 +335,17 @@ def report(runs: list[Run], steps: int, rounds: list[list[Run]]) -> None:
         print(f"  concurrency {c:>2}: " + "; ".join(parts))
 
 
-def in_process_round(args: argparse.Namespace, models: ModelSet, subnet: ModelSet | None, levels: list[int], count) -> list[Run]:
-    """(a) with every core, (a) held to one thread, and (d)'s in-process counterpart, each level once (no Ray running)."""
+def in_process_round(args: argparse.Namespace, root: Path, models: ModelSet, subnet: ModelSet | None, levels: list[int], count) -> list[Run]:
+    """(a) with every core, (a) held to one thread, (a) as one-thread processes (one per baseline thread, at levels
+    with at least as many clients) and (d)'s in-process counterpart, each level once (no Ray running)."""
     runs = [bench_in_process(models, count(c), c, args.steps, args.guide_kind) for c in levels]
     if args.threads != 1:
         torch.set_num_threads(1)
         runs += [bench_in_process(models, count(c), c, args.steps, args.guide_kind, ONE_THREAD) for c in levels]
         torch.set_num_threads(args.threads)
+        runs += [  # as many one-thread processes as the baseline has threads: the replicas' layout, no Ray
+            bench_in_processes(root, args.device, args.threads, count(c), c, args.steps, args.guide_kind) for c in levels if c >= args.threads
+        ]
     if subnet is not None:  # (d) in-process: single-backbone provider (guided with its own backbone, the noisy profile)
         runs += [bench_in_process(subnet, count(c), c, args.steps, "noisy", "in-process fused") for c in levels]
     return runs
@@ -444,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(max(1, args.repeats)):
         if args.repeats > 1:
             print(f"round {k + 1} of {args.repeats}", flush=True)
-        runs = in_process_round(args, models, subnet, levels, count)
+        runs = in_process_round(args, root, models, subnet, levels, count)
         runs += serve_round(args, root, levels, count, fused)
         rounds.append(runs)
     if tmp is not None:
