@@ -336,16 +336,15 @@ def report(runs: list[Run], steps: int, rounds: list[list[Run]]) -> None:
 
 
 def in_process_round(args: argparse.Namespace, root: Path, models: ModelSet, subnet: ModelSet | None, levels: list[int], count) -> list[Run]:
-    """(a) with every core, (a) held to one thread, (a) as one-thread processes (one per baseline thread, at levels
-    with at least as many clients) and (d)'s in-process counterpart, each level once (no Ray running)."""
+    """(a) with every core, (a) held to one thread, (a) as one-thread processes (on CPU: one per baseline thread, at
+    levels with at least as many clients) and (d)'s in-process counterpart, each level once (no Ray running)."""
     runs = [bench_in_process(models, count(c), c, args.steps, args.guide_kind) for c in levels]
     if args.threads != 1:
         torch.set_num_threads(1)
         runs += [bench_in_process(models, count(c), c, args.steps, args.guide_kind, ONE_THREAD) for c in levels]
         torch.set_num_threads(args.threads)
-        runs += [  # as many one-thread processes as the baseline has threads: the replicas' layout, no Ray
-            bench_in_processes(root, args.device, args.threads, count(c), c, args.steps, args.guide_kind) for c in levels if c >= args.threads
-        ]
+        if args.device == "cpu":  # as many one-thread processes as the baseline has threads: the replicas' layout, no Ray
+            runs += [bench_in_processes(root, args.device, args.threads, count(c), c, args.steps, args.guide_kind) for c in levels if c >= args.threads]
     if subnet is not None:  # (d) in-process: single-backbone provider (guided with its own backbone, the noisy profile)
         runs += [bench_in_process(subnet, count(c), c, args.steps, "noisy", "in-process fused") for c in levels]
     return runs
