@@ -22,6 +22,7 @@ import torch
 from guidance.data import fsdd_split, list_fsdd, load_wave, resolve_fsdd_root
 from guidance.guides.pitch import log_mel_of
 from guidance.pipeline import ModelSet, vocode_finite
+from guidance.pitch_targets import PitchLine
 from guidance.pitch_tracker import track
 
 
@@ -37,14 +38,15 @@ def ceiling(models: ModelSet, clips: list, shifts: list[float], say=print) -> di
     """One row per shift: shares of recordings and round trips pYIN hears voiced, and of the voiced
     recordings whose round trip stays within 1 semitone."""
     rate = models.spec.sample_rate
+    recordings = [load_wave(clip.path, rate) for clip in clips]  # read once, shifted per row
     rows: dict[str, dict] = {}
     say("| shift st | recordings voiced | round trips voiced | kept (voiced, within 1 st) | median F0 of recordings Hz |")
     say("|---|---|---|---|---|")
     for st in shifts:
         voiced = trip_voiced = kept = 0
         medians = []
-        for clip in clips:
-            wave = shifted(load_wave(clip.path, rate), rate, st)
+        for recording in recordings:
+            wave = shifted(recording, rate, st)
             heard = track(wave, rate)
             trip, ok = vocode_finite(log_mel_of(wave[None], models.spec), models.vocoder)
             heard_trip = track(trip[0], rate) if bool(ok[0]) else None
@@ -53,7 +55,7 @@ def ceiling(models: ModelSet, clips: list, shifts: list[float], say=print) -> di
                 medians.append(heard.median_hz)
             if heard_trip is not None and math.isfinite(heard_trip.median_hz):
                 trip_voiced += 1
-                if math.isfinite(heard.median_hz) and abs(12 * math.log2(heard_trip.median_hz / heard.median_hz)) <= 1:
+                if math.isfinite(heard.median_hz) and heard_trip.error_semitones(PitchLine(heard.median_hz, heard.median_hz)) <= 1:
                     kept += 1
         n = len(clips)
         r = rows[f"{st:+g}"] = {

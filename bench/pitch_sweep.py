@@ -31,7 +31,9 @@ centre = statistics.median(fin)
 print("unguided", [round(b) if math.isfinite(b) else None for b in base], "median", round(centre, 1), flush=True)
 for cfg in configs:
     capacity = cfg.get("capacity", "tiny")
-    g = guides.setdefault(capacity, guides.get(capacity) or PitchGuide(models.spec, models.vocoder, capacity))
+    if capacity not in guides:
+        guides[capacity] = PitchGuide(models.spec, models.vocoder, capacity)
+    g = guides[capacity]
     g.objective = cfg.get("objective", "softmax")
     digit = cfg.get("digit", False)
     sampler = {k: cfg[k] for k in ("churn", "steps") if k in cfg}
