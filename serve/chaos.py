@@ -236,6 +236,16 @@ def kill_replica(deployment: str, app: str = "speechguide") -> Callable[[], str]
     return fault
 
 
+def kill_replicas(deployments: list[str], app: str = "speechguide") -> Callable[[], str]:
+    """A fault: one replica of each of `deployments` killed at the same moment (their replacements start side by side)."""
+    faults = [kill_replica(d, app) for d in deployments]
+
+    def fault() -> str:
+        return "; ".join(f() for f in faults)
+
+    return fault
+
+
 def kill_worker_node(state_dir: str, name: str) -> Callable[[], str]:
     """A fault: SIGKILL every process of worker node `name` of the local cluster (`speechguide cluster up`),
     raylet, workers and replicas at once, as a crashed machine; its keeper starts the node again."""

@@ -86,15 +86,14 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh tracking server for the module; MLFLOW_TRACKING_URI points at it while the module runs."""
-    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
-        old = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = url
-        try:
-            yield url
-        finally:
-            if old is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = old
+def mlflow_server_uri(shared_mlflow_server: str) -> Iterator[str]:
+    """The session's tracking server (conftest.shared_mlflow_server); MLFLOW_TRACKING_URI points at it while the module runs."""
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = shared_mlflow_server
+    try:
+        yield shared_mlflow_server
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old

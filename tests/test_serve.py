@@ -1,7 +1,7 @@
 """The Serve app as users meet it: a real local Ray cluster, the shipped config file, real HTTP.
 
-One module-scoped cluster runs the app from serve/config.yaml (tiny models, a free port, small
-ingress queues so that backpressure can be provoked); every test talks to it with httpx.
+The module deploys the app from serve/config.yaml on the Serve modules' shared local cluster (tiny models,
+a free port, small ingress queues so that backpressure can be provoked); every test talks to it with httpx.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from serve_app import free_port, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -29,18 +28,17 @@ INGRESS_ONGOING, INGRESS_QUEUED = 4, 4  # the proxy counts a burst as queued unt
 
 
 @pytest.fixture(scope="module")
-def metrics_port() -> int:
+def metrics_port(serve_cluster) -> int:
     """The cluster's Prometheus endpoint: http://127.0.0.1:PORT/metrics."""
-    return free_port()
+    return serve_cluster.start().metrics_port
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_models_dir, metrics_port):
+def app_url(serve_cluster, tiny_models_dir):
     from serve.config import DEFAULT_CONFIG_PATH
 
-    with running_app(
+    with serve_cluster.app(
         DEFAULT_CONFIG_PATH,
-        metrics_export_port=metrics_port,
         models_dir=tiny_models_dir,
         deployments={"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}},
     ) as url:
@@ -311,104 +309,6 @@ def _ingress_admission() -> dict:
     return serve.get_deployment_handle("SpeechIngress", app_name=APP).admission_stats.remote().result(timeout_s=30)
 
 
-API_TOKEN = "serve-test-" + "t0k3n" * 4
-
-
-@pytest.fixture(scope="class")
-def guarded_app(app_url, tiny_models_dir):
-    """The app redeployed once for the tests of the class below, then restored: a 10 s deadline and a throughput prior
-    of 10 units/s that is never re-measured (window_s 600), and an API token (args.auth.token)."""
-    from serve.config import DEFAULT_CONFIG_PATH
-    from serve.launch import deploy, prepare_config
-
-    port = int(app_url.rsplit(":", 1)[1])
-    overrides = {"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}}
-    admission = {"prior_units_per_s": 10, "window_s": 600, "safety_margin": 0.25}
-    try:
-        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides,
-                              args={"request_timeout_s": 10, "admission": admission, "auth": {"token": API_TOKEN}}))
-        deadline = time.monotonic() + 60
-        while _ingress_admission()["deadline_s"] != 10 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _ingress_admission()["deadline_s"] == 10
-        yield app_url
-    finally:
-        deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides))
-        deadline = time.monotonic() + 60
-        while httpx.get(app_url + "/v1/models", timeout=30).status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _ingress_admission()["deadline_s"] == 120
-
-
-class TestRedeployedWithATokenAndATightDeadline:
-    """Two tests on one redeploy of the app (`guarded_app`, restored when the class is done)."""
-
-    def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(self, guarded_app):
-        """A request of 4 samples x 8 Heun steps (60 units) fits only on an idle replica (10 units/s, 10 s deadline),
-        so a burst gets 503s with Retry-After at once while every admitted request samples to the end."""
-        app_url = guarded_app
-
-        async def timed(c: httpx.AsyncClient, i: int) -> tuple[httpx.Response, float]:
-            t0 = time.perf_counter()
-            r = await c.post("/v1/generate", json={**VALID, "num_samples": 4, "steps": 8, "seed": i})
-            return r, time.perf_counter() - t0
-
-        async def burst() -> list[tuple[httpx.Response, float]]:
-            async with httpx.AsyncClient(base_url=app_url, timeout=120, headers={"Authorization": f"Bearer {API_TOKEN}"}) as c:
-                return await asyncio.gather(*(timed(c, i) for i in range(INGRESS_ONGOING + INGRESS_QUEUED)))
-
-        results = asyncio.run(burst())
-        codes = [r.status_code for r, _ in results]
-        assert set(codes) <= {200, 503}, [r.text for r, _ in results]
-        admitted = [(r, s) for r, s in results if r.status_code == 200]
-        # 503s without JSON come from the proxy's queue limit (Ray's backpressure), not from admission.
-        refused = [(r, s) for r, s in results if r.status_code == 503 and "json" in r.headers.get("content-type", "")]
-        assert admitted and refused, [(r.status_code, r.text[:200], round(s, 2)) for r, s in results]
-        for r, _ in admitted:
-            assert len(r.json()["samples"]) == 4
-        for r, seconds in refused:
-            body = r.json()
-            assert body["detail"].startswith("over capacity") and body["admission"]["work_units"] == 60
-            assert 0 <= body["timings_ms"]["validate"] < 5000
-            assert int(r.headers["retry-after"]) >= 1
-            assert seconds < 5.0  # answered at once, not after sampling until the 10 s deadline
-        stats = _ingress_admission()
-        assert stats["refused"] >= len(refused) and stats["in_flight"] == 0
-
-
-    def test_bearer_token_guards_the_api_but_not_healthz(self, guarded_app, tmp_path, capsys, monkeypatch):
-        """With a token (args.auth.token): 401 + WWW-Authenticate without it or with a wrong one, /healthz
-        open; the Python client and `speechguide generate --url` send it from $SPEECHGUIDE_API_TOKEN."""
-        from cli_run import run_in_process
-        from serve.client import generate_remote
-
-        app_url = guarded_app
-        good = {"Authorization": f"Bearer {API_TOKEN}"}
-        with httpx.Client(base_url=app_url, timeout=120) as c:
-            for method, path in (("POST", "/v1/generate"), ("GET", "/v1/models")):
-                kwargs = {"json": VALID} if method == "POST" else {}
-                missing = c.request(method, path, **kwargs)
-                assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
-                assert missing.json()["detail"].startswith("missing bearer token")
-                wrong = c.request(method, path, headers={"Authorization": f"Bearer {API_TOKEN}x"}, **kwargs)
-                assert wrong.status_code == 401 and 'error="invalid_token"' in wrong.headers["www-authenticate"]
-                assert wrong.json()["detail"] == "invalid bearer token" and API_TOKEN not in wrong.text
-                assert c.request(method, path, headers=good, **kwargs).status_code == 200
-            assert c.get("/healthz").status_code == 200  # liveness stays open
-        assert len(generate_remote(app_url, VALID, timeout=120, token=API_TOKEN)["samples"]) == 1
-        with pytest.raises(ValueError, match="401"):
-            generate_remote(app_url, VALID, timeout=60)
-        # The command line in this process (test_cli_generate_through_the_app runs it as a process).
-        out = tmp_path / "remote"
-        args = ["generate", "--target", "digit=2", "--steps", "2", "--url", app_url, "--out", out]
-        code, err = run_in_process(args, capsys, monkeypatch, env={"SPEECHGUIDE_API_TOKEN": API_TOKEN})
-        assert code == 0, err
-        assert (out / "2_000.wav").is_file() and API_TOKEN not in (out / "manifest.json").read_text()
-        monkeypatch.delenv("SPEECHGUIDE_API_TOKEN")
-        code, err = run_in_process(args, capsys, monkeypatch)
-        assert code == 2 and "missing bearer token" in err and len(err.strip().splitlines()) == 1
-
-
 def test_killing_the_classifier_mid_request_ends_cleanly_and_the_app_recovers(app_url):
     import threading
 
@@ -583,20 +483,120 @@ def test_playground_page_generates_plays_and_draws_in_a_real_browser(app_url, br
     assert httpx.get(app_url + "/playground/__init__.py").status_code == 404  # only the page's own files are served
 
 
-# ---- chaos: a replica of each deployment killed under a steady load (serve/chaos.py, bench/chaos.py) ----
-# On this module's app, last: each case runs a few closed-loop clients, kills one replica mid-load and
-# checks that no request was lost (every one answered 200 or a clear JSON error) and that full service came back.
+# ---- chaos: a replica of every deployment killed under a steady load (serve/chaos.py, bench/chaos.py) ----
+# On this module's app: a few closed-loop clients, one replica of each deployment killed at the same moment mid-load
+# (their replacements start side by side; `make chaos` kills them one at a time, one row each), then no request may
+# be lost (every one answered 200 or a clear JSON error) and full service must come back.
 
 
-@pytest.mark.parametrize("deployment", ["Denoiser", "Classifier", "SpeechIngress"])
-def test_replica_killed_under_load_loses_no_request(app_url, deployment):
-    from serve.chaos import kill_replica, run_case, wait_healthy
+def test_a_replica_of_every_deployment_killed_under_load_loses_no_request(app_url):
+    from serve.chaos import kill_replicas, replica_actors, run_case, wait_healthy
 
+    deployments = ["Denoiser", "Classifier", "SpeechIngress"]
     wait_healthy()
-    result = run_case(f"kill {deployment}", app_url, kill_replica(deployment), clients=3, warmup_s=2, sustain_s=3)
+    before = {d: {name for name, _ in replica_actors(d)} for d in deployments}
+    result = run_case("kill every deployment", app_url, kill_replicas(deployments), clients=3, warmup_s=2, sustain_s=3)
     print(result.fault_note, result.row())
+    assert all(f"{APP}#{d}#" in result.fault_note for d in deployments), result.fault_note
     assert result.ok > 0
     assert result.lost == 0, result.examples("lost")
     assert result.recovery_s() is not None, (result.examples("failed"), result.examples("lost"))
     assert result.recovery_s() < 60
-    wait_healthy()  # the killed replica was replaced
+    wait_healthy()  # the killed replicas were replaced
+    for d in deployments:
+        assert {name for name, _ in replica_actors(d)} - before[d], f"no new {d} replica"
+
+
+# ---- the app redeployed with a token and a tight deadline: last, since it is not restored ----------------
+
+
+API_TOKEN = "serve-test-" + "t0k3n" * 4
+
+
+@pytest.fixture(scope="class")
+def guarded_app(app_url, tiny_models_dir):
+    """The app redeployed for the tests of the class below, the module's last (so nothing needs it restored): a 10 s
+    deadline and a throughput prior of 10 units/s that is never re-measured (window_s 600), and an API token
+    (args.auth.token)."""
+    from serve.config import DEFAULT_CONFIG_PATH
+    from serve.launch import deploy, prepare_config
+
+    port = int(app_url.rsplit(":", 1)[1])
+    overrides = {"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}}
+    admission = {"prior_units_per_s": 10, "window_s": 600, "safety_margin": 0.25}
+    deploy(prepare_config(DEFAULT_CONFIG_PATH, tiny_models_dir, port=port, deployments=overrides,
+                          args={"request_timeout_s": 10, "admission": admission, "auth": {"token": API_TOKEN}}))
+    deadline = time.monotonic() + 60
+    while _ingress_admission()["deadline_s"] != 10 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _ingress_admission()["deadline_s"] == 10
+    yield app_url
+
+
+class TestRedeployedWithATokenAndATightDeadline:
+    """Two tests on one redeploy of the app (`guarded_app`), last in the module."""
+
+    def test_admission_refuses_work_that_cannot_finish_and_the_admitted_requests_do(self, guarded_app):
+        """A request of 4 samples x 8 Heun steps (60 units) fits only on an idle replica (10 units/s, 10 s deadline),
+        so a burst gets 503s with Retry-After at once while every admitted request samples to the end."""
+        app_url = guarded_app
+
+        async def timed(c: httpx.AsyncClient, i: int) -> tuple[httpx.Response, float]:
+            t0 = time.perf_counter()
+            r = await c.post("/v1/generate", json={**VALID, "num_samples": 4, "steps": 8, "seed": i})
+            return r, time.perf_counter() - t0
+
+        async def burst() -> list[tuple[httpx.Response, float]]:
+            async with httpx.AsyncClient(base_url=app_url, timeout=120, headers={"Authorization": f"Bearer {API_TOKEN}"}) as c:
+                return await asyncio.gather(*(timed(c, i) for i in range(INGRESS_ONGOING + INGRESS_QUEUED)))
+
+        results = asyncio.run(burst())
+        codes = [r.status_code for r, _ in results]
+        assert set(codes) <= {200, 503}, [r.text for r, _ in results]
+        admitted = [(r, s) for r, s in results if r.status_code == 200]
+        # 503s without JSON come from the proxy's queue limit (Ray's backpressure), not from admission.
+        refused = [(r, s) for r, s in results if r.status_code == 503 and "json" in r.headers.get("content-type", "")]
+        assert admitted and refused, [(r.status_code, r.text[:200], round(s, 2)) for r, s in results]
+        for r, _ in admitted:
+            assert len(r.json()["samples"]) == 4
+        for r, seconds in refused:
+            body = r.json()
+            assert body["detail"].startswith("over capacity") and body["admission"]["work_units"] == 60
+            assert 0 <= body["timings_ms"]["validate"] < 5000
+            assert int(r.headers["retry-after"]) >= 1
+            assert seconds < 5.0  # answered at once, not after sampling until the 10 s deadline
+        stats = _ingress_admission()
+        assert stats["refused"] >= len(refused) and stats["in_flight"] == 0
+
+
+    def test_bearer_token_guards_the_api_but_not_healthz(self, guarded_app, tmp_path, capsys, monkeypatch):
+        """With a token (args.auth.token): 401 + WWW-Authenticate without it or with a wrong one, /healthz
+        open; the Python client and `speechguide generate --url` send it from $SPEECHGUIDE_API_TOKEN."""
+        from cli_run import run_in_process
+        from serve.client import generate_remote
+
+        app_url = guarded_app
+        good = {"Authorization": f"Bearer {API_TOKEN}"}
+        with httpx.Client(base_url=app_url, timeout=120) as c:
+            for method, path in (("POST", "/v1/generate"), ("GET", "/v1/models")):
+                kwargs = {"json": VALID} if method == "POST" else {}
+                missing = c.request(method, path, **kwargs)
+                assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
+                assert missing.json()["detail"].startswith("missing bearer token")
+                wrong = c.request(method, path, headers={"Authorization": f"Bearer {API_TOKEN}x"}, **kwargs)
+                assert wrong.status_code == 401 and 'error="invalid_token"' in wrong.headers["www-authenticate"]
+                assert wrong.json()["detail"] == "invalid bearer token" and API_TOKEN not in wrong.text
+                assert c.request(method, path, headers=good, **kwargs).status_code == 200
+            assert c.get("/healthz").status_code == 200  # liveness stays open
+        assert len(generate_remote(app_url, VALID, timeout=120, token=API_TOKEN)["samples"]) == 1
+        with pytest.raises(ValueError, match="401"):
+            generate_remote(app_url, VALID, timeout=60)
+        # The command line in this process (test_cli_generate_through_the_app runs it as a process).
+        out = tmp_path / "remote"
+        args = ["generate", "--target", "digit=2", "--steps", "2", "--url", app_url, "--out", out]
+        code, err = run_in_process(args, capsys, monkeypatch, env={"SPEECHGUIDE_API_TOKEN": API_TOKEN})
+        assert code == 0, err
+        assert (out / "2_000.wav").is_file() and API_TOKEN not in (out / "manifest.json").read_text()
+        monkeypatch.delenv("SPEECHGUIDE_API_TOKEN")
+        code, err = run_in_process(args, capsys, monkeypatch)
+        assert code == 2 and "missing bearer token" in err and len(err.strip().splitlines()) == 1
