@@ -5,8 +5,7 @@ Starting a 2-CPU Ray cluster, Serve's controller and proxy and shutting them dow
 on a 2-core machine; each module paid it. Now each module deploys its apps on the shared cluster
 (`SharedServeCluster.app`, the same `deploy` that `serve run CONFIG.yaml` goes through) and deletes them
 when it ends; conftest.py keeps the modules together and stops the cluster after the last one, before
-any other module starts a cluster of its own. `serve.launch.running_app` (a cluster per app) stays for the
-benches.
+any other module starts a cluster of its own. The benches start a cluster per app (`serve.launch.running_app`).
 """
 
 from __future__ import annotations
@@ -17,13 +16,13 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-from serve.launch import free_port, running_app
+from serve.launch import free_port
 
-__all__ = ["SharedServeCluster", "free_port", "running_app"]
+__all__ = ["SharedServeCluster"]
 
 # What the replicas of every module need in their environment: Ray's workers inherit the raylet's, that is the
-# driver's when the cluster started, not what a later module sets. No network for Hugging Face guides; the
-# registry's model cache in a temporary directory.
+# driver's when the cluster started, not what a later module sets. No network for Hugging Face guides (test_parity);
+# the registry's model cache (test_serve_registry) goes to a temporary directory of the cluster's own.
 WORKER_ENV = {"HF_HUB_OFFLINE": "1"}
 
 
