@@ -60,6 +60,10 @@ def test_evaluate_writes_report_plot_and_wavs(tmp_path, fsdd_root):
     assert report["judges"]["digit"]["test_accuracy"] >= 0.95
     assert (out / "spectrograms.png").stat().st_size > 1000 and (out / "report.md").exists()
     assert len(list((out / "wavs").rglob("*.wav"))) == 30
+    # --no-outside-judges leaves the outside ears out of both reports (tests/test_outside_eval.py runs them)
+    assert "outside_judges" not in report and all("outside" not in s for s in report["systems"])
+    md = (out / "report.md").read_text()
+    assert "outside ASR" not in md and "*real clips*" not in md and "What each judge hears" not in md
     assert default_models_dir().is_dir()
     import mlflow  # the report went to MLflow too, metrics and artifacts
 

@@ -104,16 +104,6 @@ def test_evaluate_reports_outside_figures_for_every_system_and_the_reference_row
     assert row.rstrip(" |").endswith(f"{judged['real']['dnsmos_ovrl']:.2f}")
 
 
-def test_evaluate_without_outside_judges_leaves_them_out(tiny_models_dir, tmp_path):
-    out = tmp_path / "eval"
-    r = run_cli(*EVAL_ARGS, "--no-outside-judges", "--out", str(out), "--models-dir", str(tiny_models_dir), env={"OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    assert "outside_judges" not in report and all("outside" not in s for s in report["systems"])
-    md = (out / "report.md").read_text()
-    assert "outside ASR" not in md and "*real clips*" not in md and "What each judge hears" not in md
-
-
 def test_evaluate_with_the_judges_missing_exits_2_in_one_line_before_sampling(tiny_models_dir, tmp_path):
     fake = tmp_path / "site"
     (fake / "pocketsphinx").mkdir(parents=True)

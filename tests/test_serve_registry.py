@@ -280,13 +280,16 @@ def test_registry_reloads_reach_the_prometheus_endpoint(client, metrics_port):
 
     from serve.metrics import EXPORTED
 
-    reported = client.get("/v1/models").json()["registry"]["reloads"]
-    assert reported >= 3  # two profile aliases at start-up, then the promotions above
-    exported, deadline = 0.0, time.monotonic() + 60  # Ray exports every few seconds
-    while exported != reported and time.monotonic() < deadline:
-        time.sleep(2)
+    deadline = time.monotonic() + 60  # Ray exports every few seconds
+    while True:
+        # Read both each time: the watch may still pick up a promotion of the tests above after a first reading.
+        reported = client.get("/v1/models").json()["registry"]["reloads"]
         text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         exported = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == EXPORTED["registry_reloads"])
+        if exported == reported or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert reported >= 3  # two profile aliases at start-up, then the promotions above
     assert exported == reported
 
 
