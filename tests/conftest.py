@@ -81,55 +81,6 @@ def shared_mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         yield url
 
 
-# ---- the Serve modules' shared Ray cluster (tests/serve_app.py) -------------------------------------------
-_SERVE_CLUSTER: list = []
-
-
-def _serve_cluster():
-    if not _SERVE_CLUSTER:
-        from serve_app import SharedServeCluster
-
-        _SERVE_CLUSTER.append(SharedServeCluster())
-    return _SERVE_CLUSTER[0]
-
-
-@pytest.fixture(scope="session")
-def serve_cluster():
-    """The shared local Ray cluster with Serve running (started on first use, stopped after its last module)."""
-    cluster = _serve_cluster()
-    yield cluster
-    cluster.stop()
-
-
-_SHARED_MODULES: set[Path] = set()  # the modules with a test on the shared cluster
-
-
-def _in_shared_module(item: pytest.Item | None) -> bool:
-    return item is not None and item.path in _SHARED_MODULES
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Whole modules on the shared cluster run one after another, from where the first of them is, so that the
-    cluster stops before another module starts Ray (a driver joins one cluster at a time)."""
-    _SHARED_MODULES.clear()
-    _SHARED_MODULES.update(i.path for i in items if "serve_cluster" in getattr(i, "fixturenames", ()))
-    shared = [i for i in items if _in_shared_module(i)]
-    if not shared:
-        return
-    first = items.index(shared[0])
-    rest = [i for i in items if not _in_shared_module(i)]
-    items[:] = rest[:first] + shared + rest[first:]
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
-    result = yield
-    if _in_shared_module(item) and not _in_shared_module(nextitem) and _SERVE_CLUSTER:
-        _SERVE_CLUSTER[0].stop()  # after the module's own teardown has deleted its apps
-    return result
-
-
 # ---- ending the test process ---------------------------------------------------------------------------
 # A fresh-clone `make test` (Dec 1) passed every test, printed its summary and then died with SIGSEGV while
 # the interpreter shut down: the kernel logged an instruction fetch from the heap in a native thread

@@ -86,9 +86,10 @@ def matrix_dir(tiny_models_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def app_url(serve_cluster, matrix_dir, tmp_path_factory):
-    """Both apps in one Serve config, deployed once on the Serve modules' shared cluster."""
+def app_url(matrix_dir, tmp_path_factory):
+    """Both apps in one Serve config, deployed once (the running_app starter, on a free port)."""
     from serve.config import DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH, load_config_file
+    from serve.launch import running_app
 
     split = load_config_file(DEFAULT_CONFIG_PATH)
     fused_app = copy.deepcopy(load_config_file(FUSED_CONFIG_PATH)["applications"][0])
@@ -103,8 +104,10 @@ def app_url(serve_cluster, matrix_dir, tmp_path_factory):
     split["applications"].append(fused_app)
     path = tmp_path_factory.mktemp("matrix-config") / "config.yaml"
     path.write_text(yaml.safe_dump(split))
-    with serve_cluster.app(path, models_dir=matrix_dir) as url:  # its replicas run with HF_HUB_OFFLINE=1
-        yield url
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")  # the replicas inherit it: no network for the Hugging Face guide
+        with running_app(path, models_dir=matrix_dir) as url:
+            yield url
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The Serve app as users meet it: a real local Ray cluster, the shipped config file, real HTTP.
 
-The module deploys the app from serve/config.yaml on the Serve modules' shared local cluster (tiny models,
-a free port, small ingress queues so that backpressure can be provoked); every test talks to it with httpx.
+One module-scoped cluster runs the app from serve/config.yaml (tiny models, a free port, small
+ingress queues so that backpressure can be provoked); every test talks to it with httpx.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from serve_app import free_port, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -28,17 +29,18 @@ INGRESS_ONGOING, INGRESS_QUEUED = 4, 4  # the proxy counts a burst as queued unt
 
 
 @pytest.fixture(scope="module")
-def metrics_port(serve_cluster) -> int:
+def metrics_port() -> int:
     """The cluster's Prometheus endpoint: http://127.0.0.1:PORT/metrics."""
-    return serve_cluster.start().metrics_port
+    return free_port()
 
 
 @pytest.fixture(scope="module")
-def app_url(serve_cluster, tiny_models_dir):
+def app_url(tiny_models_dir, metrics_port):
     from serve.config import DEFAULT_CONFIG_PATH
 
-    with serve_cluster.app(
+    with running_app(
         DEFAULT_CONFIG_PATH,
+        metrics_export_port=metrics_port,
         models_dir=tiny_models_dir,
         deployments={"SpeechIngress": {"max_ongoing_requests": INGRESS_ONGOING, "max_queued_requests": INGRESS_QUEUED}},
     ) as url:

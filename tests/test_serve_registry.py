@@ -26,6 +26,7 @@ import httpx
 import pytest
 import torch
 from mlflow_server import running_mlflow_server
+from serve_app import running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
 PROFILE = "speechguide-profile"
@@ -64,15 +65,18 @@ def mlflow_server_uri(mlflow_server) -> str:
 
 
 @pytest.fixture(scope="module")
-def metrics_port(serve_cluster) -> int:
-    return serve_cluster.start().metrics_port
+def metrics_port() -> int:
+    from serve_app import free_port
+
+    return free_port()
 
 
 @pytest.fixture(scope="module")
-def app_url(serve_cluster, mlflow_server_uri, tiny_models_dir):
+def app_url(mlflow_server_uri, tiny_models_dir, tmp_path_factory, metrics_port):
     from mlops.registry import promote, register_models_dir, register_profile
     from serve.config import DEFAULT_CONFIG_PATH
 
+    os.environ["SPEECHGUIDE_REGISTRY_CACHE"] = str(tmp_path_factory.mktemp("registry-cache"))  # replicas inherit it
     register_models_dir(tiny_models_dir, tracking_uri=mlflow_server_uri)
     register_profile(_profile("reg-one", steps=2, scale=2.0), PROFILE, {"objective": 0.1})
     promote(PROFILE, "candidate", "production", tracking_uri=mlflow_server_uri)
@@ -83,14 +87,18 @@ def app_url(serve_cluster, mlflow_server_uri, tiny_models_dir):
         "guides": {"clean": "classifier-clean@production"},
         "denoiser": "denoiser-unet@production",
     }
-    with serve_cluster.app(  # its replicas cache registry models in the cluster's own temporary directory
-        DEFAULT_CONFIG_PATH,
-        timeout_s=300,
-        models_dir=tiny_models_dir,
-        deployments={"SpeechIngress": {"max_ongoing_requests": 8, "max_queued_requests": 16}},
-        args={"registry": registry},
-    ) as url:
-        yield url
+    try:
+        with running_app(
+            DEFAULT_CONFIG_PATH,
+            timeout_s=300,
+            metrics_export_port=metrics_port,
+            models_dir=tiny_models_dir,
+            deployments={"SpeechIngress": {"max_ongoing_requests": 8, "max_queued_requests": 16}},
+            args={"registry": registry},
+        ) as url:
+            yield url
+    finally:
+        os.environ.pop("SPEECHGUIDE_REGISTRY_CACHE", None)
 
 
 @pytest.fixture(scope="module")
