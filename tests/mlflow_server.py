@@ -88,12 +88,6 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def mlflow_server_uri(shared_mlflow_server: str) -> Iterator[str]:
     """The session's tracking server (conftest.shared_mlflow_server); MLFLOW_TRACKING_URI points at it while the module runs."""
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = shared_mlflow_server
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", shared_mlflow_server)
         yield shared_mlflow_server
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
