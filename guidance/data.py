@@ -24,6 +24,7 @@ import torch
 import torchaudio
 
 from guidance.features import FeatureSpec, GriffinLimVocoder, LogMel, Vocoder, fit_length
+from guidance.files import private_temp_path
 
 DIGITS = [str(d) for d in range(10)]
 FSDD_SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
@@ -165,7 +166,7 @@ def _cached(cache: Path, compute) -> FeatureSet:
         return FeatureSet(**torch.load(cache, weights_only=True))
     fs = compute()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = private_temp_path(cache)
     torch.save(dict(mels=fs.mels, digits=fs.digits, speakers=fs.speakers, takes=fs.takes), tmp)
     tmp.replace(cache)
     return fs

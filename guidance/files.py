@@ -1,8 +1,11 @@
-"""Files on disk: the one content hash the project uses for model files, weights and references."""
+"""Files on disk: the one content hash the project uses for model files, weights and references, and the
+private temporary name a shared cache file is written under before its rename."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from pathlib import Path
 from typing import Union
 
@@ -18,3 +21,13 @@ def file_sha256(path: Union[str, Path]) -> str:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def private_temp_path(path: Union[str, Path]) -> Path:
+    """A temporary name beside `path` that no other process or thread picks.
+
+    Caches are filled by whichever process needs them first; several can do so at once (parallel test
+    workers, Tune trials, Serve replicas). Each writes its own temporary file and renames it over `path`, so a
+    reader sees one whole file, never two writers' bytes interleaved in one shared temporary."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")

@@ -8,6 +8,7 @@ from functools import lru_cache
 
 from guidance.data import feature_cache_path, fit_normalization, fsdd_split, list_fsdd, resolve_fsdd_root
 from guidance.features import FeatureSpec
+from guidance.files import private_temp_path
 
 
 @lru_cache(maxsize=4)
@@ -23,7 +24,7 @@ def project_spec(root: str | os.PathLike | None = None) -> FeatureSpec:
         return FeatureSpec.from_dict(json.loads(cache.read_text()))
     spec = fit_normalization(clips, FeatureSpec())
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = private_temp_path(cache)
     tmp.write_text(spec.to_json())
     tmp.replace(cache)
     return spec
