@@ -36,9 +36,11 @@ demo: venv
 	$(SG) evaluate --per-class 5 --steps 10 --out $(DEMO_OUT)/eval $(DOWNLOAD)
 	@echo "demo written to $(DEMO_OUT)/ (WAVs in $(DEMO_OUT)/wavs, summary in $(DEMO_OUT)/eval/report.md)"
 
-## test: the test suite (slow end-to-end tests included).
+## test: the test suite (slow end-to-end tests included), on TEST_WORKERS parallel workers: the modules that
+## start a Ray cluster run one after another on one worker, the rest beside them (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 ## bench: every benchmark; each prints ratios measured side by side in one run.
 bench: bench-vocoder bench-serve bench-overload bench-tune

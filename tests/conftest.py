@@ -34,7 +34,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # The Serve apps tests start are open on loopback unless a test gives them a token; one from the
     # developer's shell would otherwise reach their replicas (a local cluster inherits the environment).
     os.environ.pop("SPEECHGUIDE_API_TOKEN", None)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # Under parallel workers (`make test`) each in-process torch gets one thread of the shared cores.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(1 if workers > 1 else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +81,42 @@ def shared_mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 
     with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
         yield url
+
+
+# ---- parallel workers ------------------------------------------------------------------------------------
+# `make test` runs pytest-xdist. The modules that start a real Ray cluster (Serve apps, Tune sweeps, the
+# three-node cluster) are one unit of work: one worker runs them one after another, as a serial run does, so
+# two clusters never compete for the cores or share a machine-wide resource; every other module is a unit of
+# its own and runs on the other workers meanwhile. A serial run spends much of its Ray time waiting (a profile
+# of test_serve.py alone: the machine's two cores 63% busy), which the other modules fill. The Ray unit is
+# collected first so that it starts at once: it is the longest.
+RAY_CLUSTER_MODULES = frozenset(
+    {"test_cluster_local.py", "test_parity.py", "test_serve.py", "test_serve_registry.py", "test_tune.py"}
+)
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit a test is scheduled with: "ray-cluster" for the Ray modules, else its module."""
+    module = nodeid.split("::", 1)[0]
+    return "ray-cluster" if Path(module).name in RAY_CLUSTER_MODULES else module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in RAY_CLUSTER_MODULES)  # stable: each module keeps its order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Whole units to each worker, in collection order (xdist's `loadgroup` would do it with markers, but
+    pytest 9.2 no longer reads the node id it rewrites)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayClusterModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False
+    return RayClusterModulesTogether(config, log)
 
 
 # ---- ending the test process ---------------------------------------------------------------------------
