@@ -122,6 +122,12 @@ def systems(recording: torch.Tensor, models: ModelSet, stft: Stft) -> dict[str, 
     }
 
 
+ROW_ORDER = (
+    "recording", "neural round trip", "vocoder magnitude + true phase", "true magnitude + vocoder phase",
+    "vocoder magnitude + pulse phase, pYIN F0 of the recording", "vocoder magnitude + pulse phase, SHS F0 of that magnitude",
+)  # the keys of `systems`, in print order
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=48, help="test clips, taken evenly across the split")
@@ -148,11 +154,6 @@ def main() -> None:
         for name in ROW_ORDER:
             print(f"| {st:+g} | {name} | {voiced.get(name, 0) / len(clips):.2f} | {within.get(name, 0) / len(clips):.2f} |", flush=True)
 
-
-ROW_ORDER = (
-    "recording", "neural round trip", "vocoder magnitude + true phase", "true magnitude + vocoder phase",
-    "vocoder magnitude + pulse phase, pYIN F0 of the recording", "vocoder magnitude + pulse phase, SHS F0 of that magnitude",
-)
 
 if __name__ == "__main__":
     main()
