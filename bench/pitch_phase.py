@@ -18,14 +18,14 @@ import math
 
 import numpy as np
 import torch
-import torchaudio
 
 from guidance.data import load_wave
 from guidance.features import fit_length
 from guidance.guides.pitch import log_mel_of
 from guidance.pipeline import ModelSet
 from guidance.pitch_targets import PITCH_MAX_HZ, PITCH_MIN_HZ
-from guidance.pitch_tracker import TRACKER_FRAME, TRACKER_HOP_S, TRACKER_RATE, track
+from guidance.output_level import OUTPUT_PEAK
+from guidance.pitch_tracker import TRACKER_HOP_S, at_tracker_rate, pyin_contour, track
 from pitch_ceiling import shifted, test_clips
 
 SHS_HARMONICS = 8  # harmonics summed per F0 candidate (below SHS_TOP_HZ)
@@ -53,13 +53,7 @@ class Stft:
 
 def pyin_track(wave: torch.Tensor, rate: int) -> tuple[np.ndarray, np.ndarray]:
     """pYIN's F0 (Hz, 0 where unvoiced) and voiced flags on the tracker's 10 ms grid."""
-    import librosa
-
-    x = torchaudio.functional.resample(wave, rate, TRACKER_RATE).numpy()
-    f0, voiced, _ = librosa.pyin(
-        x, fmin=PITCH_MIN_HZ, fmax=PITCH_MAX_HZ, sr=TRACKER_RATE, frame_length=TRACKER_FRAME,
-        hop_length=int(TRACKER_HOP_S * TRACKER_RATE), center=True,
-    )
+    f0, voiced = pyin_contour(at_tracker_rate(wave, rate))
     return np.nan_to_num(f0), voiced
 
 
@@ -105,7 +99,7 @@ def pulse_phase(spectrum: torch.Tensor, f0: np.ndarray, voiced: np.ndarray, stft
 
 
 def peak_normalized(wave: torch.Tensor) -> torch.Tensor:
-    return wave / (wave.abs().max() + 1e-9) * 0.9
+    return wave / (wave.abs().max() + 1e-9) * OUTPUT_PEAK
 
 
 def systems(recording: torch.Tensor, models: ModelSet, stft: Stft) -> dict[str, torch.Tensor]:

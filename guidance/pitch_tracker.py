@@ -38,22 +38,34 @@ class HeardPitch:
         return abs(12.0 * math.log2(self.median_hz / line.median_hz))
 
 
-def track(wave: torch.Tensor, sample_rate: int) -> HeardPitch:
-    """pYIN over one waveform (samples,), restricted to its speech frames."""
-    import librosa
-
-    from guidance.guides.pitch import energy_gate, frame_audio
-
+def at_tracker_rate(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """One waveform (samples,) as a float CPU tensor at the tracker's rate."""
     wave = wave.detach().float().reshape(-1).cpu()
     if sample_rate != TRACKER_RATE:
         import torchaudio
 
         wave = torchaudio.functional.resample(wave, sample_rate, TRACKER_RATE)
-    hop = int(TRACKER_HOP_S * TRACKER_RATE)
+    return wave
+
+
+def pyin_contour(wave: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """pYIN's F0 (Hz, NaN where unvoiced) and voiced flags every TRACKER_HOP_S, of a wave at TRACKER_RATE."""
+    import librosa
+
     f0, voiced, _ = librosa.pyin(
-        wave.numpy(), fmin=PITCH_MIN_HZ, fmax=PITCH_MAX_HZ, sr=TRACKER_RATE, frame_length=TRACKER_FRAME, hop_length=hop, center=True
+        wave.numpy(), fmin=PITCH_MIN_HZ, fmax=PITCH_MAX_HZ, sr=TRACKER_RATE, frame_length=TRACKER_FRAME,
+        hop_length=int(TRACKER_HOP_S * TRACKER_RATE), center=True,
     )
-    gate = energy_gate(frame_audio(wave[None], hop))[0].numpy()
+    return f0, voiced
+
+
+def track(wave: torch.Tensor, sample_rate: int) -> HeardPitch:
+    """pYIN over one waveform (samples,), restricted to its speech frames."""
+    from guidance.guides.pitch import energy_gate, frame_audio
+
+    wave = at_tracker_rate(wave, sample_rate)
+    f0, voiced = pyin_contour(wave)
+    gate = energy_gate(frame_audio(wave[None], int(TRACKER_HOP_S * TRACKER_RATE)))[0].numpy()
     n = min(len(f0), len(gate))
     f0, voiced, gate = f0[:n], voiced[:n] & gate[:n], gate[:n]
     speech = max(int(gate.sum()), 1)

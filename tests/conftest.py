@@ -102,7 +102,7 @@ def work_unit(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.path.name not in RAY_CLUSTER_MODULES)  # stable: each module keeps its order
+    items.sort(key=lambda item: work_unit(item.nodeid) != "ray-cluster")  # stable: each module keeps its order
 
 
 @pytest.hookimpl(optionalhook=True)
