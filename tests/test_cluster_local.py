@@ -37,6 +37,15 @@ def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, "cluster", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _node_log_tails(state_dir: Path, lines: int = 25) -> str:
+    """The end of every node's log: `down` removes them, and a failed `up` is diagnosed from them."""
+    tails = []
+    for log in sorted(Path(state_dir).glob("node-*.log")):
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        tails.append(f"\n--- {log.name} (last {len(text)} lines) ---\n" + "\n".join(text))
+    return "".join(tails)
+
+
 @pytest.fixture(scope="module")
 def local_cluster():
     """(gcs address, state dir) of a fresh three-node cluster; down in the finalizer, whatever happened."""
@@ -46,7 +55,7 @@ def local_cluster():
     state_dir = default_state_dir(port)
     try:
         up = _cli("up", "--port", str(port))
-        assert up.returncode == 0, up.stdout + up.stderr
+        assert up.returncode == 0, up.stdout + up.stderr + _node_log_tails(state_dir)
         state = ClusterState.load(state_dir)
         assert state is not None and [n.name for n in state.nodes] == ["head", "denoiser", "classifier"]
         yield state

@@ -311,6 +311,11 @@ def _ingress_admission() -> dict:
     return serve.get_deployment_handle("SpeechIngress", app_name=APP).admission_stats.remote().result(timeout_s=30)
 
 
+# Serve starts a replacement replica (a new process importing torch and loading the model): 35 s in an
+# official CI run on two cores shared with the other test worker (Dec 1).
+RECOVERY_WINDOW_S = 60
+
+
 def test_killing_the_classifier_mid_request_ends_cleanly_and_the_app_recovers(app_url):
     import threading
 
@@ -343,7 +348,7 @@ def test_killing_the_classifier_mid_request_ends_cleanly_and_the_app_recovers(ap
         assert r.json()["detail"] and "retry-after" in r.headers
 
     recovered = None
-    while time.monotonic() - killed_at < 30:
+    while time.monotonic() - killed_at < RECOVERY_WINDOW_S:
         try:
             probe = httpx.post(app_url + "/v1/generate", json=VALID, timeout=20)
             if probe.status_code == 200:
@@ -352,7 +357,7 @@ def test_killing_the_classifier_mid_request_ends_cleanly_and_the_app_recovers(ap
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    assert recovered is not None, "the app did not serve again within 30 s of the kill"
+    assert recovered is not None, f"the app did not serve again within {RECOVERY_WINDOW_S} s of the kill"
     new = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#Classifier#" in a["name"]]
     assert new and new != [replicas[0]["name"]]
 
