@@ -252,6 +252,35 @@ def test_down_never_ends_a_process_it_did_not_start(tmp_path):
         other.wait()
 
 
+def test_a_worker_that_does_not_start_is_ended_and_started_again(tmp_path):
+    """`up` on a worker whose first `ray start` hangs (stand-in commands): that attempt's whole session is
+    killed, the node is started again and recorded once; a head that hangs is not retried."""
+    from cluster.local.nodes import RETRY_LINE, ClusterState, NodeSpec, _session_members, _start_node
+
+    pid_file = tmp_path / "hung.pid"
+    hang = ["sh", "-c", f"echo $$ > {pid_file}; sleep 60 & exec sleep 60"]  # a child too: the whole session must go
+    starts = ["sh", "-c", "echo 'Ray runtime started.'; exec sleep 60"]
+    commands = iter([hang, starts])
+    state = ClusterState("127.0.0.1:6391", "", str(tmp_path), [])
+    worker = NodeSpec("denoiser", 1, {"denoiser_node": 1})
+    try:
+        _start_node(state, tmp_path, worker, lambda: next(commands), tmp_path, timeout_s=1.0, attempts=2)
+        hung_pid = int(pid_file.read_text())
+        assert [n.name for n in ClusterState.load(tmp_path).nodes] == ["denoiser"]
+        assert state.nodes[0].pid != hung_pid and state.nodes[0].command == starts
+        assert not _session_members(hung_pid)
+        assert RETRY_LINE in (tmp_path / "node-denoiser.log").read_text()
+
+        head = NodeSpec("head", 1, {"head_node": 1}, head=True)
+        with pytest.raises(TimeoutError, match="not started after 1 s"):
+            _start_node(state, tmp_path, head, lambda: hang, tmp_path, timeout_s=1.0, attempts=2)
+        assert [n.name for n in state.nodes] == ["denoiser", "head"]  # recorded: `down` ends it
+    finally:
+        for record in state.nodes:
+            for pid in _session_members(record.pid):
+                os.kill(pid, 9)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["up", "--port", "80"], "--port must be between 1024 and 65535"),
     (["up", "--worker-cpus", "0"], "--worker-cpus must be at least 1"),

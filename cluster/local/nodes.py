@@ -24,11 +24,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 DEFAULT_GCS_PORT = 6391  # not Ray's 6379: a `ray start --head` with defaults elsewhere never meets this one
 HOST = "127.0.0.1"
 STATE_FILE = "cluster.json"
+RETRY_LINE = "speechguide cluster up: starting this node again"
 
 
 @dataclass(frozen=True)
@@ -237,13 +238,16 @@ def up(
     nodes: Optional[list[NodeSpec]] = None,
     object_store_mb: int = 150,
     dashboard: bool = True,
-    timeout_s: float = 120.0,
+    timeout_s: float = 60.0,
     cwd: Optional[Path] = None,
+    start_attempts: int = 2,
 ) -> ClusterState:
     """Start the head, then the workers; wait until every node is alive in the GCS.
 
-    A second `up` while the recorded cluster runs fails rather than adopting processes it did not
-    start; if any node fails to start, the ones already started are stopped again.
+    A worker that has not started after `timeout_s` (about 5 s on an idle 2-core machine) is ended and
+    started again, up to `start_attempts` times. A second `up` while the recorded cluster runs fails
+    rather than adopting processes it did not start; if any node fails to start, the ones already
+    started are stopped again.
     """
     state_dir = Path(state_dir or default_state_dir(gcs_port))
     nodes = nodes or default_nodes()
@@ -268,15 +272,13 @@ def up(
     object_store = object_store_mb * 2**20
     try:
         for index, spec in enumerate(nodes):
-            cmd = kept(spec, start_command(spec, index, gcs_port, state_dir, object_store, dashboard_port))
-            log_path = state_dir / f"node-{spec.name}.log"
-            log_path.write_bytes(b"")
-            proc = _spawn(cmd, log_path, cwd)
-            state.nodes.append(NodeRecord(spec.name, proc.pid, cmd, str(log_path), dict(spec.resources)))
-            state.save(state_dir)  # recorded at once: `down` can end it even if `up` fails below
-            # One at a time: nodes on one host pick socket names (plasma_store.N) by looking at
-            # which exist, and two raylets starting together pick the same name.
-            _wait_started(proc, log_path, timeout_s)
+            # One at a time: nodes on one host pick socket names (plasma_store.N) by looking at which
+            # exist, and two raylets starting together pick the same name. Fresh ports on every attempt.
+            _start_node(
+                state, state_dir, spec,
+                lambda: kept(spec, start_command(spec, index, gcs_port, state_dir, object_store, dashboard_port)),
+                cwd, timeout_s, start_attempts,
+            )
         wait_nodes_alive(state, len(nodes), timeout_s)
     except BaseException:
         down(state_dir)
@@ -298,6 +300,38 @@ def alive_nodes(gcs_address: str) -> list[dict]:
     return out
 
 
+def _start_node(
+    state: ClusterState,
+    state_dir: Path,
+    spec: NodeSpec,
+    make_command: Callable[[], list[str]],
+    cwd: Path,
+    timeout_s: float,
+    attempts: int,
+) -> None:
+    """Start one node and wait for its `ray start` to report; a worker that does not is ended and
+    started again (a worker's `ray start` can wait on the GCS without end: Ray retries its first queries
+    forever). Every attempt is recorded in `state` at once, so that `down` can end it whatever happens."""
+    log_path = state_dir / f"node-{spec.name}.log"
+    log_path.write_bytes(b"")
+    for attempt in range(1, attempts + 1):
+        cmd = make_command()
+        proc = _spawn(cmd, log_path, cwd)
+        state.nodes.append(NodeRecord(spec.name, proc.pid, cmd, str(log_path), dict(spec.resources)))
+        state.save(state_dir)
+        try:
+            _wait_started(proc, log_path, timeout_s)
+            return
+        except TimeoutError:
+            if spec.head or attempt == attempts:
+                raise
+        _end_attempt(proc)
+        state.nodes.pop()
+        state.save(state_dir)
+        with open(log_path, "a") as log:
+            log.write(f"\n{RETRY_LINE}: not started after {timeout_s:.0f} s (attempt {attempt} of {attempts})\n")
+
+
 def wait_nodes_alive(state: ClusterState, count: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     seen: list = []
@@ -312,6 +346,19 @@ def wait_nodes_alive(state: ClusterState, count: int, timeout_s: float) -> None:
     raise TimeoutError(f"{len(seen)} of {count} nodes alive after {timeout_s:.0f} s")
 
 
+def _end_attempt(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of one node attempt (its session: keeper, `ray start` and their children)."""
+    for pid in _session_members(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -323,7 +370,7 @@ def _alive(pid: int) -> bool:
 
 
 def _session_members(sid: int) -> list[int]:
-    """PIDs in session `sid` (Linux /proc). A node's `ray start` leads its own session, and every
+    """Live PIDs in session `sid` (Linux /proc). A node's `ray start` leads its own session, and every
     process of that node stays in it, including Ray workers, which move to process groups of
     their own but keep the session."""
     members = []
@@ -335,7 +382,7 @@ def _session_members(sid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 3 and int(fields[3]) == sid:
+        if len(fields) > 3 and int(fields[3]) == sid and fields[0] != "Z":  # a zombie has ended already
             members.append(int(entry.name))
     return members
 
