@@ -220,10 +220,12 @@ def _spawn(cmd: list[str], log_path: Path, cwd: Path) -> subprocess.Popen:
         log.close()
 
 
-def _wait_started(proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+def _wait_started(proc: subprocess.Popen, log_path: Path, timeout_s: float, offset: int = 0) -> None:
+    """Wait for `ray start`'s success line in its log, after byte `offset` (an earlier attempt's lines
+    come before it)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if "Ray runtime started" in log_path.read_text(errors="replace"):
+        if b"Ray runtime started" in log_path.read_bytes()[offset:]:
             return
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-1500:]
@@ -316,11 +318,12 @@ def _start_node(
     log_path.write_bytes(b"")
     for attempt in range(1, attempts + 1):
         cmd = make_command()
+        offset = log_path.stat().st_size
         proc = _spawn(cmd, log_path, cwd)
         state.nodes.append(NodeRecord(spec.name, proc.pid, cmd, str(log_path), dict(spec.resources)))
         state.save(state_dir)
         try:
-            _wait_started(proc, log_path, timeout_s)
+            _wait_started(proc, log_path, timeout_s, offset)
             return
         except TimeoutError:
             if spec.head or attempt == attempts:
