@@ -31,10 +31,12 @@ from torch import nn
 
 from guidance.data import fsdd_split, list_fsdd, load_wave, load_waves, resolve_fsdd_root
 from guidance.features import LogMel, fit_length
-from guidance.output_level import OUTPUT_PEAK, finish_wave
+from guidance.output_level import finish_wave
 from guidance.pipeline import ModelSet
 from guidance.pitch_tracker import at_tracker_rate, pyin_contour, track
+from guidance.vocoders import vocode_batched
 from pitch_ceiling import shifted, test_clips
+from pitch_phase import peak_normalized
 
 HEAD_BINS = 144  # quarter-semitone bins from HEAD_FMIN: 50 Hz .. 50 * 2 ** (143 / 48) = 394 Hz
 HEAD_FMIN = 50.0
@@ -154,7 +156,7 @@ def pitch_rows(models: ModelSet, harmonic: HarmonicRendering, clips: list, shift
         within = dict(voiced)
         for clip in clips:
             recording = fit_length(shifted(load_wave(clip.path, rate), rate, st), models.spec.num_samples)
-            reference = track(recording / (recording.abs().max() + 1e-9) * OUTPUT_PEAK, rate).median_hz
+            reference = track(peak_normalized(recording), rate).median_hz
             mels = front(recording[None])
             with torch.no_grad():
                 ways = {"neural round trip": models.vocoder(mels)[0], "harmonic (F0 head)": finish_wave(harmonic(mels), rate)[0]}
@@ -177,8 +179,8 @@ def judge_rows(models: ModelSet, harmonic: HarmonicRendering, every: int, say=pr
     with torch.no_grad():
         ways = {
             "recordings": waves,
-            "neural round trip": torch.cat([models.vocoder(mels[i:i + 32]) for i in range(0, len(mels), 32)]),
-            "harmonic (F0 head)": torch.cat([finish_wave(harmonic(mels[i:i + 32]), rate) for i in range(0, len(mels), 32)]),
+            "neural round trip": vocode_batched(models.vocoder, mels),
+            "harmonic (F0 head)": finish_wave(harmonic(mels), rate),
         }
     say(f"\n{len(clips)} validation clips (1 in {every})\n\n| way back to audio | outside ASR | DNSMOS SIG | BAK | OVRL |\n|---|---|---|---|---|")
     for name, out in ways.items():
