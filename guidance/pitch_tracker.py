@@ -59,6 +59,14 @@ def pyin_contour(wave: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return f0, voiced
 
 
+def compile_tracker() -> None:
+    """Compile pYIN's numba kernels (librosa caches them beside its sources) in this process, once.
+    Several processes that compile them at the same time on a cold cache can leave it inconsistent, and
+    every later pYIN call then dies with a segmentation fault (seen with two labelling workers): so the
+    venv recipe and any process about to start pYIN workers call this first."""
+    pyin_contour(torch.zeros(4 * TRACKER_FRAME))
+
+
 def track(wave: torch.Tensor, sample_rate: int) -> HeardPitch:
     """pYIN over one waveform (samples,), restricted to its speech frames."""
     from guidance.guides.pitch import energy_gate, frame_audio

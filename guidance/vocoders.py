@@ -1,4 +1,4 @@
-"""Choosing the vocoder: the committed neural vocoder by default, Griffin-Lim on request.
+"""Choosing the vocoder: the committed neural vocoder by default, the harmonic one or Griffin-Lim on request.
 
 Every place that writes or judges audio (generate, evaluate, Serve, Tune, `vocode`) asks this module,
 so the default is decided once.
@@ -14,9 +14,11 @@ from guidance.features import FeatureSpec, GriffinLimVocoder, LogMel, Vocoder
 
 GRIFFIN_LIM = "griffin-lim"
 NEURAL = "neural"
-VOCODER_CHOICES: tuple[str, ...] = (NEURAL, GRIFFIN_LIM)
+HARMONIC = "harmonic"
+VOCODER_CHOICES: tuple[str, ...] = (NEURAL, HARMONIC, GRIFFIN_LIM)
 DEFAULT_VOCODER = NEURAL
 VOCODER_FILE = "vocoder.safetensors"
+F0_HEAD_FILE = "f0-head.safetensors"
 
 
 def load_vocoder(
@@ -25,9 +27,10 @@ def load_vocoder(
     models_dir: Path | None = None,
     device: torch.device | str = "cpu",
 ) -> Vocoder:
-    """`neural` (the models directory's vocoder file), `griffin-lim`, or a path to a vocoder file.
+    """`neural` (the models directory's vocoder file), `harmonic` (that vocoder with the directory's F0 head,
+    `guidance.harmonic_vocoder`), `griffin-lim`, or a path to a vocoder file.
 
-    A neural vocoder whose feature config differs from `spec` is refused (`FeatureSpecMismatch`).
+    A neural vocoder or F0 head whose feature config differs from `spec` is refused (`FeatureSpecMismatch`).
     """
     if str(choice) == GRIFFIN_LIM:
         if spec is None:
@@ -35,6 +38,8 @@ def load_vocoder(
         vocoder = GriffinLimVocoder(spec).to(device)
         vocoder.description = {"kind": GRIFFIN_LIM, "n_iter": vocoder.griffin_lim.n_iter}
         return vocoder
+    if str(choice) == HARMONIC:
+        return _load_harmonic(spec, models_dir, device)
     if str(choice) == NEURAL:
         if models_dir is None:
             raise ValueError("the neural vocoder is read from a models directory; none was given")
@@ -53,6 +58,32 @@ def load_vocoder(
     vocoder.spec = loaded.spec
     vocoder.description = {"kind": NEURAL, "name": loaded.name, "sha256": file_sha256(path)}
     return vocoder
+
+
+def _load_harmonic(spec: FeatureSpec | None, models_dir: Path | None, device: torch.device | str) -> Vocoder:
+    from guidance.files import file_sha256
+    from guidance.harmonic_vocoder import HarmonicVocoder
+    from guidance.models.checkpoint import load_model
+
+    if models_dir is None:
+        raise ValueError("the harmonic vocoder is read from a models directory; none was given")
+    path = Path(models_dir) / F0_HEAD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"F0 head file not found: {path} (train one with `speechguide train f0-head`, or use --vocoder {NEURAL})")
+    neural = load_vocoder(NEURAL, spec, models_dir, device)
+    loaded = load_model(path, expected_spec=neural.spec, kind="f0-head", device=device)
+    vocoder = HarmonicVocoder(neural, loaded.model.requires_grad_(False), neural.spec)
+    vocoder.description = {
+        "kind": HARMONIC, "neural": neural.description, "f0_head": {"name": loaded.name, "sha256": file_sha256(path)},
+    }
+    return vocoder
+
+
+def waveform_route_vocoder(vocoder: Vocoder) -> Vocoder:
+    """The vocoder a guide differentiates through to hear a waveform: the neural vocoder itself, also when
+    the audio is written by the harmonic vocoder (its pulse-train phase follows the F0 head, whose
+    gradient would steer the head's reading rather than the voice)."""
+    return getattr(vocoder, "neural", vocoder)
 
 
 def describe_vocoder(vocoder: Vocoder) -> dict:

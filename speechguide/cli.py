@@ -46,7 +46,7 @@ def _root() -> None:
 
 @app.command()
 def train(
-    role: str = typer.Argument(..., help="denoiser | classifier | noisy-classifier | judge | score-subnet | vocoder (log-Mel to waveform) | word-spectra (what each digit adds to the voice guide's spectral statistics; averaged, not optimised)"),
+    role: str = typer.Argument(..., help="denoiser | classifier | noisy-classifier | judge | score-subnet | vocoder (log-Mel to waveform) | f0-head (the harmonic vocoder's F0 reader) | word-spectra (what each digit adds to the voice guide's spectral statistics; averaged, not optimised)"),
     out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors)."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (default per role)."),
     batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
@@ -71,8 +71,8 @@ def train(
     from guidance.training import TRAIN_DEFAULTS, train as run_training
     from mlops.tracking import tracked_run
 
-    if role not in TRAIN_DEFAULTS and role != "word-spectra":
-        fail(f"unknown role {role!r}; choose one of {', '.join([*TRAIN_DEFAULTS, 'word-spectra'])}")
+    if role not in TRAIN_DEFAULTS and role not in ("word-spectra", "f0-head"):
+        fail(f"unknown role {role!r}; choose one of {', '.join([*TRAIN_DEFAULTS, 'f0-head', 'word-spectra'])}")
     if task not in ("digit", "speaker"):
         fail(f"--task must be 'digit' or 'speaker', got {task!r}")
     if role == "denoiser" and task != "digit":
@@ -96,6 +96,11 @@ def train(
         path = fit_word_spectra(project_spec(root), out, data_root=str(root))
         typer.echo(f"wrote {path}")
         return
+    if role == "f0-head":
+        if ema_decay is not None or task != "digit":
+            fail("--ema-decay and --task do not apply to the f0-head role")
+        _train_f0_head(out, root, steps, batch_size, lr, seed, mlflow, progress)
+        return
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema_decay=ema_decay).items() if v is not None}
     overrides.update(_score_subnet_options(role, task, backbone, digits))
     if vocoder:
@@ -113,6 +118,23 @@ def train(
             progress=lambda step, total, status: update(completed=step, total=total, status=status),
         )
     typer.echo(f"wrote {result.path}  " + " ".join(f"{k}={v}" for k, v in result.card.items() if k.startswith("val_")))
+
+
+def _train_f0_head(out: Path, root: Path, steps: Optional[int], batch_size: Optional[int], lr: Optional[float], seed: Optional[int], mlflow: bool, progress: bool) -> None:
+    import dataclasses
+
+    from guidance.f0_head_training import F0HeadTrainConfig, fit_f0_head
+    from guidance.spec import project_spec
+    from mlops.tracking import tracked_run
+
+    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
+    cfg = dataclasses.replace(F0HeadTrainConfig(), **overrides)
+    with job_progress("train f0-head", cfg.steps, enabled=progress) as update:
+        path, card = fit_f0_head(
+            project_spec(root), out, root, cfg, tracker=tracked_run if mlflow else None,
+            progress=lambda step, total, status: update(completed=step, total=total, status=status),
+        )
+    typer.echo(f"wrote {path}  " + " ".join(f"{k}={v}" for k, v in card.items() if k.startswith("val_")))
 
 
 def _score_subnet_options(role: str, task: str, backbone: Optional[Path], digits: Optional[str]) -> dict:

@@ -38,6 +38,7 @@ from guidance.guides.base import Guide
 from guidance.guides.hf_frontends import WaveformFrontEnd
 from guidance.guides.profile import GuideSettings
 from guidance.pitch_targets import PitchLine, PitchTarget, parse_pitch_target, resolve_pitch
+from guidance.vocoders import waveform_route_vocoder
 
 CREPE_SAMPLE_RATE = 16000
 CREPE_WINDOW = 1024
@@ -178,7 +179,7 @@ class WaveRoute(torch.nn.Module):
         self.spec = spec
         if vocoder is not None and hasattr(vocoder, "synthesize"):
             self.kind = "vocoder"
-            self.vocoder = vocoder.requires_grad_(False)
+            self.vocoder = waveform_route_vocoder(vocoder).requires_grad_(False)
         else:
             self.kind = "griffin-lim"
             self.frontend = WaveformFrontEnd(spec, sampling_rate=spec.sample_rate, do_normalize=False)

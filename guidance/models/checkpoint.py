@@ -47,6 +47,12 @@ def _build_vocoder(cfg: dict) -> torch.nn.Module:
     return NeuralVocoder(from_dict(VocoderConfig, cfg))
 
 
+def _build_f0_head(cfg: dict) -> torch.nn.Module:
+    from guidance.models.f0_head import F0Head, F0HeadConfig
+
+    return F0Head(from_dict(F0HeadConfig, cfg))
+
+
 MODEL_BUILDERS: dict[str, Callable[[dict], torch.nn.Module]] = {
     "denoiser-unet": _build_unet_denoiser,
     "classifier": build_classifier,
@@ -54,6 +60,7 @@ MODEL_BUILDERS: dict[str, Callable[[dict], torch.nn.Module]] = {
     "score-subnet": _build_score_subnet,
     "word-spectra": _build_word_spectra,
     "vocoder": _build_vocoder,
+    "f0-head": _build_f0_head,
 }
 
 
