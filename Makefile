@@ -90,6 +90,7 @@ models: venv
 	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --digits 0,1,2 --steps 2500 --out $(MODELS)/score-subnet-3.safetensors
 	$(SG) train score-subnet --backbone $(MODELS)/classifier-noisy.safetensors --digits 0 --steps 2500 --out $(MODELS)/score-subnet-1.safetensors
 	$(SG) train word-spectra --out $(MODELS)/word-spectra.safetensors
+	$(SG) train f0-head --out $(MODELS)/f0-head.safetensors
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

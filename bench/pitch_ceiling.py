@@ -20,18 +20,11 @@ from pathlib import Path
 import torch
 
 from guidance.data import fsdd_split, list_fsdd, load_wave, resolve_fsdd_root
+from guidance.f0_head_training import pitch_shifted as shifted  # the shift the F0 head was trained on
 from guidance.guides.pitch import log_mel_of
 from guidance.pipeline import ModelSet, vocode_finite
 from guidance.pitch_targets import PitchLine
 from guidance.pitch_tracker import track
-
-
-def shifted(wave: torch.Tensor, rate: int, semitones: float) -> torch.Tensor:
-    import librosa
-
-    if semitones == 0:
-        return wave
-    return torch.from_numpy(librosa.effects.pitch_shift(wave.numpy(), sr=rate, n_steps=semitones)).float()
 
 
 def ceiling(models: ModelSet, clips: list, shifts: list[float], say=print) -> dict[str, dict]:

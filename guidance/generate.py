@@ -22,7 +22,7 @@ from guidance.guides.reference import ReferenceGuide
 from guidance.guides.voice_stats import words_said
 from guidance.pipeline import ModelPaths, ModelSet, sample_plan, vocode
 from guidance.plan import Plan, Target, load_word_offsets, pitch_references, plan_request, retargets
-from guidance.vocoders import describe_vocoder
+from guidance.vocoders import describe_vocoder, request_vocoder
 
 
 @dataclass
@@ -81,7 +81,7 @@ def generate_local(
     )
     extra = {**({"speaker": voice} if voice is not None else {}), **({"pitch": pitch} if pitch is not None else {})}
     mels = sample_plan(models, plan, extra or None)
-    waves = vocode(mels, models.vocoder)
+    waves = vocode(mels, request_vocoder(models.vocoder, plan.named))
     dev_mels = mels.to(models.device)
     probs = digit_guide.probabilities(dev_mels).cpu() if "digit" in plan.named else None
     speaker_score = cos_wav = None
@@ -146,7 +146,7 @@ def manifest(models: ModelSet, result: Generated, request: dict, files: list[str
     model_info = {
         "denoiser": {"name": models.denoiser.name, "version": file_sha256(Path(models.denoiser.path))[:12], "alias": None},
         "guide": guide,
-        "vocoder": describe_vocoder(models.vocoder),
+        "vocoder": describe_vocoder(request_vocoder(models.vocoder, result.plan.named)),
     }
     if result.voice_guide is not None:
         model_info["speaker_guide"] = {**speaker_guide_record(result.voice_guide), **({"word_spectra": True} if plan.retargeted else {})}

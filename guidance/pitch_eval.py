@@ -30,6 +30,7 @@ from guidance.pitch_tracker import HeardPitch, track
 from guidance.pipeline import ModelSet, sample_plan, vocode_finite
 from guidance.pitch_targets import parse_pitch_target, resolve_pitch
 from guidance.plan import Plan, Target, plan_request, targets_for
+from guidance.vocoders import describe_vocoder, request_vocoder
 
 WITHIN_SEMITONES = 1.0  # the acceptance: a sample is on target when its median F0 is within 1 semitone
 DEFAULT_SHIFTS = (-4, -2, 2, 4)
@@ -104,7 +105,8 @@ def evaluate_pitch(
         mels = sample_plan(models, planned, {"pitch": guide}, allow_nonfinite=True)
         timings[name] = round((time.perf_counter() - t0) / cfg.samples, 2)
         say(f"{name}: {timings[name]} s per sample")
-        waves, ok = vocode_finite(mels, models.vocoder)  # rows that could not be vocoded are silent (and not ok)
+        vocoder = request_vocoder(models.vocoder, planned.named)  # what `generate` writes this request with
+        waves, ok = vocode_finite(mels, vocoder)  # rows that could not be vocoded are silent (and not ok)
         return as_written(waves, rate), ok  # the tracker and the recognizer hear the file as written
 
     waves, ok = run("unguided", plan([], "none"))
@@ -117,6 +119,7 @@ def evaluate_pitch(
         "profile_pitch": json.loads(prof.per_guide["pitch"].model_dump_json()),
         "sampler": json.loads(prof.sampler.model_dump_json()),
         "crepe": guide.describe() | {"targets": None},
+        "vocoder": describe_vocoder(models.vocoder),
         "unguided": {"median_f0_hz": round(centre, 1), "sample_f0_hz": [round(h.median_hz, 1) for h in unguided], "voiced_fraction": summarize([0.0] * len(unguided), unguided)["voiced_fraction"]},
         "targets": {},
     }
@@ -172,6 +175,7 @@ def report(results: dict) -> str:
         "",
         f"{cfg['samples']} samples per system and target, seed {cfg['seed']}, sampler {results['sampler']['kind']} "
         f"{results['sampler']['steps']} steps; CREPE {cfg['capacity']} through the {results['crepe']['route']} route; "
+        f"audio written by the {results['vocoder']['kind']} vocoder; "
         f"pitch settings {json.dumps(results['profile_pitch'])}.",
         "",
         f"Unguided median F0 (pYIN): {results['unguided']['median_f0_hz']} Hz.",

@@ -152,7 +152,10 @@ class AppArgs(_Strict):
     """Arguments of `build_app` (the `args:` of an application in the Serve config file)."""
 
     models_dir: Optional[str] = Field(None, description="default: guidance.pipeline.default_models_dir()")
-    vocoder: Literal["neural", "griffin-lim"] = Field("neural", description="neural: models_dir's vocoder.safetensors; griffin-lim: the fallback")
+    vocoder: Literal["auto", "neural", "harmonic", "griffin-lim"] = Field(
+        "auto", description="auto: neural, and harmonic for requests with a pitch target; neural: models_dir's vocoder.safetensors; "
+        "harmonic: it with models_dir's f0-head.safetensors (keeps low voices); griffin-lim: the fallback"
+    )
     device: Optional[str] = Field(None, description="cpu | cuda; default: CUDA when the replica has a GPU")
     profiles_dir: Optional[str] = Field(None, description="extra guidance profiles, one NAME.json each")
     max_body_bytes: int = Field(2 * 2**20, ge=1024, le=64 * 2**20)

@@ -58,7 +58,7 @@ from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import NonFiniteError
 from guidance.data import wav_bytes  # noqa: F401  (re-exported: the bytes of every WAV the app answers)
 from guidance.guides.kinds import default_digit_kind
-from guidance.vocoders import describe_vocoder, load_vocoder
+from guidance.vocoders import describe_vocoder, load_vocoder, request_vocoder
 from guidance.guide_host import RemoteGuide, RemoteReferenceGuide, hf_key, remote_guide, voice_key
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, read_reference
 from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
@@ -600,7 +600,8 @@ class SpeechIngress:
                 "classifier", self.classifier.score, pitch.name, to_wire(mels), to_wire(pitch.request_table().float()), to_wire(plan.named["pitch"])
             ))
         t_scored = time.perf_counter()
-        waves = await asyncio.to_thread(self._vocode, mels)
+        writer = request_vocoder(self._vocoder, plan.named)  # auto: the harmonic vocoder for a pitch target
+        waves = await asyncio.to_thread(self._vocode, mels, writer)
         t_vocoded = time.perf_counter()
 
         rate = cat.spec.sample_rate
@@ -620,7 +621,7 @@ class SpeechIngress:
             "total": (time.perf_counter() - t_start) * 1e3,
         }
         timings = {k: round(v, 2) for k, v in timings.items()}
-        ingress_metrics().answered(req.guide_kind, timings, stats.steps, self.args.vocoder)
+        ingress_metrics().answered(req.guide_kind, timings, stats.steps, describe_vocoder(writer)["kind"])
         accept = request.headers.get("accept", "").lower()
         if len(samples) == 1 and any(t in accept for t in WAV_TYPES):
             headers = {"X-Speechguide-Scores": json.dumps(samples[0]["scores"]), "X-Speechguide-Timings-Ms": json.dumps(timings)}
@@ -631,7 +632,7 @@ class SpeechIngress:
             "generator": self.args.generator,
             "denoiser": denoiser_desc,
             "guide": {k: guide.get(k) for k in ("name", "version", "alias", "noise_conditioned")} if "digit" in plan.named else None,
-            "vocoder": describe_vocoder(self._vocoder),
+            "vocoder": describe_vocoder(writer),
             **({"profile": registered.source()} if registered is not None else {}),
         }
         if guide.get("source") and models["guide"] is not None:
@@ -753,10 +754,9 @@ class SpeechIngress:
 
         return counted
 
-    def _vocode(self, mels: torch.Tensor) -> np.ndarray:
-        assert self._vocoder is not None
+    def _vocode(self, mels: torch.Tensor, vocoder: Vocoder) -> np.ndarray:
         with self._vocoder_lock:
-            return self._vocoder(mels).cpu().numpy()
+            return vocoder(mels).cpu().numpy()
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:

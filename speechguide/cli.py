@@ -225,7 +225,7 @@ def generate(
         help="With --url: bearer token for an app that wants one (prefer the environment variable: a command line is visible to other users).",
     ),
     voice_guide: str = typer.Option("stats", "--voice-guide", help="For speaker=REF.wav targets: stats (the reference's spectral statistics) | encoder (resemblyzer's speaker encoder)."),
-    vocoder: str = typer.Option("neural", "--vocoder", help=VOCODER_HELP),
+    vocoder: str = typer.Option("auto", "--vocoder", help=VOCODER_HELP),
 ) -> None:
     """Generate speech of the requested class(es), in-process or through a Serve app; write WAVs plus a manifest."""
     from guidance.guides import VOICE_GUIDE_KINDS

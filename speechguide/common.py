@@ -52,7 +52,7 @@ def read_profile(path: Path, option: str):
         fail(f"{option} {path} is not a valid guidance profile: {' '.join(str(exc).split())[:300]}")
 
 
-VOCODER_HELP = "neural (the models directory's vocoder.safetensors, default) | harmonic (that vocoder with a pulse-train phase at the F0 head's F0: keeps low voices) | griffin-lim | a vocoder file."
+VOCODER_HELP = "auto (neural, and harmonic for requests with a pitch target; generate's and evaluate-pitch's default) | neural (the models directory's vocoder.safetensors, the other commands' default) | harmonic (that vocoder with a pulse-train phase at the F0 head's F0: keeps low voices) | griffin-lim | a vocoder file."
 
 
 def check_vocoder(vocoder: str) -> None:

@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from speechguide.common import VOCODER_HELP
+
 
 def evaluate_pitch_command(
     out: Path = typer.Option(Path("reports/pitch"), "--out", help="Report directory."),
@@ -22,6 +24,7 @@ def evaluate_pitch_command(
     capacity: str = typer.Option("tiny", help="CREPE capacity: tiny | full."),
     digit: bool = typer.Option(True, "--digit/--no-digit", help="Also run digit-only and digit + pitch systems (digit accuracy by the outside recognizer)."),
     models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
+    vocoder: str = typer.Option("auto", "--vocoder", help=VOCODER_HELP),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
     outside_judges: bool = typer.Option(True, "--outside-judges/--no-outside-judges", help="Score digits with the outside recognizer (PocketSphinx)."),
 ) -> None:
@@ -51,7 +54,7 @@ def evaluate_pitch_command(
             ready()
         except ImportError as exc:
             fail(f"--outside-judges: {' '.join(str(exc).split())} (or pass --no-outside-judges)")
-    models = load_models(models_dir, device)
+    models = load_models(models_dir, device, vocoder)
     cfg = PitchEvalConfig(
         targets=tuple(texts), samples=samples, seed=seed, steps=steps, scale=pitch_scale,
         capacity=capacity, digit=digit, outside_asr=outside_asr,

@@ -12,11 +12,13 @@ from typing import Optional
 
 import typer
 
+from speechguide.common import VOCODER_HELP
+
 
 def vocode_command(
     inputs: list[Path] = typer.Argument(..., help="WAV files to analyse and resynthesize."),
     out: Path = typer.Option(..., "--out", help="Directory for the resynthesized WAVs (same file names)."),
-    vocoder: str = typer.Option("neural", "--vocoder", help="neural (models/vocoder.safetensors, default) | griffin-lim | a vocoder file."),
+    vocoder: str = typer.Option("neural", "--vocoder", help=VOCODER_HELP),
     models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
 ) -> None:

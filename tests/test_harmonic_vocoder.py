@@ -54,6 +54,9 @@ def test_where_the_head_hears_no_voice_the_neural_vocoder_speaks(tiny_models_dir
     mel = torch.randn(2, 1, spec.n_mels, spec.frames)
     assert torch.allclose(harmonic(mel), neural(mel), atol=1e-5)
     assert waveform_route_vocoder(harmonic) is harmonic.neural  # guides hear through the neural synthesis
+    from guidance.guides.pitch import PitchGuide
+
+    assert PitchGuide(spec, harmonic).route.vocoder is harmonic.neural
 
 
 @pytest.mark.parametrize("hz", [95.0, 150.0])
@@ -113,3 +116,35 @@ def test_a_trained_head_is_saved_loaded_weights_only_and_plays(tiny_models_dir, 
         assert "speechguide" in f.metadata()
     wave = load_vocoder("harmonic", spec, models_dir)(torch.randn(1, 1, spec.n_mels, spec.frames))
     assert wave.shape == (1, spec.num_samples) and torch.isfinite(wave).all()
+
+
+def test_a_serve_app_can_write_with_the_harmonic_vocoder_and_refuses_unknown_ones():
+    from pydantic import ValidationError
+
+    from serve.config import AppArgs
+
+    assert AppArgs(vocoder="harmonic").vocoder == "harmonic"
+    with pytest.raises(ValidationError):
+        AppArgs(vocoder="pulse")
+
+
+def test_auto_writes_pitch_requests_with_the_harmonic_vocoder_and_the_rest_with_the_neural_one(tiny_models_dir, spec, tmp_path):
+    from guidance.vocoders import AutoVocoder, request_vocoder
+
+    mel = torch.randn(1, 1, spec.n_mels, spec.frames)
+    bare = load_vocoder("auto", spec, tiny_models_dir)  # no F0 head here: neural for every request
+    assert isinstance(bare, AutoVocoder) and request_vocoder(bare, {"digit", "pitch"}) is bare.neural
+    models_dir = with_head(tiny_models_dir, tmp_path, spec, constant_head(spec, 120.0))
+    auto = load_vocoder("auto", spec, models_dir)
+    assert request_vocoder(auto, {"digit", "pitch"}) is auto.harmonic and request_vocoder(auto, {"digit"}) is auto.neural
+    assert torch.equal(auto(mel), auto.neural(mel))  # anything that does not ask per request hears the neural vocoder
+    assert describe_vocoder(auto)["harmonic"]["kind"] == "harmonic"
+    neural = load_vocoder("neural", spec, models_dir)
+    assert request_vocoder(neural, {"pitch"}) is neural  # an explicit choice writes every request
+
+    out = tmp_path / "out"
+    r = run_cli("generate", "--target", "pitch=120", "--num", "1", "--steps", "2", "--models-dir", str(models_dir), "--device", "cpu", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    import json
+
+    assert json.loads((out / "manifest.json").read_text())["models"]["vocoder"]["kind"] == "harmonic"

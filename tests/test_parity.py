@@ -33,6 +33,7 @@ import yaml
 
 from guidance.guides import GuidanceProfile
 from guidance.pipeline import ModelSet, make_noise, vocode
+from guidance.vocoders import AUTO, F0_HEAD_FILE
 from serve.fused import FusedCall, fused_answerer
 from serve.steps import GuidePlan, drive_sampler
 
@@ -80,6 +81,7 @@ def matrix_dir(tiny_models_dir, tmp_path_factory) -> Path:
     for f in tiny_models_dir.glob("*.safetensors"):
         shutil.copy(f, directory / f.name)
     shutil.copy(ModelPaths().path("word_spectra"), directory / "word-spectra.safetensors")
+    shutil.copy(ModelPaths().root / F0_HEAD_FILE, directory / F0_HEAD_FILE)  # pitch requests are written by the harmonic vocoder
     make_subnet(directory)
     save_tiny_wav2vec2(directory / "hf-tiny")
     return directory
@@ -154,7 +156,7 @@ def _in_process(
     from guidance.plan import Target, base_profile, with_overrides
 
     paths = ModelPaths(root=matrix_dir)
-    models = ModelSet.from_score_subnet(paths.path("score_subnet"), "cpu") if subnet else ModelSet.load(paths, "cpu")
+    models = ModelSet.from_score_subnet(paths.path("score_subnet"), "cpu", vocoder=AUTO) if subnet else ModelSet.load(paths, "cpu", vocoder=AUTO)
     if kind == "hf":
         models.guides["hf"] = HFAudioGuide.from_pretrained(str(matrix_dir / "hf-tiny"), models.spec, device=models.device)
     targets = [Target("digit", label)] if digit else []
@@ -215,6 +217,7 @@ def test_same_request_same_audio_in_process_and_over_http(name, app_url, matrix_
         assert sample["scores"]["pitch_target_hz"] == result.scores[0]["pitch_target_hz"]
         assert sample["scores"]["pitch_crepe_error_st"] == result.scores[0]["pitch_crepe_error_st"]
         assert r.json()["models"]["pitch_guide"]["name"] == result.pitch_guide.describe()["name"]
+        assert r.json()["models"]["vocoder"]["kind"] == "harmonic"  # auto at both doors: a pitch request's writer
     # the encoder and pYIN on the written waveform are in-process only
     assert set(sample["scores"]) >= set(result.scores[0]) - IN_PROCESS_SCORES
 

@@ -127,7 +127,8 @@ def test_models_and_health(client):
     assert body["voice_guides"] == ["encoder", "stats"] and body["unsupported_guides"] == []
     assert kinds["noisy"]["noise_conditioned"] and not kinds["clean"]["noise_conditioned"]
     assert {"production", "noisy", "clean"} <= set(body["profiles"])
-    assert body["vocoder"]["kind"] == "neural" and len(body["vocoder"]["sha256"]) == 64
+    # auto (the default): the neural vocoder writes, and a pitch request the harmonic one where the models have an F0 head (not these)
+    assert body["vocoder"]["kind"] == "auto" and len(body["vocoder"]["neural"]["sha256"]) == 64 and body["vocoder"]["harmonic"] is None
     h = client.get("/healthz")
     assert h.status_code == 200 and h.json()["status"] == "ok"
 
