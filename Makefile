@@ -24,8 +24,6 @@ $(VENV)/.installed: pyproject.toml
 	@# Compile the heavy imports once, in one process, before test runs start many processes (Ray nodes and
 	@# workers, CLI subprocesses) that would otherwise each compile them at the same time on a fresh clone.
 	$(PY) -c "import torch, torchaudio, ray, ray.serve, ray.tune, ray.util.state, mlflow, fastapi, httpx, optuna, librosa"
-	@# pYIN's numba kernels too (guidance.pitch_tracker.compile_tracker): test workers compiling them at once can corrupt the cache.
-	$(PY) -c "from guidance.pitch_tracker import compile_tracker; compile_tracker()"
 	@touch $@
 
 venv: $(VENV)/.installed

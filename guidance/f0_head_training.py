@@ -25,10 +25,12 @@ from guidance.data import fsdd_split, list_fsdd, load_wave
 from guidance.features import FeatureSpec, LogMel, fit_length
 from guidance.models.checkpoint import config_dict, save_model
 from guidance.models.f0_head import F0Head, F0HeadConfig
-from guidance.pitch_tracker import TRACKER_HOP_S, at_tracker_rate, compile_tracker, pyin_contour
+from guidance.librosa_kernels import first_use
+from guidance.pitch_tracker import TRACKER_HOP_S, at_tracker_rate, pyin_contour
 from guidance.run_log import OpenRun, no_run
 
 Progress = Callable[[int, int, str], None]
+POOL_FROM_CLIPS = 64  # fewer clips are labelled in this process: starting workers (torch imports) costs more
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ def pitch_shifted(wave: torch.Tensor, rate: int, semitones: float) -> torch.Tens
 
     if semitones == 0:
         return wave
-    return torch.from_numpy(librosa.effects.pitch_shift(wave.numpy(), sr=rate, n_steps=semitones)).float()
+    with first_use("pitch_shift"):
+        return torch.from_numpy(librosa.effects.pitch_shift(wave.numpy(), sr=rate, n_steps=semitones)).float()
 
 
 def _labelled_clip(job: tuple[str, float, int, int]) -> tuple[torch.Tensor, np.ndarray]:
@@ -78,9 +81,11 @@ def labelled_set(spec: FeatureSpec, data_root: Path, split: str, clips: int, cfg
     rng = np.random.default_rng([cfg.seed, len(split)])
     chosen = rng.choice(len(pool_of), min(clips, len(pool_of)), replace=False)
     jobs = [(str(pool_of[i].path), float(rng.uniform(*cfg.shift_st)), spec.sample_rate, spec.num_samples) for i in chosen]
-    compile_tracker()  # before the workers: they then only read librosa's kernel cache
-    with get_context("spawn").Pool(max(1, min(4, os.cpu_count() or 1))) as pool:
-        data = pool.map(_labelled_clip, jobs, chunksize=8)
+    if len(jobs) < POOL_FROM_CLIPS:
+        data = [_labelled_clip(job) for job in jobs]
+    else:
+        with get_context("spawn").Pool(max(1, min(4, os.cpu_count() or 1))) as pool:
+            data = pool.map(_labelled_clip, jobs, chunksize=8)
     mels = LogMel(spec)(torch.stack([w for w, _ in data]))[:, 0]
     labels = torch.tensor(np.stack([frame_labels(f0, head, mels.shape[-1], spec) for _, f0 in data]))
     return mels, labels

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from guidance.librosa_kernels import first_use
 from guidance.pitch_targets import PITCH_MAX_HZ, PITCH_MIN_HZ, PitchLine
 
 TRACKER_HOP_S = 0.01
@@ -52,19 +53,12 @@ def pyin_contour(wave: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """pYIN's F0 (Hz, NaN where unvoiced) and voiced flags every TRACKER_HOP_S, of a wave at TRACKER_RATE."""
     import librosa
 
-    f0, voiced, _ = librosa.pyin(
-        wave.numpy(), fmin=PITCH_MIN_HZ, fmax=PITCH_MAX_HZ, sr=TRACKER_RATE, frame_length=TRACKER_FRAME,
-        hop_length=int(TRACKER_HOP_S * TRACKER_RATE), center=True,
-    )
+    with first_use("pyin"):
+        f0, voiced, _ = librosa.pyin(
+            wave.numpy(), fmin=PITCH_MIN_HZ, fmax=PITCH_MAX_HZ, sr=TRACKER_RATE, frame_length=TRACKER_FRAME,
+            hop_length=int(TRACKER_HOP_S * TRACKER_RATE), center=True,
+        )
     return f0, voiced
-
-
-def compile_tracker() -> None:
-    """Compile pYIN's numba kernels (librosa caches them beside its sources) in this process, once.
-    Several processes that compile them at the same time on a cold cache can leave it inconsistent, and
-    every later pYIN call then dies with a segmentation fault (seen with two labelling workers): so the
-    venv recipe and any process about to start pYIN workers call this first."""
-    pyin_contour(torch.zeros(4 * TRACKER_FRAME))
 
 
 def track(wave: torch.Tensor, sample_rate: int) -> HeardPitch:

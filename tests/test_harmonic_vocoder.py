@@ -148,3 +148,29 @@ def test_auto_writes_pitch_requests_with_the_harmonic_vocoder_and_the_rest_with_
     import json
 
     assert json.loads((out / "manifest.json").read_text())["models"]["vocoder"]["kind"] == "harmonic"
+
+
+def test_train_f0_head_refuses_options_of_other_roles(tmp_path):
+    r = run_cli("train", "f0-head", "--ema-decay", "0.9", "--out", str(tmp_path / "h.safetensors"), "--no-mlflow")
+    assert r.returncode == 2 and "f0-head" in r.stderr and not (tmp_path / "h.safetensors").exists()
+
+
+def test_first_uses_of_librosa_kernels_take_turns_across_processes(tmp_path):
+    """Two processes entering `first_use` at once run its body one after the other (the lock that keeps
+    librosa's kernel cache consistent), and a second use in a process does not wait."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from guidance.librosa_kernels import first_use\n"
+        "with first_use('k'):\n"
+        "    start = time.time(); time.sleep(1.0); end = time.time()\n"
+        "with first_use('k'):\n"
+        "    pass\n"
+        "open(sys.argv[1], 'w').write(f'{start} {end}')\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"{i}.txt")]) for i in range(2)]
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    (a0, a1), (b0, b1) = sorted(tuple(map(float, (tmp_path / f"{i}.txt").read_text().split())) for i in range(2))
+    assert b0 >= a1  # no overlap
