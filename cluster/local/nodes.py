@@ -92,10 +92,20 @@ def default_state_dir(port: int) -> Path:
     return Path(f"/tmp/speechguide-ray-{port}")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A port free now that this process has not handed out before: a node's command takes several before any
+    is bound, and the kernel may offer a port again as soon as the probing socket is closed (a test saw two
+    options of one `cluster up` given the same port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def port_in_use(port: int) -> bool:
