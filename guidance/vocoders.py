@@ -88,10 +88,10 @@ def _load_harmonic(spec: FeatureSpec | None, models_dir: Path | None, device: to
 
 class AutoVocoder(torch.nn.Module):
     """`--vocoder auto`: writes with the neural vocoder, whose figures every report but pitch's was measured
-    with, and hands requests with a pitch target to the harmonic vocoder (`request_vocoder`): guided samples
-    4 semitones down are heard on target for 50-58% through it against 33-42% through the neural one
-    (README "Pitch guidance"). Without an F0 head in the models directory, pitch requests are written by the
-    neural vocoder too."""
+    with, and hands requests with a pitch target to the harmonic vocoder (`request_vocoder`), which keeps the
+    low voices the neural vocoder's phase loses (README "Pitch guidance": pitch targets heard on target,
+    side by side on the same samples). Without an F0 head in the models directory, pitch requests are
+    written by the neural vocoder too."""
 
     def __init__(self, neural: torch.nn.Module, harmonic: torch.nn.Module | None) -> None:
         super().__init__()
