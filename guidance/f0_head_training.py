@@ -137,7 +137,7 @@ def train_f0_head(spec: FeatureSpec, data_root: Path, cfg: F0HeadTrainConfig = F
         "label_seconds": round(label_s), "train_seconds": round(time.perf_counter() - started), "final_loss": round(loss.item(), 4),
         "train_config": asdict(cfg) | {"shift_st": list(cfg.shift_st)},
     }
-    return head.eval().requires_grad_(False), card
+    return head.requires_grad_(False), card
 
 
 def fit_f0_head(

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from guidance.features import FeatureSpec, fit_length
+from guidance.features import FeatureSpec
 from guidance.finite import require_finite
 from guidance.models.f0_head import F0Head
 from guidance.models.vocoder import NeuralVocoder
@@ -68,4 +68,4 @@ class HarmonicVocoder(nn.Module):
     @torch.no_grad()
     def forward(self, mel: torch.Tensor, length: int | None = None) -> torch.Tensor:
         require_finite(mel, "the log-Mel given to the vocoder")
-        return finish_wave(fit_length(self.synthesize(mel, length), length or self.neural.config.num_samples), self.spec.sample_rate)
+        return finish_wave(self.synthesize(mel, length), self.spec.sample_rate)  # synthesize already fits the length
