@@ -2,10 +2,15 @@
 
 From one set of starting noises (digits cycling 0..9), up to four systems are sampled: unguided,
 digit-only (the noise-conditioned digit guide, its default profile), pitch-only towards each target,
-and digit + pitch towards each target. Every sample is vocoded by the model set's vocoder and heard, as
+and digit + pitch towards each target; with a speaker judge, also speaker-only (the statistics voice guide
+towards test-split references, two per FSDD speaker for 12 samples) and speaker + pitch towards shifts
+relative to each reference's own median F0 (`+2st`, as `generate --target speaker=REF --target pitch=+2st`).
+Every sample is vocoded by the model set's vocoder and heard, as
 the 16-bit WAV a user gets (`guidance.data.as_written`), by pYIN (`guidance.pitch_tracker`, never CREPE): median F0 error in semitones to the target line, voiced
 share of the speech frames, and glide. Digit systems are also heard by the outside recognizer
-(PocketSphinx, `outside_judges`), so the digit rate of a composite stands next to digit-only's.
+(PocketSphinx, `outside_judges`), so the digit rate of a composite stands next to digit-only's; speaker
+systems by the FSDD speaker judge (never a guide) and resemblyzer's encoder, so the speaker rate of a
+speaker + pitch composite stands next to speaker-only's.
 
 Targets default to the unguided samples' median F0 shifted by -4, -2, +2 and +4 semitones (the
 acceptance asks for at least 4 semitones either side).
@@ -23,9 +28,13 @@ from typing import Callable
 
 import torch
 
-from guidance.data import DIGITS, as_written
+from guidance.data import DIGITS, FSDD_SPEAKERS, as_written, fsdd_split, list_fsdd, load_wave, resolve_fsdd_root
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.guides.pitch import PitchGuide, default_pitch_settings
+from guidance.guides.voice import VoiceGuide
+from guidance.guides.voices import make_voice_guide
+from guidance.metrics import hear, judge_outputs
+from guidance.models import ModelFile
 from guidance.pitch_tracker import HeardPitch, track
 from guidance.pipeline import ModelSet, sample_plan, vocode_finite
 from guidance.pitch_targets import parse_pitch_target, resolve_pitch
@@ -34,6 +43,7 @@ from guidance.vocoders import describe_vocoder, request_vocoder
 
 WITHIN_SEMITONES = 1.0  # the acceptance: a sample is on target when its median F0 is within 1 semitone
 DEFAULT_SHIFTS = (-4, -2, 2, 4)
+SPEAKER_SHIFTS = ("-4st", "-2st", "+2st", "+4st")  # relative to each speaker reference's median F0
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,9 @@ class PitchEvalConfig:
     capacity: str = "tiny"
     digit: bool = True
     outside_asr: bool = False
+    speaker: bool = True  # speaker-only and speaker + pitch systems (needs the speaker judge)
+    speaker_targets: tuple[str, ...] = SPEAKER_SHIFTS
+    split: str = "test"  # where the speaker references come from
 
 
 def _profile(cfg: PitchEvalConfig) -> GuidanceProfile:
@@ -80,11 +93,23 @@ def summarize(errors: list[float], heard: list[HeardPitch]) -> dict:
 
 
 def evaluate_pitch(
-    models: ModelSet, cfg: PitchEvalConfig, out: Path, progress: Callable[[str], None] | None = None, digits_said: DigitsSaid | None = None
+    models: ModelSet, cfg: PitchEvalConfig, out: Path, progress: Callable[[str], None] | None = None, digits_said: DigitsSaid | None = None,
+    judge_speaker: ModelFile | None = None, data_root: str | None = None,
 ) -> dict:
-    """Sample every system, hear it, write results.json and report.md under `out`; returns the results."""
+    """Sample every system, hear it, write results.json and report.md under `out`; returns the results.
+    `judge_speaker` (the FSDD speaker judge) is needed when `cfg.speaker`; `data_root` is FSDD's directory
+    (default: the usual search), where the speaker references are read from."""
     if cfg.outside_asr and digits_said is None:
         raise ValueError("outside_asr needs digits_said: the outside recognizer, handed in by the caller")
+    if cfg.speaker:
+        if judge_speaker is None:
+            raise ValueError("the speaker systems need the speaker judge (judge_speaker)")
+        models.spec.check_compatible(judge_speaker.spec, what=f"judge {judge_speaker.name}")
+        if list(judge_speaker.labels) != FSDD_SPEAKERS:
+            raise ValueError(f"speaker judge labels {judge_speaker.labels} are not FSDD's speakers {FSDD_SPEAKERS}")
+        for text in cfg.speaker_targets:
+            if not parse_pitch_target(text).needs_reference:
+                raise ValueError(f"speaker + pitch targets are relative to the reference (e.g. +2st), got {text!r}")
     say = progress or (lambda _msg: None)
     out.mkdir(parents=True, exist_ok=True)
     rate = models.spec.sample_rate
@@ -100,9 +125,9 @@ def evaluate_pitch(
         num = 1 if any(t.guide == "digit" for t in targets) else cfg.samples
         return plan_request(targets, num, cfg.seed, prof, models.guides["noisy"], digit_kind=digit_kind, scale_set=True, pitch_guide=guide)
 
-    def run(name: str, planned: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(name: str, planned: Plan, voice=None) -> tuple[torch.Tensor, torch.Tensor]:
         t0 = time.perf_counter()
-        mels = sample_plan(models, planned, {"pitch": guide}, allow_nonfinite=True)
+        mels = sample_plan(models, planned, {"pitch": guide} | ({"speaker": voice} if voice is not None else {}), allow_nonfinite=True)
         timings[name] = round((time.perf_counter() - t0) / cfg.samples, 2)
         say(f"{name}: {timings[name]} s per sample")
         vocoder = request_vocoder(models.vocoder, planned.named)  # what `generate` writes this request with
@@ -144,11 +169,77 @@ def evaluate_pitch(
                 row[name]["digit_accuracy"] = round(sum(s == int(d) for s, d in zip(said, digits)) / cfg.samples, 3)
         results["targets"][text] = row
     results["digit_only_accuracy"] = asr.get("digit")
+    if cfg.speaker:
+        results["speaker"] = _speaker_systems(models, cfg, prof, guide, run, judge_speaker, data_root)
     results["seconds_per_sample"] = timings
     results["acceptance"] = acceptance(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "report.md").write_text(report(results))
     return results
+
+
+def speaker_references(cfg: PitchEvalConfig, data_root: str | None) -> list:
+    """`cfg.samples` reference clips of the split, fixed by rule (evaluate-voice's `pick_references`), taken
+    speaker by speaker in turn so that every FSDD speaker is a target before any is one twice."""
+    from guidance.voice_eval import pick_references
+
+    per = math.ceil(cfg.samples / len(FSDD_SPEAKERS))
+    refs = pick_references(fsdd_split(list_fsdd(resolve_fsdd_root(data_root)), cfg.split), cfg.split, per)
+    return [refs[s * per + r] for r in range(per) for s in range(len(FSDD_SPEAKERS))][: cfg.samples]
+
+
+def _speaker_systems(models: ModelSet, cfg: PitchEvalConfig, prof: GuidanceProfile, guide: PitchGuide, run, judge: ModelFile, data_root: str | None) -> dict:
+    """Speaker-only and speaker + pitch (each of `cfg.speaker_targets`) towards one reference per sample, planned
+    as `generate --target speaker=REF --target pitch=+2st` plans them (the statistics voice guide, the
+    reference's median F0 as CREPE hears it): the speaker judge's rate for the reference's speaker and the
+    encoder's cosine to the reference on the written audio, and for the composites pYIN's error to each
+    row's own target line."""
+    spec, rate = models.spec, models.spec.sample_rate
+    refs = speaker_references(cfg, data_root)
+    labels = [c.path.name for c in refs]
+    waves = {c.path.name: load_wave(c.path, rate) for c in refs}
+    voice = make_voice_guide("stats", spec, models.device)
+    encoder = VoiceGuide(spec, device=models.device)  # an ear that never guides here
+    for label, wave in waves.items():
+        voice.add_reference(label, wave, rate)
+        encoder.add_reference(label, wave, rate)
+    reference_hz = {label: guide.median_f0(wave, rate) for label, wave in waves.items()}
+    speaker_of = torch.tensor([FSDD_SPEAKERS.index(c.speaker) for c in refs])
+    speakers = targets_for("speaker", labels)
+
+    def heard_speaker(written: torch.Tensor, ok: torch.Tensor) -> dict:
+        _, logits = judge_outputs(judge.model, hear(written, spec))
+        right = (logits.argmax(1) == speaker_of) & ok
+        cosine = (encoder.embed_waves(written, rate).cpu() * encoder.references.cpu()[: len(refs)]).sum(1)
+        return {"speaker_rate": round(float(right.double().mean()), 3), "encoder_cosine": round(float(cosine[ok].mean()), 3) if bool(ok.any()) else None}
+
+    def plan(targets: list[Target]) -> Plan:
+        return plan_request(targets, 1, cfg.seed, prof, models.guides["noisy"], voice, "none", scale_set=True, pitch_guide=guide, reference_hz=reference_hz, paired=True)
+
+    def shifts(heard: list[HeardPitch]) -> dict:
+        """Each sample's pYIN median F0 against its reference's, in semitones, and their median."""
+        st = [round(12 * math.log2(h.median_hz / reference_hz[label]), 2) if math.isfinite(h.median_hz) else None for h, label in zip(heard, labels)]
+        finite = [v for v in st if v is not None]
+        return {"shift_from_reference_st": st, "median_shift_st": round(statistics.median(finite), 2) if finite else None}
+
+    written, ok = run("speaker", plan(speakers), voice)
+    heard = _heard(written, ok, rate)
+    out: dict = {
+        "references": labels,
+        "reference_f0_hz": [round(reference_hz[label], 1) for label in labels],
+        "speaker_only": heard_speaker(written, ok) | shifts(heard) | {"sample_f0_hz": [round(h.median_hz, 1) for h in heard]},
+        "targets": {},
+    }
+    for text in cfg.speaker_targets:
+        planned = plan([*speakers, *targets_for("pitch", [text] * len(labels))])
+        written, ok = run(f"speaker+pitch {text}", planned, voice)
+        heard = _heard(written, ok, rate)
+        lines = [planned.pitch_lines[int(k)] for k in planned.named["pitch"]]
+        errors = [h.error_semitones(line) for h, line in zip(heard, lines)]
+        out["targets"][text] = summarize(errors, heard) | heard_speaker(written, ok) | shifts(heard) | {
+            "line_hz": [round(line.median_hz, 1) for line in lines], "sample_f0_hz": [round(h.median_hz, 1) for h in heard],
+        }
+    return out
 
 
 def acceptance(results: dict) -> dict:
@@ -165,6 +256,15 @@ def acceptance(results: dict) -> dict:
     if base is not None and rates and all(v is not None for v in rates):
         out["composite_digit_accuracy"] = round(statistics.fmean(rates), 3)
         out["composite_over_digit_only"] = round(out["composite_digit_accuracy"] / base, 3) if base > 0 else None
+    spk = results.get("speaker")
+    if spk and spk["targets"]:
+        rows = list(spk["targets"].values())
+        n = sum(r["n"] for r in rows)
+        out["speaker+pitch_within_1st"] = round(sum(r["within_1st"] * r["n"] for r in rows) / n, 3)
+        out["speaker_only_rate"] = spk["speaker_only"]["speaker_rate"]
+        out["composite_speaker_rate"] = round(sum(r["speaker_rate"] * r["n"] for r in rows) / n, 3)
+        base = out["speaker_only_rate"]
+        out["composite_over_speaker_only"] = round(out["composite_speaker_rate"] / base, 3) if base > 0 else None
     return out
 
 
@@ -191,6 +291,25 @@ def report(results: dict) -> str:
                     f"| {text} | {row['line_hz'][0]}-{row['line_hz'][1]} | {row['shift_from_unguided_st']} | {system} | {r['within_1st']} | "
                     f"{r['median_abs_error_st']} | {r['unvoiced']} | {r['voiced_fraction']} | {r['median_glide_st']} | {r.get('digit_accuracy', '')} |"
                 )
-    lines += ["", f"Digit-only accuracy (outside ASR): {results['digit_only_accuracy']}", "", f"Acceptance: {json.dumps(results['acceptance'])}", "",
+    lines += ["", f"Digit-only accuracy (outside ASR): {results['digit_only_accuracy']}", ""]
+    spk = results.get("speaker")
+    if spk:
+        only = spk["speaker_only"]
+        lines += [
+            f"Speaker + pitch: {len(spk['references'])} {cfg['split']}-split references ({', '.join(spk['references'])}), "
+            f"median F0 as CREPE hears them {', '.join(map(str, spk['reference_f0_hz']))} Hz; one sample each. Speaker rate: "
+            "the FSDD speaker judge names the reference's speaker; cosine: resemblyzer's encoder, written audio to reference.",
+            "",
+            "| system | median shift from reference st | within 1 st | median abs err st | unvoiced | voiced frac | speaker rate | encoder cosine |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            f"| speaker only | {only['median_shift_st']} | - | - | - | - | {only['speaker_rate']} | {only['encoder_cosine']} |",
+        ]
+        for text, r in spk["targets"].items():
+            lines.append(
+                f"| speaker + pitch {text} | {r['median_shift_st']} | {r['within_1st']} | {r['median_abs_error_st']} | {r['unvoiced']} | "
+                f"{r['voiced_fraction']} | {r['speaker_rate']} | {r['encoder_cosine']} |"
+            )
+        lines.append("")
+    lines += [f"Acceptance: {json.dumps(results['acceptance'])}", "",
               f"Seconds per sample: {json.dumps(results['seconds_per_sample'])}", ""]
     return "\n".join(lines)

@@ -13,6 +13,8 @@ import typer
 
 from speechguide.common import VOCODER_HELP
 
+SPEAKER_SHIFTS = ("-4st", "-2st", "+2st", "+4st")  # guidance.pitch_eval.SPEAKER_SHIFTS (checked by a test), here without importing torch
+
 
 def evaluate_pitch_command(
     out: Path = typer.Option(Path("reports/pitch"), "--out", help="Report directory."),
@@ -23,13 +25,17 @@ def evaluate_pitch_command(
     pitch_scale: Optional[float] = typer.Option(None, help="Pitch guide scale (default: the pitch profile's)."),
     capacity: str = typer.Option("tiny", help="CREPE capacity: tiny | full."),
     digit: bool = typer.Option(True, "--digit/--no-digit", help="Also run digit-only and digit + pitch systems (digit accuracy by the outside recognizer)."),
+    speaker: bool = typer.Option(True, "--speaker/--no-speaker", help="Also run speaker-only and speaker + pitch systems towards test-split references (speaker rate by the FSDD speaker judge, cosine by resemblyzer's encoder)."),
+    speaker_targets: str = typer.Option(",".join(SPEAKER_SHIFTS), help="Comma-separated pitch targets of the speaker + pitch systems, relative to each reference's median F0."),
+    data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy (the speaker references)."),
     models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
     vocoder: str = typer.Option("auto", "--vocoder", help=VOCODER_HELP),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: CUDA when present)."),
     outside_judges: bool = typer.Option(True, "--outside-judges/--no-outside-judges", help="Score digits with the outside recognizer (PocketSphinx)."),
 ) -> None:
     """Pitch guidance (CREPE) judged by an independent tracker (pYIN): median F0 error in semitones per target,
-    voicing, and the digit rate of digit + pitch composites next to digit-only guidance."""
+    voicing, the digit rate of digit + pitch composites next to digit-only guidance, and the speaker rate of speaker
+    + pitch composites (relative targets) next to speaker-only guidance."""
     from guidance.pitch_eval import PitchEvalConfig, evaluate_pitch
     from guidance.pitch_targets import PitchTargetError, parse_pitch_target
     from speechguide.common import check_between, check_non_negative, fail, load_models
@@ -46,6 +52,16 @@ def evaluate_pitch_command(
                 fail(f"--targets {text}: evaluate-pitch takes absolute (Hz) or contour targets")
     except PitchTargetError as exc:
         fail(f"--targets: {exc}")
+    relative = [t.strip() for t in speaker_targets.split(",") if t.strip()]
+    if speaker:
+        if not relative:
+            fail("--speaker-targets: give at least one relative target, e.g. +2st (or pass --no-speaker)")
+        try:
+            for text in relative:
+                if not parse_pitch_target(text).needs_reference:
+                    fail(f"--speaker-targets {text}: speaker + pitch targets are relative to the reference, e.g. +2st or -4st")
+        except PitchTargetError as exc:
+            fail(f"--speaker-targets: {exc}")
     outside_asr = digit and outside_judges
     if outside_asr:
         try:
@@ -54,17 +70,33 @@ def evaluate_pitch_command(
             ready()
         except ImportError as exc:
             fail(f"--outside-judges: {' '.join(str(exc).split())} (or pass --no-outside-judges)")
+    root = judge_speaker = None
+    if speaker:
+        from guidance.data import resolve_fsdd_root
+
+        try:
+            root = resolve_fsdd_root(data_dir)
+        except FileNotFoundError as exc:
+            fail(f"{exc} (or pass --no-speaker)")
     models = load_models(models_dir, device, vocoder)
+    if speaker:
+        from guidance.models import load_model
+        from guidance.pipeline import ModelPaths
+
+        try:
+            judge_speaker = load_model((ModelPaths(root=models_dir) if models_dir else ModelPaths()).path("judge_speaker"), models.spec, "judge", models.device)
+        except (FileNotFoundError, ValueError) as exc:
+            fail(f"{' '.join(str(exc).split())} (or pass --no-speaker)")
     cfg = PitchEvalConfig(
         targets=tuple(texts), samples=samples, seed=seed, steps=steps, scale=pitch_scale,
-        capacity=capacity, digit=digit, outside_asr=outside_asr,
+        capacity=capacity, digit=digit, outside_asr=outside_asr, speaker=speaker, speaker_targets=tuple(relative),
     )
     said = None
     if outside_asr:  # guidance/ never imports the outside judges: the command hands the recognizer in
         from outside_judges.report import default_recognizer
 
         said = lambda waves, rate: [default_recognizer().recognize(w, rate) for w in waves]  # noqa: E731
-    evaluate_pitch(models, cfg, out, progress=lambda msg: typer.echo(msg, err=True), digits_said=said)
+    evaluate_pitch(models, cfg, out, progress=lambda msg: typer.echo(msg, err=True), digits_said=said, judge_speaker=judge_speaker, data_root=str(root) if root else None)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"report written to {out}")
 

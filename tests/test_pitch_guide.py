@@ -202,12 +202,12 @@ def test_http_request_schema_refuses_bad_pitch_labels(label, ok):
 
 
 @pytest.mark.slow
-def test_evaluate_pitch_writes_a_table_per_target(tiny_models_dir, tmp_path):
+def test_evaluate_pitch_writes_a_table_per_target(tiny_models_dir, fsdd_root, tmp_path):
     import json
 
     out = tmp_path / "report"
-    r = _cli("evaluate-pitch", "--samples", "1", "--steps", "2", "--targets", "140,rise", "--no-digit",
-             "--models-dir", str(tiny_models_dir), "--device", "cpu", "--out", str(out))
+    r = _cli("evaluate-pitch", "--samples", "2", "--steps", "2", "--targets", "140,rise", "--no-digit", "--speaker-targets", "+3st",
+             "--models-dir", str(tiny_models_dir), "--data-dir", str(fsdd_root), "--device", "cpu", "--out", str(out))
     assert r.returncode == 0, r.stderr
     results = json.loads((out / "results.json").read_text())
     assert set(results["targets"]) == {"140", "rise"}
@@ -215,5 +215,31 @@ def test_evaluate_pitch_writes_a_table_per_target(tiny_models_dir, tmp_path):
     rise = results["targets"]["rise"]["line_hz"]
     assert rise[0] < rise[1]
     for row in results["targets"].values():
-        assert row["pitch"]["n"] == 1 and 0.0 <= row["pitch"]["within_1st"] <= 1.0 and "digit+pitch" not in row
-    assert "| 140 |" in (out / "report.md").read_text()
+        assert row["pitch"]["n"] == 2 and 0.0 <= row["pitch"]["within_1st"] <= 1.0 and "digit+pitch" not in row
+    report = (out / "report.md").read_text()
+    assert "| 140 |" in report and "| speaker + pitch +3st |" in report
+    # Two references of two speakers, each composite row aimed 3 semitones above its own reference's median F0.
+    speaker = results["speaker"]
+    assert len({name.split("_")[1] for name in speaker["references"]}) == 2
+    composite = speaker["targets"]["+3st"]
+    assert composite["n"] == 2 and 0.0 <= composite["speaker_rate"] <= 1.0
+    for ref_hz, line_hz in zip(speaker["reference_f0_hz"], composite["line_hz"]):
+        assert abs(line_hz / ref_hz - 2 ** (3 / 12)) < 0.01
+    assert set(results["acceptance"]) >= {"speaker+pitch_within_1st", "speaker_only_rate", "composite_speaker_rate"}
+
+
+@pytest.mark.parametrize("targets, says", [("140", "relative to the reference"), ("+3sx", "pitch target must be"), ("", "at least one")])
+def test_evaluate_pitch_refuses_speaker_targets_that_are_not_relative(tmp_path, targets, says, capsys, monkeypatch):
+    from cli_run import run_in_process
+
+    code, err = run_in_process(["evaluate-pitch", "--speaker-targets", targets, "--out", tmp_path / "out"], capsys, monkeypatch)
+    assert code == 2, err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_offers_the_evaluations_speaker_shifts():
+    from guidance.pitch_eval import SPEAKER_SHIFTS
+    from speechguide import pitch_cli
+
+    assert pitch_cli.SPEAKER_SHIFTS == SPEAKER_SHIFTS

@@ -106,16 +106,27 @@ def test_a_tune_trial_samples_the_sweep_plan_batch_by_batch_as_generate_does(mod
 
 
 @pytest.mark.slow
-def test_evaluate_pitch_samples_every_system_as_generate_does(models, tmp_path, monkeypatch):
+def test_evaluate_pitch_samples_every_system_as_generate_does(models, tiny_models_dir, fsdd_root, tmp_path, monkeypatch):
     import guidance.pitch_eval as pitch_eval
+    from guidance.data import load_wave
+    from guidance.models import load_model
 
-    cfg = pitch_eval.PitchEvalConfig(targets=("rise",), samples=1, seed=1, steps=4)  # 4 steps: one sigma in the pitch guide's window
+    # 4 steps: one sigma in the pitch guide's window
+    cfg = pitch_eval.PitchEvalConfig(targets=("rise",), samples=1, seed=1, steps=4, speaker_targets=("+3st",))
     got = _recording(monkeypatch, pitch_eval)
-    pitch_eval.evaluate_pitch(models, cfg, tmp_path / "pitch")
+    judge = load_model(tiny_models_dir / "judge-speaker.safetensors", kind="judge")
+    pitch_eval.evaluate_pitch(models, cfg, tmp_path / "pitch", judge_speaker=judge, data_root=str(fsdd_root))
     profile = pitch_eval._profile(cfg)
     digits = targets_for("digit", ["0"])  # sample i says digit i mod 10
     systems = [([], "none", 1), (digits, "noisy", 1), ([Target("pitch", "rise")], "none", 1), ([*digits, Target("pitch", "rise")], "noisy", 1)]
+    (ref,) = pitch_eval.speaker_references(cfg, str(fsdd_root))
+    speaker = [Target("speaker", ref.path.name)]  # a reference's voice, then 3 semitones above its median F0
+    systems += [(speaker, "none", 1), ([*speaker, Target("pitch", "+3st")], "none", 1)]
+    references = {ref.path.name: load_wave(ref.path, models.spec.sample_rate)}
     assert len(got) == len(systems)
     for mels, (targets, kind, num) in zip(got, systems):
-        assert torch.equal(mels, generate_local(models, targets, num, cfg.seed, profile, kind, scale_set=True).mels), (targets, kind)
+        voiced = any(t.guide == "speaker" for t in targets)
+        want = generate_local(models, targets, num, cfg.seed, profile, kind, references=references if voiced else None, scale_set=True, paired=voiced).mels
+        assert torch.equal(mels, want), (targets, kind)
     assert not torch.equal(got[0], got[2])  # the pitch guide changed the samples
+    assert not torch.equal(got[4], got[5])  # and the speaker's
