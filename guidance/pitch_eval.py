@@ -54,6 +54,7 @@ class PitchEvalConfig:
     steps: int | None = None
     scale: float | None = None
     capacity: str = "tiny"
+    head_weight: float | None = None  # the writing vocoder's F0 head next to CREPE (None: the guide's HEAD_WEIGHT)
     digit: bool = True
     outside_asr: bool = False
     speaker: bool = True  # speaker-only and speaker + pitch systems (needs the speaker judge)
@@ -114,7 +115,7 @@ def evaluate_pitch(
     out.mkdir(parents=True, exist_ok=True)
     rate = models.spec.sample_rate
     prof = _profile(cfg)
-    guide = PitchGuide(models.spec, models.vocoder, cfg.capacity, device=models.device)
+    guide = PitchGuide(models.spec, models.vocoder, cfg.capacity, device=models.device, **({"head_weight": cfg.head_weight} if cfg.head_weight is not None else {}))
     digits = torch.arange(cfg.samples) % 10
     digit_targets = targets_for("digit", [DIGITS[d] for d in digits.tolist()])  # sample i says digit i mod 10
     timings: dict[str, float] = {}

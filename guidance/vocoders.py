@@ -114,6 +114,16 @@ def request_vocoder(vocoder: Vocoder, guides: Iterable[str]) -> Vocoder:
     return vocoder.harmonic if vocoder.harmonic is not None and "pitch" in set(guides) else vocoder.neural
 
 
+def writer_f0_head(vocoder: Vocoder | None) -> torch.nn.Module | None:
+    """The F0 head of the harmonic vocoder that writes pitch requests with `vocoder` (itself harmonic, or an
+    `AutoVocoder` holding one), else None: what the pitch guide also asks for the target pitch."""
+    from guidance.models.f0_head import F0Head
+
+    harmonic = getattr(vocoder, "harmonic", None) or vocoder
+    head = getattr(harmonic, "head", None)  # (the neural vocoder's output layer is called head too)
+    return head if isinstance(head, F0Head) else None
+
+
 def waveform_route_vocoder(vocoder: Vocoder) -> Vocoder:
     """The vocoder a guide differentiates through to hear a waveform: the neural vocoder itself, also when
     the audio is written by the harmonic vocoder (a probe with the pitch guide hearing through the harmonic

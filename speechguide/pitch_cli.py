@@ -24,6 +24,7 @@ def evaluate_pitch_command(
     steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the digit guide profile's, 18)."),
     pitch_scale: Optional[float] = typer.Option(None, help="Pitch guide scale (default: the pitch profile's)."),
     capacity: str = typer.Option("tiny", help="CREPE capacity: tiny | full."),
+    head_weight: Optional[float] = typer.Option(None, help="Weight of the harmonic vocoder's F0 head next to CREPE in the pitch guide (default: the guide's, 0.5; 0 = CREPE alone)."),
     digit: bool = typer.Option(True, "--digit/--no-digit", help="Also run digit-only and digit + pitch systems (digit accuracy by the outside recognizer)."),
     speaker: bool = typer.Option(True, "--speaker/--no-speaker", help="Also run speaker-only and speaker + pitch systems towards test-split references (speaker rate by the FSDD speaker judge, cosine by resemblyzer's encoder)."),
     speaker_targets: str = typer.Option(",".join(SPEAKER_SHIFTS), help="Comma-separated pitch targets of the speaker + pitch systems, relative to each reference's median F0."),
@@ -43,6 +44,7 @@ def evaluate_pitch_command(
     check_between("--samples", samples, 1, 200)
     check_between("--steps", steps, 1, 1000)
     check_non_negative("--pitch-scale", pitch_scale)
+    check_non_negative("--head-weight", head_weight)
     if capacity not in ("tiny", "full"):
         fail(f"--capacity must be tiny or full, got {capacity!r}")
     texts = [t.strip() for t in targets.split(",") if t.strip()]
@@ -89,7 +91,7 @@ def evaluate_pitch_command(
             fail(f"{' '.join(str(exc).split())} (or pass --no-speaker)")
     cfg = PitchEvalConfig(
         targets=tuple(texts), samples=samples, seed=seed, steps=steps, scale=pitch_scale,
-        capacity=capacity, digit=digit, outside_asr=outside_asr, speaker=speaker, speaker_targets=tuple(relative),
+        capacity=capacity, head_weight=head_weight, digit=digit, outside_asr=outside_asr, speaker=speaker, speaker_targets=tuple(relative),
     )
     said = None
     if outside_asr:  # guidance/ never imports the outside judges: the command hands the recognizer in

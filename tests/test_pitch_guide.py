@@ -58,15 +58,22 @@ def test_conv1d_network_matches_torchcrepes():
         assert torch.allclose(torch.logit(ref(frames).double(), eps=1e-7), Crepe.shipped("tiny")(frames).double(), atol=1e-3)
 
 
-@pytest.fixture(scope="module")
-def guide_and_mel(spec):
+@pytest.fixture(scope="module", params=["neural", "harmonic"])
+def guide_and_mel(spec, request):
+    """CREPE through an untrained neural vocoder (the route, not its quality); with "harmonic", the audio is
+    written by a harmonic vocoder around it whose (untrained) F0 head the guide also asks."""
     from guidance.features import LogMel, fit_length
     from guidance.guides.pitch import PitchGuide
+    from guidance.harmonic_vocoder import HarmonicVocoder
+    from guidance.models.f0_head import F0Head, F0HeadConfig
     from guidance.models.vocoder import NeuralVocoder, VocoderConfig
 
     torch.manual_seed(0)
-    vocoder = NeuralVocoder(VocoderConfig.for_spec(spec, channels=32, blocks=2)).eval()  # untrained: the route, not its quality
+    vocoder = NeuralVocoder(VocoderConfig.for_spec(spec, channels=32, blocks=2)).eval()
+    if request.param == "harmonic":
+        vocoder = HarmonicVocoder(vocoder, F0Head(F0HeadConfig(n_mels=spec.n_mels, channels=8)).eval(), spec)
     guide = PitchGuide(spec, vocoder, "tiny", hop_s=0.04)
+    assert (guide.writer_head is not None) == (request.param == "harmonic")
     wave = tone(130.0) * torch.hann_window(16128, periodic=False)
     mel = LogMel(spec)(fit_length(wave[None], spec.num_samples))
     return guide, mel
@@ -78,6 +85,7 @@ def test_gradient_matches_finite_differences(guide_and_mel):
     sigma, temp = torch.ones(1), torch.ones(1)
     x = mel.clone().requires_grad_(True)
     logp, held = guide.log_prob_held(x, target, temp)
+    assert set(held) == ({"crepe", "head"} if guide.writer_head is not None else {"crepe"})
     assert torch.allclose(logp, guide.log_prob(mel, sigma, target, temp))
     (grad,) = torch.autograd.grad(logp.sum(), x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
@@ -94,6 +102,43 @@ def test_gradient_matches_finite_differences(guide_and_mel):
         numeric = float((up - down) / (2 * eps))
         analytic = float((grad * direction).sum())
         assert numeric == pytest.approx(analytic, rel=0.05), (numeric, analytic)
+
+
+def test_the_writers_f0_head_is_asked_for_the_target_too(spec, fsdd_root):
+    """With the committed F0 head, the guide's gradient has a share from the head (weight 0 vs the default
+    differ), and along the head term's own gradient the head hears the sample closer to the target."""
+    from guidance.data import load_wave
+    from guidance.features import LogMel, fit_length
+    from guidance.guides.pitch import HEAD_WEIGHT, PitchGuide
+    from guidance.pipeline import ModelPaths
+    from guidance.vocoders import load_vocoder, writer_f0_head
+
+    models = ModelPaths().root
+    auto = load_vocoder("auto", spec, models)
+    assert writer_f0_head(auto) is auto.harmonic.head and writer_f0_head(auto.neural) is None
+    clip = sorted((fsdd_root / "recordings").glob("7_george_*.wav"))[0]
+    mel = LogMel(spec)(fit_length(load_wave(clip, spec.sample_rate)[None], spec.num_samples))
+    grads = {}
+    for weight in (0.0, HEAD_WEIGHT):
+        guide = PitchGuide(spec, auto, "tiny", head_weight=weight)
+        target = torch.tensor([guide.add_target("100")])
+        x = mel.clone().requires_grad_(True)
+        (grads[weight],) = torch.autograd.grad(guide.log_prob(x, torch.ones(1), target, torch.ones(1)).sum(), x)
+    assert guide.describe()["writer_f0_head_weight"] == HEAD_WEIGHT
+    assert not torch.allclose(grads[0.0], grads[HEAD_WEIGHT])
+    head = auto.harmonic.head
+
+    def heard_semitones_off(m: torch.Tensor) -> float:
+        f0, voiced = head.f0(m)
+        return abs(12 * math.log2(float(f0[0][voiced[0]].median()) / 100.0))
+
+    x = mel.clone()
+    before = heard_semitones_off(x)
+    for _ in range(20):
+        x.requires_grad_(True)
+        (g,) = torch.autograd.grad(guide.head_log_prob(x, target)[0].sum(), x)
+        x = (x + 0.05 * g / g.norm() * x.numel() ** 0.5).detach()  # 0.05 RMS per bin and step
+    assert heard_semitones_off(x) < before - 1, (before, heard_semitones_off(x))
 
 
 def test_glide_targets_move_along_the_voiced_region():
