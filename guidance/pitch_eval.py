@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from guidance.data import DIGITS, FSDD_SPEAKERS, as_written, fsdd_split, list_fsdd, load_wave, resolve_fsdd_root
+from guidance.data import DIGITS, FSDD_SPEAKERS, as_written, fsdd_split, list_fsdd, load_wave, resolve_fsdd_root, write_wav
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile
 from guidance.guides.pitch import PitchGuide, default_pitch_settings
 from guidance.guides.voice import VoiceGuide
@@ -60,6 +60,7 @@ class PitchEvalConfig:
     speaker: bool = True  # speaker-only and speaker + pitch systems (needs the speaker judge)
     speaker_targets: tuple[str, ...] = SPEAKER_SHIFTS
     split: str = "test"  # where the speaker references come from
+    write_wavs: bool = False  # every sample under out/wavs/<system>_<target>/NNN.wav
 
 
 def _profile(cfg: PitchEvalConfig) -> GuidanceProfile:
@@ -133,6 +134,9 @@ def evaluate_pitch(
         say(f"{name}: {timings[name]} s per sample")
         vocoder = request_vocoder(models.vocoder, planned.named)  # what `generate` writes this request with
         waves, ok = vocode_finite(mels, vocoder)  # rows that could not be vocoded are silent (and not ok)
+        if cfg.write_wavs:  # every sample, for listening or another tracker (`bench/pitch_second_tracker.py`)
+            for i, wave in enumerate(waves):
+                write_wav(out / "wavs" / name.replace(" ", "_") / f"{i:03d}.wav", wave, rate)
         return as_written(waves, rate), ok  # the tracker and the recognizer hear the file as written
 
     waves, ok = run("unguided", plan([], "none"))

@@ -28,6 +28,7 @@ def evaluate_pitch_command(
     digit: bool = typer.Option(True, "--digit/--no-digit", help="Also run digit-only and digit + pitch systems (digit accuracy by the outside recognizer)."),
     speaker: bool = typer.Option(True, "--speaker/--no-speaker", help="Also run speaker-only and speaker + pitch systems towards test-split references (speaker rate by the FSDD speaker judge, cosine by resemblyzer's encoder)."),
     speaker_targets: str = typer.Option(",".join(SPEAKER_SHIFTS), help="Comma-separated pitch targets of the speaker + pitch systems, relative to each reference's median F0."),
+    write_wavs: bool = typer.Option(False, "--write-wavs/--no-write-wavs", help="Also write every sample as a WAV under OUT/wavs/<system>_<target>/ (about 6 MB for the default run)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_FSDD_DIR", help="Local FSDD copy (the speaker references)."),
     models_dir: Optional[Path] = typer.Option(None, envvar="SPEECHGUIDE_MODELS", help="Directory of model files."),
     vocoder: str = typer.Option("auto", "--vocoder", help=VOCODER_HELP),
@@ -91,7 +92,7 @@ def evaluate_pitch_command(
             fail(f"{' '.join(str(exc).split())} (or pass --no-speaker)")
     cfg = PitchEvalConfig(
         targets=tuple(texts), samples=samples, seed=seed, steps=steps, scale=pitch_scale,
-        capacity=capacity, head_weight=head_weight, digit=digit, outside_asr=outside_asr, speaker=speaker, speaker_targets=tuple(relative),
+        capacity=capacity, head_weight=head_weight, digit=digit, outside_asr=outside_asr, speaker=speaker, speaker_targets=tuple(relative), write_wavs=write_wavs,
     )
     said = None
     if outside_asr:  # guidance/ never imports the outside judges: the command hands the recognizer in

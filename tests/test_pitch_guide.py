@@ -251,7 +251,7 @@ def test_evaluate_pitch_writes_a_table_per_target(tiny_models_dir, fsdd_root, tm
     import json
 
     out = tmp_path / "report"
-    r = _cli("evaluate-pitch", "--samples", "2", "--steps", "2", "--targets", "140,rise", "--no-digit", "--speaker-targets", "+3st",
+    r = _cli("evaluate-pitch", "--samples", "2", "--steps", "2", "--targets", "140,rise", "--no-digit", "--speaker-targets", "+3st", "--write-wavs",
              "--models-dir", str(tiny_models_dir), "--data-dir", str(fsdd_root), "--device", "cpu", "--out", str(out))
     assert r.returncode == 0, r.stderr
     results = json.loads((out / "results.json").read_text())
@@ -271,6 +271,9 @@ def test_evaluate_pitch_writes_a_table_per_target(tiny_models_dir, fsdd_root, tm
     for ref_hz, line_hz in zip(speaker["reference_f0_hz"], composite["line_hz"]):
         assert abs(line_hz / ref_hz - 2 ** (3 / 12)) < 0.01
     assert set(results["acceptance"]) >= {"speaker+pitch_within_1st", "speaker_only_rate", "composite_speaker_rate"}
+    wavs = sorted(str(p.relative_to(out / "wavs")) for p in (out / "wavs").rglob("*"))
+    systems = ["unguided", "pitch_140", "pitch_rise", "speaker", "speaker+pitch_+3st"]
+    assert wavs == sorted([*systems, *(f"{s}/{i:03d}.wav" for s in systems for i in range(2))])
 
 
 @pytest.mark.parametrize("targets, says", [("140", "relative to the reference"), ("+3sx", "pitch target must be"), ("", "at least one")])
