@@ -40,6 +40,7 @@ from guidance.pipeline import ModelSet, sample_plan, vocode_finite
 from guidance.pitch_targets import parse_pitch_target, resolve_pitch
 from guidance.plan import Plan, Target, plan_request, targets_for
 from guidance.vocoders import describe_vocoder, request_vocoder
+from guidance.voice_eval import check_speaker_judge, pick_references
 
 WITHIN_SEMITONES = 1.0  # the acceptance: a sample is on target when its median F0 is within 1 semitone
 DEFAULT_SHIFTS = (-4, -2, 2, 4)
@@ -106,9 +107,7 @@ def evaluate_pitch(
     if cfg.speaker:
         if judge_speaker is None:
             raise ValueError("the speaker systems need the speaker judge (judge_speaker)")
-        models.spec.check_compatible(judge_speaker.spec, what=f"judge {judge_speaker.name}")
-        if list(judge_speaker.labels) != FSDD_SPEAKERS:
-            raise ValueError(f"speaker judge labels {judge_speaker.labels} are not FSDD's speakers {FSDD_SPEAKERS}")
+        check_speaker_judge(models.spec, judge_speaker)
         for text in cfg.speaker_targets:
             if not parse_pitch_target(text).needs_reference:
                 raise ValueError(f"speaker + pitch targets are relative to the reference (e.g. +2st), got {text!r}")
@@ -186,8 +185,6 @@ def evaluate_pitch(
 def speaker_references(cfg: PitchEvalConfig, data_root: str | None) -> list:
     """`cfg.samples` reference clips of the split, fixed by rule (evaluate-voice's `pick_references`), taken
     speaker by speaker in turn so that every FSDD speaker is a target before any is one twice."""
-    from guidance.voice_eval import pick_references
-
     per = math.ceil(cfg.samples / len(FSDD_SPEAKERS))
     refs = pick_references(fsdd_split(list_fsdd(resolve_fsdd_root(data_root)), cfg.split), cfg.split, per)
     return [refs[s * per + r] for r in range(per) for s in range(len(FSDD_SPEAKERS))][: cfg.samples]
@@ -247,6 +244,11 @@ def _speaker_systems(models: ModelSet, cfg: PitchEvalConfig, prof: GuidanceProfi
     return out
 
 
+def _pooled(rows: list[dict], key: str) -> float:
+    """A rate over several targets' rows, each weighted by its sample count `n`."""
+    return round(sum(r[key] * r["n"] for r in rows) / sum(r["n"] for r in rows), 3)
+
+
 def acceptance(results: dict) -> dict:
     """The issue's two checks over every target: share of samples within 1 st (>= 0.75), composite digit rate
     >= 0.9 x digit-only's."""
@@ -254,8 +256,7 @@ def acceptance(results: dict) -> dict:
     for system in ("pitch", "digit+pitch"):
         rows = [r[system] for r in results["targets"].values() if system in r]
         if rows:
-            n = sum(r["n"] for r in rows)
-            out[f"{system}_within_1st"] = round(sum(r["within_1st"] * r["n"] for r in rows) / n, 3)
+            out[f"{system}_within_1st"] = _pooled(rows, "within_1st")
     base = results.get("digit_only_accuracy")
     rates = [r["digit+pitch"].get("digit_accuracy") for r in results["targets"].values() if "digit+pitch" in r]
     if base is not None and rates and all(v is not None for v in rates):
@@ -264,10 +265,9 @@ def acceptance(results: dict) -> dict:
     spk = results.get("speaker")
     if spk and spk["targets"]:
         rows = list(spk["targets"].values())
-        n = sum(r["n"] for r in rows)
-        out["speaker+pitch_within_1st"] = round(sum(r["within_1st"] * r["n"] for r in rows) / n, 3)
+        out["speaker+pitch_within_1st"] = _pooled(rows, "within_1st")
         out["speaker_only_rate"] = spk["speaker_only"]["speaker_rate"]
-        out["composite_speaker_rate"] = round(sum(r["speaker_rate"] * r["n"] for r in rows) / n, 3)
+        out["composite_speaker_rate"] = _pooled(rows, "speaker_rate")
         base = out["speaker_only_rate"]
         out["composite_over_speaker_only"] = round(out["composite_speaker_rate"] / base, 3) if base > 0 else None
     return out

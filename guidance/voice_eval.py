@@ -79,6 +79,13 @@ class VoiceEvalConfig:
         return base.model_copy(update={"name": "voice-eval", "guide": self.digit, "per_guide": per_guide})
 
 
+def check_speaker_judge(spec, judge: ModelFile) -> None:
+    """ValueError unless `judge` hears the model's features and names FSDD's speakers, in FSDD's order."""
+    spec.check_compatible(judge.spec, what=f"judge {judge.name}")
+    if list(judge.labels) != FSDD_SPEAKERS:
+        raise ValueError(f"speaker judge labels {judge.labels} are not FSDD's speakers {FSDD_SPEAKERS}")
+
+
 def pick_references(clips: list[Clip], split: str, per_speaker: int) -> list[Clip]:
     """`per_speaker` clips of every speaker, fixed by rule (no choice by result): reference r of speaker s
     is digit (3r + s) mod 10 at take (first take of the split + r) mod 5."""
@@ -156,10 +163,8 @@ def evaluate_voice(
     (see `guidance.listening`); None leaves their figures out.
     """
     spec = models.spec
-    for j in (judge_digit, judge_speaker):
-        spec.check_compatible(j.spec, what=f"judge {j.name}")
-    if list(judge_speaker.labels) != FSDD_SPEAKERS:
-        raise ValueError(f"speaker judge labels {judge_speaker.labels} are not FSDD's speakers {FSDD_SPEAKERS}")
+    spec.check_compatible(judge_digit.spec, what=f"judge {judge_digit.name}")
+    check_speaker_judge(spec, judge_speaker)
     unknown = [name for name in cfg.systems if name not in SYSTEMS]
     if unknown:
         raise ValueError(f"unknown voice evaluation system {unknown[0]!r}; known: {', '.join(SYSTEMS)}")

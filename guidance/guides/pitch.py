@@ -172,6 +172,12 @@ def decode_cents(probs: torch.Tensor) -> torch.Tensor:
     return (p * cents).sum(-1) / p.sum(-1).clamp_min(1e-12)
 
 
+def target_blur(centres: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """Unnormalized Gaussian with CREPE's training blur (TARGET_BLUR_CENTS) around the wanted pitch, at bins
+    centred at `centres`; both in cents, broadcast against each other (the caller picks the bin axis)."""
+    return torch.exp(-((centres - want) ** 2) / (2 * TARGET_BLUR_CENTS**2))
+
+
 def glide_position(weights: torch.Tensor) -> torch.Tensor:
     """(B, T) frame weights -> (B, T) position of each frame along the voiced region, 0 at its start and
     1 at its end (the mid-point of the frame's share of the cumulative weight)."""
@@ -294,6 +300,9 @@ class PitchGuide(PitchTargetTable, Guide):
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         self.objective = objective
         self.writer_head = writer_f0_head(vocoder)  # the F0 reader of the vocoder that writes pitch requests
+        if self.writer_head is not None:
+            cfg = self.writer_head.config
+            self.head_cents = hz_to_cents(cfg.fmin_hz * 2 ** (torch.arange(cfg.bins) / cfg.bins_per_octave)).to(self.device)
         if not (math.isfinite(head_weight) and head_weight >= 0):
             raise ValueError(f"head_weight must be a finite number >= 0, got {head_weight}")
         self.head_weight = head_weight
@@ -327,11 +336,7 @@ class PitchGuide(PitchTargetTable, Guide):
             with torch.no_grad():
                 held["crepe"] = torch.sigmoid(logits).amax(-1) * gate
         weights = held["crepe"]
-        with torch.no_grad():
-            position = glide_position(weights)
-        line = self.lines[target.to(self.device)]  # (B, 2) cents
-        want = line[:, :1] + position * (line[:, 1:] - line[:, :1])  # (B, T)
-        blurred = torch.exp(-((bin_cents(self.device) - want[..., None]) ** 2) / (2 * TARGET_BLUR_CENTS**2))
+        blurred = target_blur(bin_cents(self.device), self.wanted_cents(target, weights)[..., None])  # (B, T, 360)
         if self.objective == "softmax":
             q = blurred / blurred.sum(-1, keepdim=True)
             per_frame = (q * torch.log_softmax(logits, -1)).sum(-1)
@@ -351,17 +356,20 @@ class PitchGuide(PitchTargetTable, Guide):
         head = self.writer_head
         cfg = head.config
         logp = head(inp.to(self.device)).log_softmax(1)  # (B, bins + 1, T)
-        with torch.no_grad():
-            if voiced is None:
-                voiced = 1 - logp[:, cfg.bins].exp()
-            position = glide_position(voiced)
-        line = self.lines[target.to(self.device)]
-        want = line[:, :1] + position * (line[:, 1:] - line[:, :1])  # (B, T) cents
-        centres = hz_to_cents(cfg.fmin_hz * 2 ** (torch.arange(cfg.bins, device=self.device) / cfg.bins_per_octave))
-        blurred = torch.exp(-((centres[None, :, None] - want[:, None, :]) ** 2) / (2 * TARGET_BLUR_CENTS**2))
+        if voiced is None:
+            voiced = 1 - logp[:, cfg.bins].detach().exp()
+        blurred = target_blur(self.head_cents[None, :, None], self.wanted_cents(target, voiced)[:, None, :])  # (B, bins, T)
         q = blurred / blurred.sum(1, keepdim=True).clamp_min(1e-12)
         per_frame = (q * logp[:, : cfg.bins]).sum(1)
         return (voiced * per_frame).sum(-1) / voiced.sum(-1).clamp_min(1e-6), voiced
+
+    def wanted_cents(self, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(B, T) the target line's pitch in cents at each frame, placed along the voiced region that the frame
+        weights (B, T) mark (`glide_position`, without gradient)."""
+        with torch.no_grad():
+            position = glide_position(weights)
+        line = self.lines[target.to(self.device)]  # (B, 2) start and end, cents
+        return line[:, :1] + position * (line[:, 1:] - line[:, :1])
 
     @torch.no_grad()
     def track(self, mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
