@@ -132,6 +132,13 @@ def waveform_route_vocoder(vocoder: Vocoder) -> Vocoder:
     return getattr(vocoder, "neural", vocoder)
 
 
+def rows_independent(vocoder: Vocoder) -> bool:
+    """Whether a row's waveform does not depend on the batch it is written in (the neural vocoder, up to
+    float rounding: under 0.1 PCM step measured), so that several requests' audio may share one pass. The
+    harmonic vocoder and Griffin-Lim draw their noise or phase for the whole batch."""
+    return describe_vocoder(vocoder).get("kind") == NEURAL
+
+
 def describe_vocoder(vocoder: Vocoder) -> dict:
     """What a manifest records about the vocoder that wrote its audio."""
     return dict(getattr(vocoder, "description", {"kind": type(vocoder).__name__}))

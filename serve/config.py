@@ -97,6 +97,12 @@ class StepMerging(_Strict):
         "1 gives the largest forwards; one per model replica keeps several replicas busy at once",
     )
 
+    finish_wait_s: float = Field(
+        0.005, ge=0, le=1,
+        description="how long a request whose sampling ended waits for the others ending with it, so that their scores "
+        "travel as one classifier call and their audio is written in one vocoder pass (neural vocoder only)",
+    )
+
     @model_validator(mode="after")
     def _cohorts_fit(self) -> "StepMerging":
         if self.cohorts > self.max_in_flight:

@@ -58,7 +58,7 @@ from guidance.features import FeatureSpec, Vocoder
 from guidance.finite import NonFiniteError
 from guidance.data import wav_bytes  # noqa: F401  (re-exported: the bytes of every WAV the app answers)
 from guidance.guides.kinds import default_digit_kind
-from guidance.vocoders import describe_vocoder, load_vocoder, request_vocoder
+from guidance.vocoders import describe_vocoder, load_vocoder, request_vocoder, rows_independent
 from guidance.guide_host import RemoteGuide, RemoteReferenceGuide, hf_key, remote_guide, voice_key
 from guidance.guides import DEFAULT_PROFILES, GuidanceProfile, read_reference
 from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
@@ -70,7 +70,7 @@ from serve.auth import check_bearer, check_exposure, resolve_token
 from serve.config import AppArgs, Auth
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
 from serve.fused import FusedCall, FusedResult, fused_answerer
-from serve.merge import CallMerger
+from serve.merge import CallMerger, WindowMerger
 from serve.metrics import ingress_metrics, observe_requests
 from serve.playground import add_routes as add_playground_routes
 from serve.steps import GuideCall, GuideResult, drive_sampler, from_wire, to_wire
@@ -231,6 +231,7 @@ class SpeechIngress:
                 log.warning("registry: %s: %s", key, err)
         self._poller: Optional[asyncio.Task] = None
         self._mergers: dict[str, CallMerger] = {}
+        self._finishers: dict[tuple, WindowMerger] = {}  # scores and vocoding of requests that end together
         self._sampling = 0  # requests of this replica between their first and last step call
         # Work in flight and measured throughput of this replica (each ingress replica admits on its own).
         self.admission = AdmissionController(deadline_s=self.args.request_timeout_s, **self.args.admission.model_dump())
@@ -589,7 +590,7 @@ class SpeechIngress:
         probs = speaker_score = None
         if "digit" in plan.named:
             scorer = ("fused generator", self.fused) if self.fused is not None else ("classifier", self._classifier_for(guide_key))
-            probs = from_wire(await self._remote(scorer[0], scorer[1].probabilities, guide_key, to_wire(mels)))
+            probs = await self._probabilities(scorer[0], scorer[1], guide_key, mels)
         if voice is not None:
             speaker_score = from_wire(await self._remote(
                 "classifier", self.classifier.score, voice.name, to_wire(mels), to_wire(voice.references.float()), to_wire(plan.named["speaker"])
@@ -601,7 +602,7 @@ class SpeechIngress:
             ))
         t_scored = time.perf_counter()
         writer = request_vocoder(self._vocoder, plan.named)  # auto: the harmonic vocoder for a pitch target
-        waves = await asyncio.to_thread(self._vocode, mels, writer)
+        waves = await self._write(mels, writer)
         t_vocoded = time.perf_counter()
 
         rate = cat.spec.sample_rate
@@ -757,6 +758,38 @@ class SpeechIngress:
     def _vocode(self, mels: torch.Tensor, vocoder: Vocoder) -> np.ndarray:
         with self._vocoder_lock:
             return vocoder(mels).cpu().numpy()
+
+    def _finisher(self, key: tuple, send: Any) -> Optional[WindowMerger]:
+        """The merger of one kind of end-of-sampling call (None when the ingress merges nothing)."""
+        merging = self.args.step_merging
+        if not merging.enabled or merging.finish_wait_s <= 0:
+            return None
+        merger = self._finishers.get(key)
+        if merger is None:
+            merger = self._finishers[key] = WindowMerger(send, merging.finish_wait_s, merging.max_items)
+        return merger
+
+    async def _probabilities(self, what: str, handle: DeploymentHandle, kind: str, mels: torch.Tensor) -> torch.Tensor:
+        """The scorer's class probabilities of a request's samples; requests ending together share one call."""
+
+        async def send(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+            probs = from_wire(await self._remote(what, handle.probabilities, kind, to_wire(torch.cat(batch))))
+            return list(torch.split(probs, [len(m) for m in batch]))
+
+        hosted = self.fused is not None or self._hosted(kind)  # registry models go call by call, as their steps do
+        merger = self._finisher(("probabilities", what, kind, *mels.shape[1:]), send) if hosted else None
+        return await merger.submit(mels) if merger else (await send([mels]))[0]
+
+    async def _write(self, mels: torch.Tensor, writer: Vocoder) -> np.ndarray:
+        """A request's waveforms; with a writer whose rows do not depend on their batch, the requests ending
+        together are written in one pass."""
+
+        async def send(batch: list[torch.Tensor]) -> list[np.ndarray]:
+            waves = await asyncio.to_thread(self._vocode, torch.cat(batch), writer)
+            return list(np.split(waves, np.cumsum([len(m) for m in batch])[:-1]))
+
+        merger = self._finisher(("vocode", id(writer), *mels.shape[1:]), send) if rows_independent(writer) else None
+        return await merger.submit(mels) if merger else (await send([mels]))[0]
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:

@@ -127,3 +127,61 @@ class CallMerger(Generic[Item, Result]):
             self.items_in_flight -= len(take)
             self.freed = time.monotonic()
             self._launch()
+
+
+class WindowMerger(Generic[Item, Result]):
+    """`submit(item)` answers `send([items...])[i]` for the items submitted within `window_s` of the first
+    one that waits: for the calls a request makes once, when its sampling ends (scores, vocoding).
+
+    Requests that sample in one merged call end in the same event-loop turn, so a window of a few
+    milliseconds collects the whole cohort: one classifier call and one vocoder pass for all of them
+    instead of one each at batch 1 (a row costs about half as much in a batch of 16 on one CPU thread).
+    A failed send fails exactly the items it carried.
+    """
+
+    def __init__(self, send: Callable[[list[Item]], Awaitable[list[Result]]], window_s: float = 0.005, max_items: int = 64) -> None:
+        if window_s < 0 or max_items < 1:
+            raise ValueError(f"window_s must be >= 0 and max_items >= 1, got {window_s}, {max_items}")
+        self.send = send
+        self.window_s = window_s
+        self.max_items = max_items
+        self.pending: list[tuple[Item, asyncio.Future]] = []
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.sends = 0
+        self.items = 0
+
+    async def submit(self, item: Item) -> Result:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        self.pending.append((item, future))
+        if len(self.pending) >= self.max_items:
+            self._flush()
+        elif self.timer is None:
+            self.timer = loop.call_later(self.window_s, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        take, self.pending = self.pending, []
+        take = [(item, f) for item, f in take if not f.done()]  # callers that gave up
+        if take:
+            asyncio.get_running_loop().create_task(self._send(take))
+
+    async def _send(self, take: list[tuple[Any, asyncio.Future]]) -> None:
+        try:
+            results = await self.send([item for item, _ in take])
+            if len(results) != len(take):
+                raise RuntimeError(f"a merged call answered {len(results)} results for {len(take)} items")
+            for (_, future), result in zip(take, results):
+                if not future.done():
+                    future.set_result(result)
+            self.sends += 1
+            self.items += len(take)
+        except BaseException as exc:
+            for _, future in take:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise

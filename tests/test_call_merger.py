@@ -155,3 +155,57 @@ def test_a_short_cohort_goes_at_once_when_every_caller_is_accounted_for():
     waiting_alone, waiting_with_the_rest_in_flight = asyncio.run(main())
     assert waiting_alone > 9.0  # 8 callers unaccounted for: wait for them
     assert waiting_with_the_rest_in_flight == 0.0
+
+
+def test_calls_within_the_window_share_one_send_and_a_failure_stays_with_its_send():
+    """`WindowMerger`, the ingress's merger of end-of-sampling calls (scores, vocoding): 16 callers ending in
+    the same event-loop turn travel as one send with each answer back to its caller; a caller 50 ms later goes
+    in its own send; a send that fails fails its callers only, and a caller that gave up is not sent."""
+    from serve.merge import WindowMerger
+
+    sends: list[list[int]] = []
+
+    async def send(items):
+        sends.append(list(items))
+        await asyncio.sleep(0.01)
+        if -1 in items:
+            raise RuntimeError("scorer down")
+        return [x * 10 for x in items]
+
+    merger = WindowMerger(send, window_s=0.005, max_items=64)
+
+    async def late(x, delay):
+        await asyncio.sleep(delay)
+        return await merger.submit(x)
+
+    async def main():
+        together = await asyncio.gather(*(merger.submit(i) for i in range(16)), late(99, 0.05))
+        failed = await asyncio.gather(merger.submit(-1), merger.submit(5), return_exceptions=True)
+        gave_up = asyncio.ensure_future(merger.submit(7))
+        await asyncio.sleep(0)
+        gave_up.cancel()
+        after = await merger.submit(8)
+        return together, failed, after
+
+    together, failed, after = asyncio.run(main())
+    assert together == [i * 10 for i in range(16)] + [990]
+    assert sends[:2] == [list(range(16)), [99]]
+    assert all(isinstance(f, RuntimeError) for f in failed) and sends[2] == [-1, 5]
+    assert after == 80 and sends[3] == [8]  # the cancelled 7 never travelled
+
+
+def test_window_merger_sends_at_max_items_without_waiting():
+    from serve.merge import WindowMerger
+
+    sends: list[int] = []
+
+    async def send(items):
+        sends.append(len(items))
+        return items
+
+    merger = WindowMerger(send, window_s=10.0, max_items=4)
+
+    async def main():
+        return await asyncio.wait_for(asyncio.gather(*(merger.submit(i) for i in range(8))), timeout=2)
+
+    assert asyncio.run(main()) == list(range(8)) and sends == [4, 4]
