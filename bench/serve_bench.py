@@ -4,6 +4,9 @@
     best a single process can do: one forward per step for all of them), then vocode and score;
 (b) Serve, split topology with step batching: the app from serve/config.yaml, c clients over HTTP;
 (c) Serve, per-request unbatched: the same app after `reconfigure` to max_batch_size=1;
+(e) Serve, co-located: serve/config-colocated.yaml, the same models in one ModelHost deployment of two
+    replicas, each computing whole rounds (denoiser and guides) of one of two cohorts, step-batched and per
+    request (no merging, max_batch_size=1, as (c));
 (d) the single-backbone generator (ScoreSubnet, guided): Serve's fused app (serve/config-fused.yaml,
     one call per step) against its own in-process counterpart (the guided denoiser with the single-backbone provider on the batch
     of the c requests in flight), so the fused ratio compares like with like.
@@ -48,8 +51,13 @@ REQUIRED = ("denoiser", "noisy_classifier", "clean_classifier")
 # Each system's per-step overhead is measured against the in-process sampler of the same generator.
 BASELINE = {
     "serve batched": "in-process batched", "serve unbatched": "in-process batched", "serve fused": "in-process fused",
+    "serve colocated": "in-process batched", "serve colocated unbatched": "in-process batched",
 }
 ONE_THREAD = "in-process batched, 1 thread"
+MODEL_DEPLOYMENTS = {
+    "serve batched": ("Denoiser", "Classifier"), "serve unbatched": ("Denoiser", "Classifier"),
+    "serve colocated": ("ModelHost",), "serve colocated unbatched": ("ModelHost",), "serve fused": ("Fused",),
+}
 # The model replicas' layout without Ray: one 1-thread process per core, each sampling its share of the clients.
 PROCESSES = "in-process, 1-thread processes"
 
@@ -318,6 +326,9 @@ def report(runs: list[Run], steps: int, rounds: list[list[Run]]) -> None:
         ("serve batched / in-process 1-thread processes", "serve batched", PROCESSES),
         ("in-process 1-thread processes / in-process", PROCESSES, "in-process batched"),
         ("serve unbatched / in-process", "serve unbatched", "in-process batched"),
+        ("serve colocated / in-process", "serve colocated", "in-process batched"),
+        ("serve colocated / colocated unbatched", "serve colocated", "serve colocated unbatched"),
+        ("serve colocated / serve batched (split)", "serve colocated", "serve batched"),
         ("serve fused / in-process fused", "serve fused", "in-process fused"),
         ("serve fused / serve batched (split)", "serve fused", "serve batched"),
     ]
@@ -355,7 +366,7 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
     its processes do not run beside the in-process systems."""
     from ray import serve
 
-    from serve.config import DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH
+    from serve.config import COLOCATED_CONFIG_PATH, DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH
     from serve.launch import connect_ray, deploy, free_port, prepare_config
 
     runs: list[Run] = []
@@ -369,19 +380,24 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
             ("serve batched", DEFAULT_CONFIG_PATH, threads, None),
             ("serve unbatched", DEFAULT_CONFIG_PATH, {**threads, "max_batch_size": 1}, per_request),
         ]
+        if not args.no_colocated:  # the same models in one ModelHost deployment, batched and per request
+            systems += [
+                ("serve colocated", COLOCATED_CONFIG_PATH, threads, None),
+                ("serve colocated unbatched", COLOCATED_CONFIG_PATH, {**threads, "max_batch_size": 1}, per_request),
+            ]
         if fused:
             systems.append(("serve fused", FUSED_CONFIG_PATH, threads, None))
         gpu = args.gpus_per_replica
         for name, config_path, tuning, app_args in systems:
-            if name == "serve fused":  # the split app's deployments give way to the fused app's (one machine)
+            if name in ("serve fused", "serve colocated"):  # one app's deployments at a time on one machine (reconfigured after)
                 serve.delete("speechguide")
             on_gpu = {  # the replicas that compute get the GPU share; device null lets them use it
                 d: {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": gpu}}
-                for d in (("Fused",) if name == "serve fused" else ("Denoiser", "Classifier"))
+                for d in MODEL_DEPLOYMENTS[name]
             } if gpu else None
             deploy(prepare_config(config_path, root, port=port, user_config=tuning or None, args=app_args, deployments=on_gpu), timeout_s=300)
             kind = "noisy" if name == "serve fused" else args.guide_kind
-            model_deps = ("Fused",) if name == "serve fused" else ("Denoiser", "Classifier")
+            model_deps = MODEL_DEPLOYMENTS[name]
             asyncio.run(bench_serve(url, "warm-up", 2, 2, 2, kind))
 
             def one_run(c: int) -> Run:
@@ -431,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(4, 2 x concurrency))")
     parser.add_argument("--guide-kind", choices=("noisy", "clean"), default="noisy")
     parser.add_argument("--no-fused", action="store_true", help="skip (d), the fused single-backbone app and its in-process counterpart")
+    parser.add_argument("--no-colocated", action="store_true", help="skip (e), the split models co-located in one ModelHost deployment")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count(),
         help="torch threads of the in-process baseline (default: every core, as a user running one process would); "

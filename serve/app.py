@@ -4,7 +4,9 @@
 `guidance.pipeline.default_models_dir()`); `serve run serve/config.yaml` and `serve deploy`
 call `build_app(args)` with the config file's `args:` and apply its per-deployment settings.
 With `args.generator: score-subnet` (`serve run serve/config-fused.yaml`) the app is the ingress
-and one `Fused` deployment (the single-backbone generator: one call and one backbone pass per step).
+and one `Fused` deployment (the single-backbone generator: one call and one backbone pass per step); with
+`args.colocate` (`serve run serve/config-colocated.yaml`) one `ModelHost` deployment answers as both the
+denoiser and the classifier.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ray.serve import Application
 
 from guidance.pipeline import default_models_dir
 from serve.config import AppArgs
-from serve.deployments import Classifier, Denoiser, Fused
+from serve.deployments import Classifier, Denoiser, Fused, ModelHost
 from serve.ingress import SpeechIngress
 
 
@@ -35,13 +37,18 @@ def build_app(args: Optional[dict] = None) -> Application:
     if parsed.generator == "score-subnet":
         fused = Fused.options(user_config=tuning) if tuning is not None else Fused
         return SpeechIngress.bind(None, None, parsed.model_dump(mode="json"), fused.bind(models_dir, parsed.score_subnet, parsed.device, tuning))
+    hf_guides = {k: v.model_dump() for k, v in parsed.hf_guides.items()}
+    if parsed.colocate:  # one deployment answers both roles
+        host = ModelHost.options(user_config=tuning) if tuning is not None else ModelHost
+        bound = host.bind(models_dir, parsed.device, tuning, hf_guides, parsed.vocoder)
+        return SpeechIngress.bind(bound, bound, parsed.model_dump(mode="json"))
     denoiser, classifier = Denoiser, Classifier
     if tuning is not None:  # a config file's per-deployment user_config still wins over this default
         denoiser = Denoiser.options(user_config=tuning)
         classifier = Classifier.options(user_config=tuning)
     return SpeechIngress.bind(
         denoiser.bind(models_dir, parsed.device, tuning, registry_uri),
-        classifier.bind(models_dir, parsed.device, tuning, registry_uri, {k: v.model_dump() for k, v in parsed.hf_guides.items()}, parsed.vocoder),
+        classifier.bind(models_dir, parsed.device, tuning, registry_uri, hf_guides, parsed.vocoder),
         parsed.model_dump(mode="json"),
     )
 

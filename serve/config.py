@@ -23,10 +23,12 @@ from serve.auth import TOKEN_ENV, check_exposure, resolve_token
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 FUSED_CONFIG_PATH = Path(__file__).with_name("config-fused.yaml")  # args.generator: score-subnet
+COLOCATED_CONFIG_PATH = Path(__file__).with_name("config-colocated.yaml")  # args.colocate: the split app's models in one deployment
 APP_BUILDER = "serve.app:build_app"
-TUNED_DEPLOYMENTS = ("Denoiser", "Classifier", "Fused")
+TUNED_DEPLOYMENTS = ("Denoiser", "Classifier", "Fused", "ModelHost")
 # The model deployments each generator's app consists of (besides the ingress).
 GENERATOR_DEPLOYMENTS = {"unet": ("Denoiser", "Classifier"), "score-subnet": ("Fused",)}
+COLOCATED_DEPLOYMENTS = ("ModelHost",)  # args.colocate: the unet generator's models in one deployment
 # A registered model reference as requests and configs name it: NAME@ALIAS or NAME/VERSION.
 REF_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}(@[A-Za-z][A-Za-z0-9_-]{0,63}|/[0-9]{1,9})")
 
@@ -182,6 +184,11 @@ class AppArgs(_Strict):
     score_subnet: Optional[str] = Field(
         None, min_length=1, max_length=200, description="ScoreSubnet file in models_dir (default: score-subnet-all.safetensors)"
     )
+    colocate: bool = Field(
+        False,
+        description="unet only: the denoiser and the guides in one ModelHost deployment (each replica computes whole steps of "
+        "its cohort; a small machine's layout, with num_replicas = step_merging.cohorts); registered models are not hosted there",
+    )
     hf_guides: dict[str, HFGuideArgs] = Field(
         default_factory=dict, max_length=8,
         description="Hugging Face classifiers hosted as digit guides by name; a request picks one with guide_kind: hf and hf_guide: NAME",
@@ -194,6 +201,10 @@ class AppArgs(_Strict):
                 raise ValueError("score_subnet applies to generator: score-subnet only")
             if Path(self.score_subnet).name != self.score_subnet or not self.score_subnet.endswith(".safetensors"):
                 raise ValueError(f"score_subnet: {self.score_subnet!r} must be a .safetensors file name inside models_dir")
+        if self.colocate and self.generator != "unet":
+            raise ValueError("colocate applies to generator: unet (the fused app is one deployment already)")
+        if self.colocate and self.registry is not None and (self.registry.guides or self.registry.denoiser):
+            raise ValueError("colocate hosts the models_dir's models only: registry guides and denoiser need the split deployments")
         for name in self.hf_guides:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
                 raise ValueError(f"hf_guides: {name!r} is not a guide name (letters, digits, . _ -)")
@@ -265,6 +276,11 @@ def _deployment_label(app: dict, dep: dict) -> str:
     return f"applications[{app.get('name', '?')}].deployments[{dep.get('name', '?')}]"
 
 
+def model_deployments(args: "AppArgs") -> tuple[str, ...]:
+    """The model deployments an app of these args consists of (besides the ingress)."""
+    return COLOCATED_DEPLOYMENTS if args.colocate else GENERATOR_DEPLOYMENTS[args.generator]
+
+
 def check_config(data: dict):
     """Validate a Serve config mapping: Ray's schema, no unknown keys anywhere, our args and user_configs.
 
@@ -286,13 +302,14 @@ def check_config(data: dict):
             except ValidationError as exc:
                 raise ValueError(f"applications[{app.get('name', '?')}].args: {_first_error(exc)}") from None
             # Serve refuses options for a deployment the app does not have only at deploy time; say it here.
-            others = {d for g, deps in GENERATOR_DEPLOYMENTS.items() if g != parsed.generator for d in deps}
-            others -= set(GENERATOR_DEPLOYMENTS[parsed.generator])
+            own = model_deployments(parsed)
+            others = {d for deps in (*GENERATOR_DEPLOYMENTS.values(), COLOCATED_DEPLOYMENTS) for d in deps} - set(own)
             for dep in app.get("deployments") or []:
                 if dep.get("name") in others:
+                    layout = f"generator {parsed.generator!r}" + (" with colocate" if parsed.colocate else "")
                     raise ValueError(
-                        f"{_deployment_label(app, dep)}: generator {parsed.generator!r} has no {dep['name']} deployment "
-                        f"(its model deployments: {', '.join(GENERATOR_DEPLOYMENTS[parsed.generator])})"
+                        f"{_deployment_label(app, dep)}: {layout} has no {dep['name']} deployment "
+                        f"(its model deployments: {', '.join(own)})"
                     )
         for dep in app.get("deployments") or []:
             if dep.get("name") in TUNED_DEPLOYMENTS and dep.get("user_config") is not None:

@@ -32,7 +32,7 @@ from guidance.pipeline import ModelPaths
 from serve.config import DeploymentTuning
 from serve.metrics import forward_metrics
 from serve.routing import ROUTER_PATH
-from serve.steps import GuideCall, GuideResult, denoise_batch, from_wire, guide_batch, to_wire
+from serve.steps import GuideCall, GuideResult, HostAnswer, HostRound, denoise_batch, from_wire, guide_batch, host_round_batch, to_wire
 
 log = logging.getLogger("ray.serve")
 
@@ -254,6 +254,10 @@ class Denoiser(_Batcher):
         await self.registry_denoiser(model_id)
         return {"name": model_id, "kind": "denoiser-unet", "version": model_id.rpartition("/")[2], "alias": None}
 
+    def describe_denoiser(self) -> dict:
+        """What the ingress's catalog reads of the denoiser (named by role: a ModelHost answers both roles)."""
+        return self.describe()
+
     def describe(self) -> dict:
         spec = self.model_file.spec
         return {
@@ -416,6 +420,10 @@ class Classifier(_Batcher):
 
         return {key: describe_hosted(key, hosted) for key, hosted in self.host.items()}
 
+    def describe_guides(self) -> dict:
+        """What the ingress's catalog reads of the hosted guides (named by role: a ModelHost answers both roles)."""
+        return self.describe()
+
     async def check_health(self) -> None:
         """Unhealthy when a classifier stops giving finite probabilities."""
         from guidance.guides.kinds import CLASSIFIER_GUIDE_KINDS
@@ -425,6 +433,71 @@ class Classifier(_Batcher):
             if not np.isfinite(probs).all() or not math.isclose(float(probs.sum()), 1.0, rel_tol=1e-3):
                 raise RuntimeError(f"{kind} classifier failed its health probe")
 
+
+
+@serve.deployment(name="ModelHost", **_MODEL_DEPLOYMENT)
+class ModelHost(_Batcher):
+    """The Denoiser's and the Classifier's work in one replica: a small machine's layout (`args.colocate`).
+
+    The ingress sends each request's calls of one sampler round as one call (`serve.steps.host_answerer`),
+    so a cohort's whole evaluation, denoiser and guides one after the other, runs on one replica. With two
+    replicas and two cohorts (`step_merging.cohorts`) both cores compute all the time, where a Denoiser and a
+    Classifier replica do not share the work evenly (on 2 cores: Denoiser 95% busy, Classifier 58-70%).
+    The ingress also reads the catalog, scores and reference features here. Registered models
+    (args.registry guides or denoiser) are not hosted here.
+    """
+
+    batched_methods = ("answer",)
+
+    def __init__(
+        self, models_dir: str, device: Optional[str] = None, tuning: Optional[dict] = None,
+        hf_guides: Optional[dict] = None, vocoder: Optional[str] = "neural",
+    ) -> None:
+        self.denoiser = Denoiser.func_or_class(models_dir, device, tuning, None)
+        self.classifier = Classifier.func_or_class(models_dir, device, tuning, None, hf_guides, vocoder)
+        self.device = self.denoiser.device
+        self._init_batching(self._run_rounds, lambda item: item.rows, tuning)
+
+    def _run_rounds(self, rounds: list[HostRound]) -> list[HostAnswer]:
+        unknown = sorted({g.kind for r in rounds for g in r.guides} - set(self.classifier.guides))
+        if unknown:
+            raise ValueError(f"a model host serves the hosted guides {sorted(self.classifier.guides)}, not {unknown}")
+        return host_round_batch(self.denoiser.model, self.classifier.guides, rounds, self.device)
+
+    @serve.batch(
+        max_batch_size=_TUNING.max_batch_size,
+        batch_wait_timeout_s=_TUNING.batch_wait_timeout_s,
+        max_concurrent_batches=_CONCURRENT_BATCHES,
+    )
+    async def answer(self, rounds: list[HostRound]) -> list[HostAnswer]:
+        """One request's round per call; concurrent calls merge into one forward."""
+        return await self.coalescer.submit(rounds)
+
+    async def answer_many(self, rounds: list[HostRound]) -> list[HostAnswer]:
+        """`answer` for rounds an ingress already merged: one handle call."""
+        return await self.coalescer.submit(rounds)
+
+    async def probabilities(self, kind: str, mels: np.ndarray) -> np.ndarray:
+        return await self.classifier.probabilities(kind, mels)
+
+    async def reference_features(self, kind: str, sha256: str, wave: np.ndarray) -> np.ndarray:
+        return await self.classifier.reference_features(kind, sha256, wave)
+
+    async def score(self, kind: str, mels: np.ndarray, references: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return await self.classifier.score(kind, mels, references, target)
+
+    def describe_denoiser(self) -> dict:
+        return self.denoiser.describe()
+
+    def describe_guides(self) -> dict:
+        return self.classifier.describe()
+
+    def describe(self) -> dict:
+        return {"denoiser": self.denoiser.describe(), "guides": self.classifier.describe()}
+
+    async def check_health(self) -> None:
+        await self.denoiser.check_health()
+        await self.classifier.check_health()
 
 
 @serve.deployment(name="Fused", **_MODEL_DEPLOYMENT)

@@ -73,7 +73,7 @@ from serve.fused import FusedCall, FusedResult, fused_answerer
 from serve.merge import CallMerger, WindowMerger
 from serve.metrics import ingress_metrics, observe_requests
 from serve.playground import add_routes as add_playground_routes
-from serve.steps import GuideCall, GuideResult, drive_sampler, from_wire, to_wire
+from serve.steps import GuideCall, GuideResult, HostAnswer, HostRound, drive_sampler, from_wire, host_answerer, to_wire
 
 log = logging.getLogger("ray.serve")
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
@@ -343,6 +343,10 @@ class SpeechIngress:
         merger = self._merger("fused generator", self.fused.step_many)
         return await (merger.submit(call) if merger else self._remote("fused generator", self.fused.step, call))
 
+    async def _host_round(self, call: HostRound) -> HostAnswer:
+        merger = self._merger("model host", self.denoiser.answer_many)
+        return await (merger.submit(call) if merger else self._remote("model host", self.denoiser.answer, call))
+
     def _hosted(self, kind: str) -> bool:
         """Whether a guide key names a guide the Classifier deployment hosts (else: a registry model id)."""
         return kind in (self._catalog.guides if self._catalog is not None else CLASSIFIER_GUIDE_KINDS)
@@ -427,7 +431,7 @@ class SpeechIngress:
             self._vocoder = self._load_vocoder(self._catalog.spec)
         if self._catalog is None:
             den, guides = await asyncio.gather(
-                self._remote("denoiser", self.denoiser.describe), self._remote("classifier", self.classifier.describe)
+                self._remote("denoiser", self.denoiser.describe_denoiser), self._remote("classifier", self.classifier.describe_guides)
             )
             self._catalog = Catalog(FeatureSpec.from_dict(den["feature_spec"]), den, guides)
             self._vocoder = self._load_vocoder(self._catalog.spec)
@@ -572,6 +576,9 @@ class SpeechIngress:
             noise = plan.noise(cat.spec)
             if self.fused is not None:  # one Fused call per evaluation answers its denoiser and guide calls
                 answer = fused_answerer(self._counted(job, self._fused_step))
+                sampling = drive_sampler(noise, plan.sampler, req.seed, terms, None, None, answer)
+            elif self.args.colocate:  # one ModelHost call per round answers its denoiser and guide calls
+                answer = host_answerer(self._counted_rounds(job, self._host_round))
                 sampling = drive_sampler(noise, plan.sampler, req.seed, terms, None, None, answer)
             else:
                 denoise = self._counted(job, lambda x, sigma: self._denoise(x, sigma, den_handle))
@@ -755,6 +762,17 @@ class SpeechIngress:
 
         return counted
 
+    def _counted_rounds(self, job: Job, host_round: Any) -> Any:
+        """`host_round` that reports each round with a denoiser call (one evaluation) of `job` to the admission accounting."""
+
+        async def counted(call: HostRound) -> HostAnswer:
+            out = await host_round(call)
+            if call.denoise is not None:
+                self.admission.progress(job)
+            return out
+
+        return counted
+
     def _vocode(self, mels: torch.Tensor, vocoder: Vocoder) -> np.ndarray:
         with self._vocoder_lock:
             return vocoder(mels).cpu().numpy()
@@ -837,9 +855,11 @@ class SpeechIngress:
         """200 when every model deployment answers within 5 s, else 503. Open without a token (liveness)."""
         if self.fused is not None:
             names, calls = ("Fused",), [self.fused.describe.remote()]
+        elif self.args.colocate:
+            names, calls = ("ModelHost",), [self.denoiser.describe_denoiser.remote()]
         else:
             names = ("Denoiser", "Classifier")
-            calls = [self.denoiser.describe.remote(), self.classifier.describe.remote()]
+            calls = [self.denoiser.describe_denoiser.remote(), self.classifier.describe_guides.remote()]
         results = await asyncio.gather(*(asyncio.wait_for(c, 5.0) for c in calls), return_exceptions=True)
         status = {n: "ok" if not isinstance(r, BaseException) else f"unavailable ({type(r).__name__})" for n, r in zip(names, results)}
         if all(v == "ok" for v in status.values()):

@@ -155,6 +155,16 @@ GuideHandle = Callable[[GuideCall], Awaitable[GuideResult]]
 Answerer = Callable[[list[Call]], Awaitable[list[Answer]]]
 
 
+def guide_call(call: Call) -> GuideCall:
+    """The engine's gradient call as the classifier deployment receives it."""
+    t = call.term
+    refs = t.guide.request_table()  # a request's table (voice references, pitch lines) travels with the call
+    return GuideCall(
+        t.guide.name, to_wire(call.inp), to_wire(call.sigma), to_wire(t.target), t.settings.model_dump_json(),
+        to_wire(refs.float()) if refs is not None else None,
+    )
+
+
 def split_answerer(denoise: Denoise, guide: Optional[GuideHandle]) -> Answerer:
     """Answers the engine's calls with the denoiser and classifier deployments, each call concurrently
     with the others of its batch (a guide that reads x_t runs beside the denoiser)."""
@@ -163,16 +173,58 @@ def split_answerer(denoise: Denoise, guide: Optional[GuideHandle]) -> Answerer:
         if isinstance(call, DenoiseCall):
             return Denoised(await denoise(call.x, call.sigma))
         assert guide is not None, "a guided request needs the guide deployment"
-        t = call.term
-        refs = t.guide.request_table()  # a request's table (voice references, pitch lines) travels with the call
-        result = await guide(GuideCall(
-            t.guide.name, to_wire(call.inp), to_wire(call.sigma), to_wire(t.target), t.settings.model_dump_json(),
-            to_wire(refs.float()) if refs is not None else None,
-        ))
+        result = await guide(guide_call(call))
         return Gradient(from_wire(result.grad), from_wire(result.log_prob))
 
     async def answer(calls: list[Call]) -> list[Answer]:
         return list(await asyncio.gather(*(one(c) for c in calls)))
+
+    return answer
+
+
+@dataclass(frozen=True)
+class HostRound:
+    """One request's calls of one engine round, for a model host that computes them all (`args.colocate`):
+    its denoiser call, if the round has one, and its gradient calls."""
+
+    denoise: Optional[tuple[np.ndarray, np.ndarray]]  # (x, sigma)
+    guides: tuple[GuideCall, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        return len(self.denoise[0]) if self.denoise is not None else sum(len(g.inp) for g in self.guides)
+
+
+@dataclass(frozen=True)
+class HostAnswer:
+    denoised: Optional[np.ndarray]
+    guides: tuple[GuideResult, ...] = ()
+
+
+def host_round_batch(denoiser: torch.nn.Module, guides: dict[str, Guide], rounds: list[HostRound], device: torch.device) -> list[HostAnswer]:
+    """Every waiting round's denoiser calls in one forward, then their gradient calls in merged passes."""
+    with_d = [i for i, r in enumerate(rounds) if r.denoise is not None]
+    denoised = dict(zip(with_d, denoise_batch(denoiser, [rounds[i].denoise for i in with_d], device))) if with_d else {}
+    flat = [g for r in rounds for g in r.guides]
+    results = iter(guide_batch(guides, flat, device) if flat else [])
+    return [HostAnswer(denoised.get(i), tuple(next(results) for _ in r.guides)) for i, r in enumerate(rounds)]
+
+
+def host_answerer(round_call: Callable[[HostRound], Awaitable[HostAnswer]]) -> Answerer:
+    """Answers each round of the engine's calls with ONE call to a model host (denoiser and guides in one
+    replica): a cohort's whole evaluation lands on one replica, so two replicas with two cohorts share
+    the work evenly, which a Denoiser and a Classifier replica (the denoiser the busier) do not."""
+
+    async def answer(calls: list[Call]) -> list[Answer]:
+        den = [c for c in calls if isinstance(c, DenoiseCall)]
+        if len(den) > 1:
+            raise ValueError("a model host answers at most one denoiser call per round")
+        grads = [c for c in calls if not isinstance(c, DenoiseCall)]
+        result = await round_call(HostRound(
+            (to_wire(den[0].x), to_wire(den[0].sigma)) if den else None, tuple(guide_call(c) for c in grads),
+        ))
+        answers = iter(Gradient(from_wire(g.grad), from_wire(g.log_prob)) for g in result.guides)
+        return [Denoised(from_wire(result.denoised).to(c.x.dtype)) if isinstance(c, DenoiseCall) else next(answers) for c in calls]
 
     return answer
 

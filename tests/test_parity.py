@@ -3,7 +3,8 @@
 local Serve app.
 
 ONE Serve instance, started once for the whole module: the split app (serve/config.yaml, hosting a tiny
-Hugging Face classifier too) and the fused single-backbone app (serve/config-fused.yaml, under /fused)
+Hugging Face classifier too), the fused single-backbone app (serve/config-fused.yaml, under /fused) and the
+split models co-located in one ModelHost deployment (serve/config-colocated.yaml, under /colocated)
 on one local 2-CPU Ray cluster, tiny models, 1 sample and a few steps per request. The fused app's own
 HTTP tests (merging, models, bad input) run here too, on the same instance.
 
@@ -65,6 +66,12 @@ CASES = {
         {"targets": [{"guide": "digit", "label": "4"}, {"guide": "pitch", "label": "rise"}]}, "", {"kind": "clean", "pitch": "rise"}, 0,
     ),
 }
+# The split models co-located in one ModelHost deployment (args.colocate): a round's denoiser and guide calls
+# travel as one call, x_t guides (noisy), x0_hat guides (clean: two rounds per evaluation), a request table
+# (speaker), CREPE and the harmonic writer (pitch), a Hugging Face guide
+for _name in ("digit-noisy", "digit-clean-profile", "hf-guide", "digit+speaker", "digit+pitch"):
+    _body, _, _local, _tol = CASES[_name]
+    CASES[f"colocated:{_name}"] = (_body, "/colocated", _local, _tol)
 IN_PROCESS_SCORES = {"speaker_cosine_wav", "pitch_heard_hz", "pitch_heard_error_st", "pitch_heard_glide_st", "pitch_voiced_fraction"}
 
 
@@ -90,7 +97,7 @@ def matrix_dir(tiny_models_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app_url(matrix_dir, tmp_path_factory):
     """Both apps in one Serve config, deployed once (the running_app starter, on a free port)."""
-    from serve.config import DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH, load_config_file
+    from serve.config import COLOCATED_CONFIG_PATH, DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH, load_config_file
     from serve.launch import running_app
 
     split = load_config_file(DEFAULT_CONFIG_PATH)
@@ -102,8 +109,18 @@ def app_url(matrix_dir, tmp_path_factory):
             # counters the merge tests below read
             dep.update(num_replicas=1, ray_actor_options={"num_cpus": 0.5, "num_gpus": 0})
     fused_app["args"]["step_merging"]["cohorts"] = 1
+    # The split models in one ModelHost deployment (serve/config-colocated.yaml) under /colocated: one replica
+    # of one thread, no CPUs reserved (the two apps above take the test cluster's two)
+    colocated = copy.deepcopy(load_config_file(COLOCATED_CONFIG_PATH)["applications"][0])
+    colocated.update(name="colocated", route_prefix="/colocated")
+    colocated["args"]["step_merging"]["cohorts"] = 1
+    colocated["args"]["hf_guides"] = {"tiny": {"source": str(matrix_dir / "hf-tiny")}}
+    for dep in colocated["deployments"]:
+        dep["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0}
+        if dep["name"] == "ModelHost":
+            dep.update(num_replicas=1, user_config={**dep["user_config"], "torch_threads": 1})
     split["applications"][0]["args"]["hf_guides"] = {"tiny": {"source": str(matrix_dir / "hf-tiny")}}
-    split["applications"].append(fused_app)
+    split["applications"] += [fused_app, colocated]
     path = tmp_path_factory.mktemp("matrix-config") / "config.yaml"
     path.write_text(yaml.safe_dump(split))
     with pytest.MonkeyPatch.context() as mp:

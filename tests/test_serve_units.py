@@ -183,6 +183,76 @@ def test_split_sampler_matches_in_process_pipeline(models, kind):
         assert 0 < stats.guide_calls < 9 and all(float(c.sigma.max()) <= 20.0 for c in seen)
 
 
+@pytest.mark.parametrize("kind", ["noisy", "clean"])
+def test_host_rounds_match_the_split_calls_and_merge_across_requests(models, kind):
+    """`args.colocate`: each round of a request's calls travels as ONE call to the model host; merged with
+    other requests' rounds it is answered as the split deployments answer (same math, same functions), and the
+    samples equal the in-process sampler's up to float rounding (bitwise alone: tests/test_parity.py). A clean guide (x0_hat) needs two rounds per evaluation."""
+    from serve.steps import HostRound, host_answerer, host_round_batch
+
+    profile = DEFAULT_PROFILES[kind].with_sampler(steps=4)
+    settings = profile.settings_for("digit")
+    rounds: list[list[HostRound]] = []
+    pending: list[tuple[HostRound, asyncio.Future]] = []
+
+    async def flush():  # the other request's round of the same step arrives: answer both in one batch
+        await asyncio.sleep(0)
+        if pending:
+            take = pending[:]
+            pending.clear()
+            rounds.append([r for r, _ in take])
+            for (_, f), a in zip(take, host_round_batch(models.denoiser.model, models.guides, [r for r, _ in take], models.device)):
+                f.set_result(a)
+
+    async def host(r: HostRound):
+        f = asyncio.get_running_loop().create_future()
+        pending.append((r, f))
+        asyncio.get_running_loop().create_task(flush())
+        return await f
+
+    async def both():
+        runs = []
+        for label, seed in ((7, 11), (2, 12)):
+            labels = torch.tensor([label, label])
+            plan = GuidePlan(kind, labels, settings, models.guides[kind].needs_sigma or settings.input == "x_t")
+            runs.append(drive_sampler(make_noise(2, models.spec, seed), profile.sampler.to_config(), seed, plan, None, None, host_answerer(host)))
+        return await asyncio.gather(*runs)
+
+    results = asyncio.run(both())
+    for (out, stats), (label, seed) in zip(results, ((7, 11), (2, 12))):
+        expected = sample_mels(models, kind, torch.tensor([label, label]), profile, make_noise(2, models.spec, seed), seed=seed)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)  # batch 4 against 2: another summation order
+        assert stats.denoiser_calls == 7
+    assert max(len(r) for r in rounds) == 2  # the two requests' rounds shared batches
+    with_guides = [r for batch in rounds for r in batch if r.guides]
+    if kind == "noisy":  # one round per evaluation: the denoiser and the x_t guide in one call
+        assert all(r.denoise is not None for r in with_guides)
+    else:  # x0_hat guide: its gradient call follows the denoiser's round in a round of its own
+        assert with_guides and all(r.denoise is None for r in with_guides)
+
+
+def test_colocated_config_is_checked_and_refuses_the_split_deployments():
+    from serve.config import COLOCATED_CONFIG_PATH
+
+    data = load_config_file(COLOCATED_CONFIG_PATH)
+    app = check_config(data).applications[0]
+    assert {d.name for d in app.deployments} == {"SpeechIngress", "ModelHost"} and data["applications"][0]["args"]["colocate"] is True
+    host = next(d for d in app.deployments if d.name == "ModelHost")
+    assert host.num_replicas == data["applications"][0]["args"]["step_merging"]["cohorts"]  # one cohort per replica
+    mixed = load_config_file(DEFAULT_CONFIG_PATH)
+    mixed["applications"][0]["args"]["colocate"] = True
+    with pytest.raises(ValueError, match="has no Denoiser deployment"):
+        check_config(mixed)
+    back = copy.deepcopy(data)
+    back["applications"][0]["args"]["colocate"] = False
+    with pytest.raises(ValueError, match="has no ModelHost deployment"):
+        check_config(back)
+    subnet = copy.deepcopy(data)
+    subnet["applications"][0]["args"]["generator"] = "score-subnet"
+    with pytest.raises(ValueError, match="colocate"):
+        check_config(subnet)
+
+
 def test_merged_guide_batch_equals_one_call_at_a_time(models):
     """Requests merged by @serve.batch (mixed kinds, sigmas, targets, temperatures, smoothing)."""
     gen = torch.Generator().manual_seed(0)
