@@ -49,8 +49,9 @@ bench: bench-vocoder bench-serve bench-overload bench-tune
 bench-vocoder: venv
 	OMP_NUM_THREADS=1 $(PY) bench/vocoder_compare.py --split val --every 10
 
-## bench-serve: in-process (all cores, and one thread) vs Serve split (step-batched, unbatched) and fused at
-## concurrency 1, 4, 16; medians of 3 runs, and where each Serve millisecond per step goes.
+## bench-serve: in-process (all cores, and one thread) vs Serve split (step-batched, unbatched), co-located
+## (step-batched, unbatched) and fused at concurrency 1, 4, 16; medians of 3 runs, and where each Serve
+## millisecond per step goes.
 bench-serve: venv
 	$(PY) bench/serve_bench.py --repeats 3
 

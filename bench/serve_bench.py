@@ -361,9 +361,19 @@ def in_process_round(args: argparse.Namespace, root: Path, models: ModelSet, sub
     return runs
 
 
-def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, fused: bool) -> list[Run]:
-    """(b), (c) and (d) over HTTP on a private local Ray cluster, started and stopped within the round so
-    its processes do not run beside the in-process systems."""
+def bracket(before: list[Run], after: list[Run]) -> list[Run]:
+    """Each in-process system's two runs of a round as one: every request of both over both wall times."""
+    out = []
+    for a, b in zip(before, after):
+        assert (a.system, a.concurrency) == (b.system, b.concurrency)
+        out.append(Run(a.system, a.concurrency, a.steps, a.wall_s + b.wall_s, a.latencies_ms + b.latencies_ms, a.sampling_ms + b.sampling_ms))
+    return out
+
+
+def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, fused: bool, rotate: int = 0) -> list[Run]:
+    """(b), (c), (e) and (d) over HTTP on a private local Ray cluster, started and stopped within the round so
+    its processes do not run beside the in-process systems. Round k starts k systems further down the list,
+    so no system always runs first or last while the machine's speed drifts."""
     from ray import serve
 
     from serve.config import COLOCATED_CONFIG_PATH, DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH
@@ -387,10 +397,14 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
             ]
         if fused:
             systems.append(("serve fused", FUSED_CONFIG_PATH, threads, None))
+        shift = rotate % len(systems)
+        systems = systems[shift:] + systems[:shift]
         gpu = args.gpus_per_replica
+        deployed = None
         for name, config_path, tuning, app_args in systems:
-            if name in ("serve fused", "serve colocated"):  # one app's deployments at a time on one machine (reconfigured after)
+            if deployed not in (None, config_path):  # one app's deployments at a time on one machine (same file: reconfigured)
                 serve.delete("speechguide")
+            deployed = config_path
             on_gpu = {  # the replicas that compute get the GPU share; device null lets them use it
                 d: {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": gpu}}
                 for d in MODEL_DEPLOYMENTS[name]
@@ -449,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fused", action="store_true", help="skip (d), the fused single-backbone app and its in-process counterpart")
     parser.add_argument("--no-colocated", action="store_true", help="skip (e), the split models co-located in one ModelHost deployment")
     parser.add_argument(
+        "--no-bracket", dest="bracket", action="store_false",
+        help="run the in-process systems only before the Serve systems in each round (default: before and after, taken together)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=os.cpu_count(),
         help="torch threads of the in-process baseline (default: every core, as a user running one process would); "
         "a one-thread in-process row is printed beside it",
@@ -505,9 +523,12 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(max(1, args.repeats)):
         if args.repeats > 1:
             print(f"round {k + 1} of {args.repeats}", flush=True)
-        runs = in_process_round(args, root, models, subnet, levels, count)
-        runs += serve_round(args, root, levels, count, fused)
-        rounds.append(runs)
+        before = in_process_round(args, root, models, subnet, levels, count)
+        served = serve_round(args, root, levels, count, fused, rotate=k)
+        # The machine's speed drifts over minutes: the in-process systems run before and after the Serve systems,
+        # and their throughput is taken over both runs together (a linear drift cancels).
+        runs = bracket(before, in_process_round(args, root, models, subnet, levels, count)) if args.bracket else before
+        rounds.append(runs + served)
     if tmp is not None:
         tmp.cleanup()
     runs = median_runs(rounds)
