@@ -108,20 +108,9 @@ class CallMerger(Generic[Item, Result]):
 
     async def _send(self, take: list[tuple[Any, asyncio.Future]]) -> None:
         try:
-            results = await self.send([item for item, _ in take])
-            if len(results) != len(take):
-                raise RuntimeError(f"a merged call answered {len(results)} results for {len(take)} items")
-            for (_, future), result in zip(take, results):
-                if not future.done():
-                    future.set_result(result)
-            self.sends += 1
-            self.items += len(take)
-        except BaseException as exc:  # every caller of this send gets the error; the merger lives on
-            for _, future in take:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            if await _deliver(self.send, take):
+                self.sends += 1
+                self.items += len(take)
         finally:
             self.in_flight -= 1
             self.items_in_flight -= len(take)
@@ -170,18 +159,26 @@ class WindowMerger(Generic[Item, Result]):
             asyncio.get_running_loop().create_task(self._send(take))
 
     async def _send(self, take: list[tuple[Any, asyncio.Future]]) -> None:
-        try:
-            results = await self.send([item for item, _ in take])
-            if len(results) != len(take):
-                raise RuntimeError(f"a merged call answered {len(results)} results for {len(take)} items")
-            for (_, future), result in zip(take, results):
-                if not future.done():
-                    future.set_result(result)
+        if await _deliver(self.send, take):
             self.sends += 1
             self.items += len(take)
-        except BaseException as exc:
-            for _, future in take:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+
+
+async def _deliver(send: Callable[[list], Awaitable[list]], take: list[tuple[Any, asyncio.Future]]) -> bool:
+    """One send of the waiting items, each caller answered its own result; a failure goes to every caller of
+    this send (False) and the merger lives on. A cancelled send is re-raised after telling its callers."""
+    try:
+        results = await send([item for item, _ in take])
+        if len(results) != len(take):
+            raise RuntimeError(f"a merged call answered {len(results)} results for {len(take)} items")
+        for (_, future), result in zip(take, results):
+            if not future.done():
+                future.set_result(result)
+        return True
+    except BaseException as exc:
+        for _, future in take:
+            if not future.done():
+                future.set_exception(exc)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return False
