@@ -134,8 +134,9 @@ def waveform_route_vocoder(vocoder: Vocoder) -> Vocoder:
 
 def rows_independent(vocoder: Vocoder) -> bool:
     """Whether a row's waveform does not depend on the batch it is written in (the neural vocoder, up to
-    float rounding: under 0.1 PCM step measured), so that several requests' audio may share one pass. The
-    harmonic vocoder and Griffin-Lim draw their noise or phase for the whole batch."""
+    float rounding: at most 4 PCM steps of the written WAV, `bench/finish_batching.py`), so that several
+    requests' audio may share one pass. The harmonic vocoder and Griffin-Lim draw their noise or phase for
+    the whole batch."""
     return describe_vocoder(vocoder).get("kind") == NEURAL
 
 

@@ -492,9 +492,6 @@ class ModelHost(_Batcher):
     def describe_guides(self) -> dict:
         return self.classifier.describe()
 
-    def describe(self) -> dict:
-        return {"denoiser": self.denoiser.describe(), "guides": self.classifier.describe()}
-
     async def check_health(self) -> None:
         await self.denoiser.check_health()
         await self.classifier.check_health()

@@ -531,6 +531,8 @@ class SpeechIngress:
         cat = await self.catalog()
         if req.generator is not None and req.generator != self.args.generator:
             raise ApiError(422, f"generator: this app's generator is {self.args.generator}, not {req.generator}")
+        if self.args.colocate and req.guide_model is not None:  # the model host holds the models_dir's guides only
+            raise ApiError(422, "guide_model: this app co-locates its models (args.colocate) and guides with the hosted ones; registered guides need the split deployments")
         if self.fused is not None:  # the single-backbone generator guides with its own backbone only
             if req.guide_model is not None:
                 raise ApiError(422, "guide_model: this app's generator is score-subnet; it guides with its own backbone (no registry guides)")
@@ -578,7 +580,7 @@ class SpeechIngress:
                 answer = fused_answerer(self._counted(job, self._fused_step))
                 sampling = drive_sampler(noise, plan.sampler, req.seed, terms, None, None, answer)
             elif self.args.colocate:  # one ModelHost call per round answers its denoiser and guide calls
-                answer = host_answerer(self._counted_rounds(job, self._host_round))
+                answer = host_answerer(self._counted(job, self._host_round, evaluates=lambda call: call.denoise is not None))
                 sampling = drive_sampler(noise, plan.sampler, req.seed, terms, None, None, answer)
             else:
                 denoise = self._counted(job, lambda x, sigma: self._denoise(x, sigma, den_handle))
@@ -752,22 +754,14 @@ class SpeechIngress:
             voice.add_row(label, from_wire(row))
         return voice
 
-    def _counted(self, job: Job, denoise: Any) -> Any:
-        """`denoise` (or the fused step) that reports each completed evaluation of `job` to the admission accounting."""
+    def _counted(self, job: Job, denoise: Any, evaluates: Optional[Any] = None) -> Any:
+        """`denoise` (or the fused step, or a model host's round) that reports each completed evaluation of `job`
+        to the admission accounting; `evaluates(*args)` says whether a call is one (a host round without a
+        denoiser call is not)."""
 
         async def counted(*args: Any) -> Any:
             out = await denoise(*args)
-            self.admission.progress(job)
-            return out
-
-        return counted
-
-    def _counted_rounds(self, job: Job, host_round: Any) -> Any:
-        """`host_round` that reports each round with a denoiser call (one evaluation) of `job` to the admission accounting."""
-
-        async def counted(call: HostRound) -> HostAnswer:
-            out = await host_round(call)
-            if call.denoise is not None:
+            if evaluates is None or evaluates(*args):
                 self.admission.progress(job)
             return out
 

@@ -124,7 +124,8 @@ class WindowMerger(Generic[Item, Result]):
 
     Requests that sample in one merged call end in the same event-loop turn, so a window of a few
     milliseconds collects the whole cohort: one classifier call and one vocoder pass for all of them
-    instead of one each at batch 1 (a row costs about half as much in a batch of 16 on one CPU thread).
+    instead of one each at batch 1 (a neural-vocoder row costs 0.6-0.7x as much in a batch of 16 on one CPU
+    thread; scores save handle calls, `bench/finish_batching.py`).
     A failed send fails exactly the items it carried.
     """
 

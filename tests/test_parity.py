@@ -437,6 +437,16 @@ def test_fused_still_serves_after_bad_input(client):
     assert r.status_code == 200 and r.content[:4] == b"RIFF"
 
 
+@pytest.mark.slow
+def test_colocated_app_refuses_registered_guides_and_reports_its_one_deployment(app_url):
+    """The model host holds the models directory's guides only: a registered guide is refused with 422 before any
+    sampling, and the health check names the one model deployment."""
+    r = httpx.post(f"{app_url}/colocated/v1/generate", json={**FUSED_VALID, "profile": None, "guide_model": "classifier-clean@production"}, timeout=60)
+    assert r.status_code == 422 and "guide_model" in r.json()["detail"] and "colocate" in r.json()["detail"], r.text
+    h = httpx.get(f"{app_url}/colocated/healthz", timeout=60)
+    assert h.status_code == 200 and h.json()["deployments"] == {"ModelHost": "ok"}
+
+
 # ---- chaos: the Fused replica killed under a steady load (serve/chaos.py, bench/chaos.py), last --------
 
 

@@ -239,6 +239,15 @@ def test_colocated_config_is_checked_and_refuses_the_split_deployments():
     assert {d.name for d in app.deployments} == {"SpeechIngress", "ModelHost"} and data["applications"][0]["args"]["colocate"] is True
     host = next(d for d in app.deployments if d.name == "ModelHost")
     assert host.num_replicas == data["applications"][0]["args"]["step_merging"]["cohorts"]  # one cohort per replica
+    # everything but the layout is config.yaml's: the proxy, the ingress and the app's args
+    split = load_config_file(DEFAULT_CONFIG_PATH)
+    assert {k: v for k, v in data.items() if k != "applications"} == {k: v for k, v in split.items() if k != "applications"}
+    ours, theirs = data["applications"][0], split["applications"][0]
+    assert {k: v for k, v in ours["args"].items() if k not in ("colocate", "step_merging")} == {
+        k: v for k, v in theirs["args"].items() if k != "step_merging"}
+    assert {k: v for k, v in ours["args"]["step_merging"].items() if k != "cohorts"} == {
+        k: v for k, v in theirs["args"]["step_merging"].items() if k != "cohorts"}
+    assert ours["deployments"][0] == theirs["deployments"][0] and ours["deployments"][0]["name"] == "SpeechIngress"
     mixed = load_config_file(DEFAULT_CONFIG_PATH)
     mixed["applications"][0]["args"]["colocate"] = True
     with pytest.raises(ValueError, match="has no Denoiser deployment"):
