@@ -52,11 +52,14 @@ REQUIRED = ("denoiser", "noisy_classifier", "clean_classifier")
 BASELINE = {
     "serve batched": "in-process batched", "serve unbatched": "in-process batched", "serve fused": "in-process fused",
     "serve colocated": "in-process batched", "serve colocated unbatched": "in-process batched",
+    "serve in-ingress": "in-process batched", "serve in-ingress unbatched": "in-process batched",
+    "serve fused in-ingress": "in-process fused",
 }
 ONE_THREAD = "in-process batched, 1 thread"
 MODEL_DEPLOYMENTS = {
     "serve batched": ("Denoiser", "Classifier"), "serve unbatched": ("Denoiser", "Classifier"),
     "serve colocated": ("ModelHost",), "serve colocated unbatched": ("ModelHost",), "serve fused": ("Fused",),
+    "serve in-ingress": (), "serve in-ingress unbatched": (), "serve fused in-ingress": (),  # the ingress replicas compute
 }
 # The model replicas' layout without Ray: one 1-thread process per core, each sampling its share of the clients.
 PROCESSES = "in-process, 1-thread processes"
@@ -329,7 +332,11 @@ def report(runs: list[Run], steps: int, rounds: list[list[Run]]) -> None:
         ("serve colocated / in-process", "serve colocated", "in-process batched"),
         ("serve colocated / colocated unbatched", "serve colocated", "serve colocated unbatched"),
         ("serve colocated / serve batched (split)", "serve colocated", "serve batched"),
+        ("serve in-ingress / in-process", "serve in-ingress", "in-process batched"),
+        ("serve in-ingress / in-ingress unbatched", "serve in-ingress", "serve in-ingress unbatched"),
+        ("serve in-ingress / serve batched (split)", "serve in-ingress", "serve batched"),
         ("serve fused / in-process fused", "serve fused", "in-process fused"),
+        ("serve fused in-ingress / in-process fused", "serve fused in-ingress", "in-process fused"),
         ("serve fused / serve batched (split)", "serve fused", "serve batched"),
     ]
     for c in sorted({r.concurrency for r in runs}):
@@ -376,7 +383,7 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
     so no system always runs first or last while the machine's speed drifts."""
     from ray import serve
 
-    from serve.config import COLOCATED_CONFIG_PATH, DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH
+    from serve.config import COLOCATED_CONFIG_PATH, DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH, INGRESS_HOSTED_CONFIG_PATH
     from serve.launch import connect_ray, deploy, free_port, prepare_config
 
     runs: list[Run] = []
@@ -395,8 +402,17 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
                 ("serve colocated", COLOCATED_CONFIG_PATH, threads, None),
                 ("serve colocated unbatched", COLOCATED_CONFIG_PATH, {**threads, "max_batch_size": 1}, per_request),
             ]
+        if not args.no_in_ingress:  # no model deployments: each ingress replica hosts the models (args.colocate: ingress)
+            systems += [
+                ("serve in-ingress", INGRESS_HOSTED_CONFIG_PATH, None, {"tuning": threads} if threads else None),
+                ("serve in-ingress unbatched", INGRESS_HOSTED_CONFIG_PATH, None, {**per_request, "tuning": {**threads, "max_batch_size": 1}}),
+            ]
         if fused:
             systems.append(("serve fused", FUSED_CONFIG_PATH, threads, None))
+            if not args.no_in_ingress:  # the ScoreSubnet generator hosted by the ingress replicas
+                systems.append(("serve fused in-ingress", INGRESS_HOSTED_CONFIG_PATH, None, {"generator": "score-subnet", **({"tuning": threads} if threads else {})}))
+        if args.only:
+            systems = [s for s in systems if s[0] in args.only]
         shift = rotate % len(systems)
         systems = systems[shift:] + systems[:shift]
         gpu = args.gpus_per_replica
@@ -406,13 +422,13 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
                 serve.delete("speechguide")
             deployed = config_path
             on_gpu = {  # the replicas that compute get the GPU share; device null lets them use it
-                d: {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": gpu}}
-                for d in MODEL_DEPLOYMENTS[name]
+                d: {"ray_actor_options": {"num_cpus": 0.5 if MODEL_DEPLOYMENTS[name] else 1, "num_gpus": gpu}}
+                for d in MODEL_DEPLOYMENTS[name] or ("SpeechIngress",)
             } if gpu else None
             deploy(prepare_config(config_path, root, port=port, user_config=tuning or None, args=app_args, deployments=on_gpu), timeout_s=300)
-            kind = "noisy" if name == "serve fused" else args.guide_kind
+            kind = "noisy" if name.startswith("serve fused") else args.guide_kind
             model_deps = MODEL_DEPLOYMENTS[name]
-            asyncio.run(bench_serve(url, "warm-up", 2, 2, 2, kind))
+            asyncio.run(bench_serve(url, "warm-up", 8, 4, 2, kind))  # every replica (two per app here) loads its lazy parts
 
             def one_run(c: int) -> Run:
                 for d in model_deps:
@@ -425,8 +441,8 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
                     for d, st in stats.items():  # compute thread's CPU against its wall time: contention shows as the gap
                         print(f"  {d} (one replica): forward wall {st['busy_s']:.2f} s, compute thread CPU {st['cpu_s']:.2f} s, replica process CPU {st['process_cpu_s']:.2f} s")
                 replicas = _replica_counts(model_deps)
-                den = stats[model_deps[0]]
-                if replicas[model_deps[0]] == 1:  # one replica's counters describe the deployment only when it is the only one
+                den = stats[model_deps[0]] if model_deps else None
+                if den is not None and replicas[model_deps[0]] == 1:  # one replica's counters describe the deployment only when it is the only one
                     run.items_per_forward = den["mean_items_per_batch"]
                     run.denoiser_busy = den["busy_s"] / run.wall_s
                 if len(model_deps) > 1 and replicas[model_deps[1]] == 1:
@@ -462,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guide-kind", choices=("noisy", "clean"), default="noisy")
     parser.add_argument("--no-fused", action="store_true", help="skip (d), the fused single-backbone app and its in-process counterpart")
     parser.add_argument("--no-colocated", action="store_true", help="skip (e), the split models co-located in one ModelHost deployment")
+    parser.add_argument(
+        "--only", type=lambda v: [x.strip() for x in v.split(",") if x.strip()], default=None,
+        help="run only these Serve systems (comma-separated names as printed, e.g. 'serve in-ingress,serve fused in-ingress')",
+    )
+    parser.add_argument("--no-in-ingress", action="store_true", help="skip (f), the models hosted by the ingress replicas (no model deployments)")
     parser.add_argument(
         "--no-bracket", dest="bracket", action="store_false",
         help="run the in-process systems only before the Serve systems in each round (default: before and after, taken together)",

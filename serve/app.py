@@ -6,7 +6,9 @@ call `build_app(args)` with the config file's `args:` and apply its per-deployme
 With `args.generator: score-subnet` (`serve run serve/config-fused.yaml`) the app is the ingress
 and one `Fused` deployment (the single-backbone generator: one call and one backbone pass per step); with
 `args.colocate` (`serve run serve/config-colocated.yaml`) one `ModelHost` deployment answers as both the
-denoiser and the classifier.
+denoiser and the classifier; with `args.colocate: ingress` (`serve run serve/config-ingress.yaml`) each
+ingress replica hosts the models itself (a ModelHost, or the Fused generator with score-subnet) and the app
+has no model deployments.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def build_app(args: Optional[dict] = None) -> Application:
         registry_uri = parsed.registry.tracking_uri or default_tracking_uri()
         parsed = parsed.model_copy(update={"registry": parsed.registry.model_copy(update={"tracking_uri": registry_uri})})
     tuning = parsed.tuning.model_dump() if parsed.tuning else None
+    if parsed.colocate == "ingress":  # each ingress replica builds its own model host (serve.local_host)
+        return SpeechIngress.bind(None, None, parsed.model_dump(mode="json"))
     if parsed.generator == "score-subnet":
         fused = Fused.options(user_config=tuning) if tuning is not None else Fused
         return SpeechIngress.bind(None, None, parsed.model_dump(mode="json"), fused.bind(models_dir, parsed.score_subnet, parsed.device, tuning))

@@ -12,7 +12,7 @@ import copy
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -24,6 +24,7 @@ from serve.auth import TOKEN_ENV, check_exposure, resolve_token
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 FUSED_CONFIG_PATH = Path(__file__).with_name("config-fused.yaml")  # args.generator: score-subnet
 COLOCATED_CONFIG_PATH = Path(__file__).with_name("config-colocated.yaml")  # args.colocate: the split app's models in one deployment
+INGRESS_HOSTED_CONFIG_PATH = Path(__file__).with_name("config-ingress.yaml")  # args.colocate: ingress: no model deployments
 APP_BUILDER = "serve.app:build_app"
 TUNED_DEPLOYMENTS = ("Denoiser", "Classifier", "Fused", "ModelHost")
 # The model deployments each generator's app consists of (besides the ingress).
@@ -184,10 +185,11 @@ class AppArgs(_Strict):
     score_subnet: Optional[str] = Field(
         None, min_length=1, max_length=200, description="ScoreSubnet file in models_dir (default: score-subnet-all.safetensors)"
     )
-    colocate: bool = Field(
+    colocate: Union[Literal["ingress"], bool] = Field(
         False,
-        description="unet only: the denoiser and the guides in one ModelHost deployment (each replica computes whole steps of "
-        "its cohort; a small machine's layout, with num_replicas = step_merging.cohorts); registered models are not hosted there",
+        description="true (unet only): the denoiser and the guides in one ModelHost deployment (each replica computes whole steps "
+        "of its cohort; with num_replicas = step_merging.cohorts); ingress: every ingress replica hosts the models itself (either "
+        "generator), with no model deployments (the fewest processes: a small machine's layout). Registered models are not hosted either way",
     )
     hf_guides: dict[str, HFGuideArgs] = Field(
         default_factory=dict, max_length=8,
@@ -201,8 +203,8 @@ class AppArgs(_Strict):
                 raise ValueError("score_subnet applies to generator: score-subnet only")
             if Path(self.score_subnet).name != self.score_subnet or not self.score_subnet.endswith(".safetensors"):
                 raise ValueError(f"score_subnet: {self.score_subnet!r} must be a .safetensors file name inside models_dir")
-        if self.colocate and self.generator != "unet":
-            raise ValueError("colocate applies to generator: unet (the fused app is one deployment already)")
+        if self.colocate is True and self.generator != "unet":
+            raise ValueError("colocate: true applies to generator: unet (the fused app is one deployment already; colocate: ingress hosts it in the ingress)")
         if self.colocate and self.registry is not None and (self.registry.guides or self.registry.denoiser):
             raise ValueError("colocate hosts the models_dir's models only: registry guides and denoiser need the split deployments")
         for name in self.hf_guides:
@@ -278,6 +280,8 @@ def _deployment_label(app: dict, dep: dict) -> str:
 
 def model_deployments(args: "AppArgs") -> tuple[str, ...]:
     """The model deployments an app of these args consists of (besides the ingress)."""
+    if args.colocate == "ingress":
+        return ()
     return COLOCATED_DEPLOYMENTS if args.colocate else GENERATOR_DEPLOYMENTS[args.generator]
 
 
@@ -306,10 +310,10 @@ def check_config(data: dict):
             others = {d for deps in (*GENERATOR_DEPLOYMENTS.values(), COLOCATED_DEPLOYMENTS) for d in deps} - set(own)
             for dep in app.get("deployments") or []:
                 if dep.get("name") in others:
-                    layout = f"generator {parsed.generator!r}" + (" with colocate" if parsed.colocate else "")
+                    layout = f"generator {parsed.generator!r}" + (f" with colocate: {str(parsed.colocate).lower()}" if parsed.colocate else "")
                     raise ValueError(
                         f"{_deployment_label(app, dep)}: {layout} has no {dep['name']} deployment "
-                        f"(its model deployments: {', '.join(own)})"
+                        f"(its model deployments: {', '.join(own) or 'none, the ingress hosts the models'})"
                     )
         for dep in app.get("deployments") or []:
             if dep.get("name") in TUNED_DEPLOYMENTS and dep.get("user_config") is not None:

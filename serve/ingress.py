@@ -70,6 +70,7 @@ from serve.auth import check_bearer, check_exposure, resolve_token
 from serve.config import AppArgs, Auth
 from serve.schemas import MAX_STEPS, GenerateRequest, describe_validation_error
 from serve.fused import FusedCall, FusedResult, fused_answerer
+from serve.local_host import LocalHandle
 from serve.merge import CallMerger, WindowMerger
 from serve.metrics import ingress_metrics, observe_requests
 from serve.playground import add_routes as add_playground_routes
@@ -214,7 +215,9 @@ class SpeechIngress:
         self.denoiser = denoiser
         self.classifier = classifier
         self.fused = fused  # set for generator score-subnet (then denoiser and classifier are None)
-        if (fused is None) != (self.args.generator == "unet"):
+        if self.args.colocate == "ingress":  # this replica computes the steps itself (serve/local_host.py)
+            self._host_models_here()
+        if (self.fused is None) != (self.args.generator == "unet"):
             raise ValueError(f"generator {self.args.generator!r} was bound with the wrong deployments")
         self.profiles = load_profiles(self.args.profiles_dir)
         self.registry = None
@@ -248,6 +251,18 @@ class SpeechIngress:
         self._vocoder: Optional[Vocoder] = None
         # Griffin-Lim seeds torch's global RNG for its phase; one vocoding at a time keeps audio reproducible.
         self._vocoder_lock = threading.Lock()
+
+    def _host_models_here(self) -> None:
+        """args.colocate: ingress: this replica's own model host, called as the deployment would be."""
+        from serve.deployments import Fused, ModelHost
+
+        tuning = self.args.tuning.model_dump() if self.args.tuning else None
+        if self.args.generator == "score-subnet":
+            self.fused = LocalHandle(Fused.func_or_class(self.args.models_dir, self.args.score_subnet, self.args.device, tuning))
+            return
+        hf_guides = {k: v.model_dump() for k, v in self.args.hf_guides.items()}
+        host = LocalHandle(ModelHost.func_or_class(self.args.models_dir, self.args.device, tuning, hf_guides, self.args.vocoder))
+        self.denoiser = self.classifier = host
 
     # ---- calls to the model deployments -------------------------------------------------------
 

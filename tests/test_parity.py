@@ -4,8 +4,9 @@ local Serve app.
 
 ONE Serve instance, started once for the whole module: the split app (serve/config.yaml, hosting a tiny
 Hugging Face classifier too), the fused single-backbone app (serve/config-fused.yaml, under /fused) and the
-split models co-located in one ModelHost deployment (serve/config-colocated.yaml, under /colocated)
-on one local 2-CPU Ray cluster, tiny models, 1 sample and a few steps per request. The fused app's own
+split models co-located in one ModelHost deployment (serve/config-colocated.yaml, under /colocated) and
+hosted by the ingress replica itself, either generator (serve/config-ingress.yaml, under /ingress and
+/ingress-fused), on one local 2-CPU Ray cluster, tiny models, 1 sample and a few steps per request. The fused app's own
 HTTP tests (merging, models, bad input) run here too, on the same instance.
 
 Bitwise where the math is the same, and it is the same everywhere here: the deployments run the very
@@ -66,12 +67,18 @@ CASES = {
         {"targets": [{"guide": "digit", "label": "4"}, {"guide": "pitch", "label": "rise"}]}, "", {"kind": "clean", "pitch": "rise"}, 0,
     ),
 }
-# The split models co-located in one ModelHost deployment (args.colocate): a round's denoiser and guide calls
-# travel as one call, x_t guides (noisy), x0_hat guides (clean: two rounds per evaluation), a request table
-# (speaker), CREPE and the harmonic writer (pitch), a Hugging Face guide
-for _name in ("digit-noisy", "digit-clean-profile", "hf-guide", "digit+speaker", "digit+pitch"):
-    _body, _, _local, _tol = CASES[_name]
-    CASES[f"colocated:{_name}"] = (_body, "/colocated", _local, _tol)
+# The split models co-located (args.colocate): a round's denoiser and guide calls travel as one call, to one
+# ModelHost deployment (/colocated) or to the ingress replica's own host (/ingress, no model deployments).
+# Between them: x_t guides (noisy), x0_hat guides (clean: two rounds per evaluation), a request table (speaker),
+# CREPE and the harmonic writer (pitch), a Hugging Face guide, and the fused generator hosted by its ingress.
+for _prefix, _names in (
+    ("/colocated", ("digit-noisy", "digit+pitch")),
+    ("/ingress", ("digit-clean-profile", "hf-guide", "digit+speaker")),
+    ("/ingress-fused", ("score-subnet",)),
+):
+    for _name in _names:
+        _body, _, _local, _tol = CASES[_name]
+        CASES[f"{_prefix[1:]}:{_name}"] = (_body, _prefix, _local, _tol)
 IN_PROCESS_SCORES = {"speaker_cosine_wav", "pitch_heard_hz", "pitch_heard_error_st", "pitch_heard_glide_st", "pitch_voiced_fraction"}
 
 
@@ -97,7 +104,7 @@ def matrix_dir(tiny_models_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app_url(matrix_dir, tmp_path_factory):
     """Both apps in one Serve config, deployed once (the running_app starter, on a free port)."""
-    from serve.config import COLOCATED_CONFIG_PATH, DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH, load_config_file
+    from serve.config import COLOCATED_CONFIG_PATH, DEFAULT_CONFIG_PATH, FUSED_CONFIG_PATH, INGRESS_HOSTED_CONFIG_PATH, load_config_file
     from serve.launch import running_app
 
     split = load_config_file(DEFAULT_CONFIG_PATH)
@@ -119,8 +126,18 @@ def app_url(matrix_dir, tmp_path_factory):
         dep["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0}
         if dep["name"] == "ModelHost":
             dep.update(num_replicas=1, user_config={**dep["user_config"], "torch_threads": 1})
+    # The same models hosted by the ingress replica itself (serve/config-ingress.yaml), either generator
+    in_ingress = []
+    for name, generator in (("ingress", "unet"), ("ingress-fused", "score-subnet")):
+        app = copy.deepcopy(load_config_file(INGRESS_HOSTED_CONFIG_PATH)["applications"][0])
+        app.update(name=name, route_prefix=f"/{name}")
+        app["args"].update(generator=generator, tuning={"torch_threads": 1})
+        if generator == "unet":
+            app["args"]["hf_guides"] = {"tiny": {"source": str(matrix_dir / "hf-tiny")}}
+        app["deployments"][0].update(num_replicas=1, ray_actor_options={"num_cpus": 0, "num_gpus": 0})
+        in_ingress.append(app)
     split["applications"][0]["args"]["hf_guides"] = {"tiny": {"source": str(matrix_dir / "hf-tiny")}}
-    split["applications"] += [fused_app, colocated]
+    split["applications"] += [fused_app, colocated, *in_ingress]
     path = tmp_path_factory.mktemp("matrix-config") / "config.yaml"
     path.write_text(yaml.safe_dump(split))
     with pytest.MonkeyPatch.context() as mp:
@@ -438,12 +455,13 @@ def test_fused_still_serves_after_bad_input(client):
 
 
 @pytest.mark.slow
-def test_colocated_app_refuses_registered_guides_and_reports_its_one_deployment(app_url):
+@pytest.mark.parametrize("prefix", ["/colocated", "/ingress"])
+def test_colocated_app_refuses_registered_guides_and_reports_its_one_model_host(app_url, prefix):
     """The model host holds the models directory's guides only: a registered guide is refused with 422 before any
-    sampling, and the health check names the one model deployment."""
-    r = httpx.post(f"{app_url}/colocated/v1/generate", json={**FUSED_VALID, "profile": None, "guide_model": "classifier-clean@production"}, timeout=60)
+    sampling, and the health check names the one model host (a deployment, or the ingress replica's own)."""
+    r = httpx.post(f"{app_url}{prefix}/v1/generate", json={**FUSED_VALID, "profile": None, "guide_model": "classifier-clean@production"}, timeout=60)
     assert r.status_code == 422 and "guide_model" in r.json()["detail"] and "colocate" in r.json()["detail"], r.text
-    h = httpx.get(f"{app_url}/colocated/healthz", timeout=60)
+    h = httpx.get(f"{app_url}{prefix}/healthz", timeout=60)
     assert h.status_code == 200 and h.json()["deployments"] == {"ModelHost": "ok"}
 
 

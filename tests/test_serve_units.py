@@ -262,6 +262,57 @@ def test_colocated_config_is_checked_and_refuses_the_split_deployments():
         check_config(subnet)
 
 
+
+def test_ingress_hosted_config_is_checked_and_has_no_model_deployment():
+    """serve/config-ingress.yaml: the ingress replicas host the models (args.colocate: ingress); a model
+    deployment beside it is refused, and everything but the layout is config.yaml's."""
+    from serve.config import INGRESS_HOSTED_CONFIG_PATH, model_deployments, AppArgs
+
+    data = load_config_file(INGRESS_HOSTED_CONFIG_PATH)
+    app = check_config(data).applications[0]
+    ours, theirs = data["applications"][0], load_config_file(DEFAULT_CONFIG_PATH)["applications"][0]
+    assert [d.name for d in app.deployments] == ["SpeechIngress"] and ours["args"]["colocate"] == "ingress"
+    assert model_deployments(AppArgs.model_validate(ours["args"])) == ()
+    assert {k: v for k, v in ours["args"].items() if k not in ("colocate", "step_merging")} == {
+        k: v for k, v in theirs["args"].items() if k != "step_merging"}
+    assert {k: v for k, v in ours["args"]["step_merging"].items() if k not in ("cohorts", "max_in_flight")} == {
+        k: v for k, v in theirs["args"]["step_merging"].items() if k not in ("cohorts", "max_in_flight")}
+    with_host = copy.deepcopy(data)
+    with_host["applications"][0]["deployments"].append({"name": "ModelHost", "num_replicas": 1})
+    with pytest.raises(ValueError, match="has no ModelHost deployment.*the ingress hosts the models"):
+        check_config(with_host)
+    with pytest.raises(ValueError, match="colocate"):  # nothing but true, false or ingress
+        AppArgs.model_validate({"colocate": "denoiser"})
+
+
+def test_local_handle_answers_like_a_deployment_handle():
+    """The in-ingress model host is called as its deployment would be: `.method.remote(...)`, awaited."""
+    from serve.local_host import LocalHandle
+
+    class Host:
+        def describe(self) -> dict:
+            return {"ok": True}
+
+        async def double(self, x: int) -> int:
+            return 2 * x
+
+        def broken(self) -> None:
+            raise ValueError("bad call")
+
+    async def main() -> None:
+        host = LocalHandle(Host())
+        assert await host.describe.remote() == {"ok": True}
+        assert await asyncio.wait_for(host.double.remote(3), 5) == 6
+        pending = host.broken.remote()  # the error reaches the caller when it awaits, as a handle's does
+        with pytest.raises(ValueError, match="bad call"):
+            await pending
+
+    asyncio.run(main())
+    with pytest.raises(ValueError, match="its own models"):
+        LocalHandle(Host()).options(multiplexed_model_id="classifier/1")
+    with pytest.raises(AttributeError):
+        LocalHandle(Host()).missing
+
 def test_merged_guide_batch_equals_one_call_at_a_time(models):
     """Requests merged by @serve.batch (mixed kinds, sigmas, targets, temperatures, smoothing)."""
     gen = torch.Generator().manual_seed(0)
