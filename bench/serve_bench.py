@@ -539,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     if subnet is not None:
         sample_mels(subnet, "noisy", torch.tensor([0]), DEFAULT_PROFILES["noisy"].with_sampler(steps=2), make_noise(1, subnet.spec, 0))
     forward_cost_per_row(models, subnet)
+    if args.device == "cpu" and torch.get_num_threads() != 1:  # what a 1-thread replica gains from batching at all
+        torch.set_num_threads(1)
+        forward_cost_per_row(models, subnet)
+        torch.set_num_threads(args.threads)
 
     rounds: list[list[Run]] = []
     for k in range(max(1, args.repeats)):
