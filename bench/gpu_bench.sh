@@ -31,7 +31,7 @@ export SPEECHGUIDE_FSDD_DIR=${SPEECHGUIDE_FSDD_DIR:-../shared/data/fsdd}
 start=$(date +%s)
 # Serve: the split app (Denoiser and Classifier at half a GPU each), step-batched and unbatched.
 $PY bench/serve_bench.py --device cuda --gpus-per-replica 0.5 --concurrency 1,16,64 --requests 128 --steps 10 \
-  --no-fused --no-colocated 2>&1 | tee "$OUT/serve-gpu.txt"
+  --no-fused --no-colocated --no-in-ingress 2>&1 | tee "$OUT/serve-gpu.txt"
 
 # Tune: the same 8-trial sweep with 4 trials at a quarter GPU each, then on CPUs only.
 for where in gpu cpu; do

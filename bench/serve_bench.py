@@ -9,7 +9,10 @@
     request (no merging, max_batch_size=1, as (c));
 (d) the single-backbone generator (ScoreSubnet, guided): Serve's fused app (serve/config-fused.yaml,
     one call per step) against its own in-process counterpart (the guided denoiser with the single-backbone provider on the batch
-    of the c requests in flight), so the fused ratio compares like with like.
+    of the c requests in flight), so the fused ratio compares like with like;
+(f) Serve, models in the ingress: serve/config-ingress.yaml (args.colocate: ingress), no model deployments, each
+    of two 1-core ingress replicas computing the merged steps of its requests; batched, per request, and with the
+    fused generator (args.generator: score-subnet) against (d)'s in-process counterpart.
 
 The in-process baseline gets every core (`--threads`, default all); a second in-process row held to one
 thread is printed for reference, and a third runs the layout Serve's model replicas have without Ray: one
@@ -25,6 +28,7 @@ sampling part alone (server-side timing for Serve), per-step time and the per-st
 over in-process sampling at the same concurrency, plus the ratios between the systems.
 
     .venv/bin/python bench/serve_bench.py [--models-dir DIR] [--steps 10] [--concurrency 1,4,16] [--no-fused] [--repeats 3] [--cpu-by-process]
+        [--only 'serve in-ingress,serve fused in-ingress'] [--no-colocated] [--no-in-ingress]
 """
 
 from __future__ import annotations
