@@ -1,6 +1,6 @@
 """Overload: a burst of four times what the app samples at once, with and without admission by work.
 
-Starts the app from serve/config.yaml on a local Ray cluster with the committed models and a short
+Starts the app from serve/config.yaml (or `--config`) on a local Ray cluster with the committed models and a short
 sampling deadline (`args.request_timeout_s`, so that the default run takes minutes, not hours), then:
 
 1. capacity: closed-loop clients (each sends its next request when the previous one is answered) for a
@@ -17,7 +17,7 @@ admitted requests against the deadline. The issue's case is `--samples 16 --step
 --burst-factor 1.25` (40 requests; tens of minutes on 2 cores).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/overload_bench.py [--samples 4] [--steps 10] [--deadline 20]
-        [--clients 8] [--rounds 3] [--burst-factor 4] [--no-baseline] [--models-dir DIR]
+        [--clients 8] [--rounds 3] [--burst-factor 4] [--no-baseline] [--models-dir DIR] [--config serve/config-ingress.yaml]
 """
 
 from __future__ import annotations
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="requests per client while measuring capacity")
     parser.add_argument("--burst-factor", type=float, default=4, help="burst size = this x (ingress replicas x max_ongoing_requests)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the burst with admission disabled")
+    parser.add_argument("--config", type=Path, default=None, help="the app's Serve config (default: serve/config.yaml)")
     parser.add_argument(
         "--ingress-max-ongoing", type=int, default=0,
         help="override SpeechIngress max_ongoing_requests (the burst stays sized by the shipped config): above what admission "
@@ -212,16 +213,17 @@ def main(argv: list[str] | None = None) -> int:
     def config(enabled: bool):
         ongoing = {"SpeechIngress": {"max_ongoing_requests": args.ingress_max_ongoing}} if args.ingress_max_ongoing else None
         app_args = {"request_timeout_s": args.deadline, "admission": {"enabled": enabled}}
-        return prepare_config(DEFAULT_CONFIG_PATH, root, port=port, args=app_args, deployments=ongoing)
+        return prepare_config(config_path, root, port=port, args=app_args, deployments=ongoing)
 
-    shipped = prepare_config(DEFAULT_CONFIG_PATH, root, port=port)
+    config_path = args.config or DEFAULT_CONFIG_PATH
+    shipped = prepare_config(config_path, root, port=port)
     ingress = next(d for d in shipped.applications[0].deployments if d.name == "SpeechIngress")
     at_once = (ingress.num_replicas or 1) * ingress.max_ongoing_requests
     schema = config(True)
     n_burst = max(1, round(args.burst_factor * at_once))
     work = request_work(args.samples, args.steps, "heun")
     print(
-        f"models: {root}; requests of {args.samples} samples x {args.steps} Heun steps = {work} units; deadline {args.deadline:g} s; "
+        f"config: {config_path}; models: {root}; requests of {args.samples} samples x {args.steps} Heun steps = {work} units; deadline {args.deadline:g} s; "
         f"the app samples {at_once} requests at once (ingress replicas x max_ongoing_requests), burst {n_burst}; cpu cores {os.cpu_count()}"
         + (f"; ingress max_ongoing_requests overridden to {args.ingress_max_ongoing}" if args.ingress_max_ongoing else "")
     )
