@@ -7,6 +7,7 @@ adds the command to the CLI's typer app.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,16 @@ def _check_models_dir(root: Path) -> None:
             read_metadata(path)
         except ValueError as exc:
             fail(str(exc))
+
+
+def sigterm_as_interrupt() -> None:
+    """Stop on SIGTERM as on Ctrl-C. `docker stop`, Kubernetes and systemd send SIGTERM; Ray's own handler
+    (installed by ray.init) printed a crash-style stack dump and skipped Serve's shutdown."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def register(app: typer.Typer) -> None:
@@ -124,6 +135,7 @@ def register(app: typer.Typer) -> None:
         if not blocking:
             return
         typer.echo("press Ctrl-C to stop")
+        sigterm_as_interrupt()
         try:
             while True:
                 time.sleep(1.0)

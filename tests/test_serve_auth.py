@@ -224,3 +224,23 @@ def test_serve_command_one_line_error_in_a_subprocess(tiny_models_dir):
     )
     assert r.returncode == 2 and "SPEECHGUIDE_API_TOKEN" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_serve_command_stops_on_sigterm_as_on_ctrl_c():
+    """Container runtimes stop with SIGTERM: the serve command's wait loop takes it as Ctrl-C (then shuts Serve
+    down and exits 0) instead of dying in Ray's handler."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys, time\n"
+        "from speechguide.serve_cli import sigterm_as_interrupt\n"
+        "sigterm_as_interrupt()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopping')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "stopping", (r.returncode, r.stderr[-500:])  # not -SIGTERM: it died
