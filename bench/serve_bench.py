@@ -425,10 +425,10 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
             if deployed not in (None, config_path):  # one app's deployments at a time on one machine (same file: reconfigured)
                 serve.delete("speechguide")
             deployed = config_path
-            on_gpu = {  # the replicas that compute get the GPU share; device null lets them use it
-                d: {"ray_actor_options": {"num_cpus": 0.5 if MODEL_DEPLOYMENTS[name] else 1, "num_gpus": gpu}}
-                for d in MODEL_DEPLOYMENTS[name] or ("SpeechIngress",)
-            } if gpu else None
+            # the replicas that compute get the GPU share (device null lets them use it): the model deployments,
+            # or the ingress where it hosts the models (one core per replica, as in its config)
+            computing = {d: 0.5 for d in MODEL_DEPLOYMENTS[name]} or {"SpeechIngress": 1}
+            on_gpu = {d: {"ray_actor_options": {"num_cpus": cpus, "num_gpus": gpu}} for d, cpus in computing.items()} if gpu else None
             deploy(prepare_config(config_path, root, port=port, user_config=tuning or None, args=app_args, deployments=on_gpu), timeout_s=300)
             kind = "noisy" if name.startswith("serve fused") else args.guide_kind
             model_deps = MODEL_DEPLOYMENTS[name]

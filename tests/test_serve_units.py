@@ -231,6 +231,19 @@ def test_host_rounds_match_the_split_calls_and_merge_across_requests(models, kin
         assert with_guides and all(r.denoise is None for r in with_guides)
 
 
+def _only_the_layout_differs(data: dict) -> tuple[dict, dict]:
+    """Assert that a layout's config file is config.yaml's but for its layout: the proxy, and the app's args
+    other than `colocate` and `step_merging.cohorts`. Returns (its app, config.yaml's app)."""
+    split = load_config_file(DEFAULT_CONFIG_PATH)
+    assert {k: v for k, v in data.items() if k != "applications"} == {k: v for k, v in split.items() if k != "applications"}
+    ours, theirs = data["applications"][0], split["applications"][0]
+    assert {k: v for k, v in ours["args"].items() if k not in ("colocate", "step_merging")} == {
+        k: v for k, v in theirs["args"].items() if k != "step_merging"}
+    assert {k: v for k, v in ours["args"]["step_merging"].items() if k != "cohorts"} == {
+        k: v for k, v in theirs["args"]["step_merging"].items() if k != "cohorts"}
+    return ours, theirs
+
+
 def test_colocated_config_is_checked_and_refuses_the_split_deployments():
     from serve.config import COLOCATED_CONFIG_PATH
 
@@ -239,14 +252,7 @@ def test_colocated_config_is_checked_and_refuses_the_split_deployments():
     assert {d.name for d in app.deployments} == {"SpeechIngress", "ModelHost"} and data["applications"][0]["args"]["colocate"] is True
     host = next(d for d in app.deployments if d.name == "ModelHost")
     assert host.num_replicas == data["applications"][0]["args"]["step_merging"]["cohorts"]  # one cohort per replica
-    # everything but the layout is config.yaml's: the proxy, the ingress and the app's args
-    split = load_config_file(DEFAULT_CONFIG_PATH)
-    assert {k: v for k, v in data.items() if k != "applications"} == {k: v for k, v in split.items() if k != "applications"}
-    ours, theirs = data["applications"][0], split["applications"][0]
-    assert {k: v for k, v in ours["args"].items() if k not in ("colocate", "step_merging")} == {
-        k: v for k, v in theirs["args"].items() if k != "step_merging"}
-    assert {k: v for k, v in ours["args"]["step_merging"].items() if k != "cohorts"} == {
-        k: v for k, v in theirs["args"]["step_merging"].items() if k != "cohorts"}
+    ours, theirs = _only_the_layout_differs(data)
     assert ours["deployments"][0] == theirs["deployments"][0] and ours["deployments"][0]["name"] == "SpeechIngress"
     mixed = load_config_file(DEFAULT_CONFIG_PATH)
     mixed["applications"][0]["args"]["colocate"] = True
@@ -262,21 +268,16 @@ def test_colocated_config_is_checked_and_refuses_the_split_deployments():
         check_config(subnet)
 
 
-
 def test_ingress_hosted_config_is_checked_and_has_no_model_deployment():
     """serve/config-ingress.yaml: the ingress replicas host the models (args.colocate: ingress); a model
     deployment beside it is refused, and everything but the layout is config.yaml's."""
-    from serve.config import INGRESS_HOSTED_CONFIG_PATH, model_deployments, AppArgs
+    from serve.config import INGRESS_HOSTED_CONFIG_PATH, AppArgs, model_deployments
 
     data = load_config_file(INGRESS_HOSTED_CONFIG_PATH)
     app = check_config(data).applications[0]
-    ours, theirs = data["applications"][0], load_config_file(DEFAULT_CONFIG_PATH)["applications"][0]
+    ours, _ = _only_the_layout_differs(data)
     assert [d.name for d in app.deployments] == ["SpeechIngress"] and ours["args"]["colocate"] == "ingress"
     assert model_deployments(AppArgs.model_validate(ours["args"])) == ()
-    assert {k: v for k, v in ours["args"].items() if k not in ("colocate", "step_merging")} == {
-        k: v for k, v in theirs["args"].items() if k != "step_merging"}
-    assert {k: v for k, v in ours["args"]["step_merging"].items() if k not in ("cohorts", "max_in_flight")} == {
-        k: v for k, v in theirs["args"]["step_merging"].items() if k not in ("cohorts", "max_in_flight")}
     with_host = copy.deepcopy(data)
     with_host["applications"][0]["deployments"].append({"name": "ModelHost", "num_replicas": 1})
     with pytest.raises(ValueError, match="has no ModelHost deployment.*the ingress hosts the models"):
@@ -312,6 +313,7 @@ def test_local_handle_answers_like_a_deployment_handle():
         LocalHandle(Host()).options(multiplexed_model_id="classifier/1")
     with pytest.raises(AttributeError):
         LocalHandle(Host()).missing
+
 
 def test_merged_guide_batch_equals_one_call_at_a_time(models):
     """Requests merged by @serve.batch (mixed kinds, sigmas, targets, temperatures, smoothing)."""
