@@ -105,7 +105,7 @@ def test_cohorts_split_the_requests_into_equal_sends_in_flight_at_once(cohorts, 
         in_flight["now"] -= 1
         return [x * 0.5 for x, _ in items]
 
-    merger = CallMerger(send, max_items=64, max_in_flight=2, wait_s=0.005, expected=lambda: active["n"], cohorts=cohorts)
+    merger = CallMerger(send, max_items=64, max_in_flight=2, wait_s=0.05, expected=lambda: active["n"], cohorts=cohorts)
 
     async def denoise(x, sigma):
         return await merger.submit((x, sigma))
