@@ -15,8 +15,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.inception import InceptionScore
 
 from guidance.features import FeatureSpec, LogMel
 from guidance.finite import nonfinite_rows, require_finite
@@ -60,6 +58,8 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
         require_finite(feats, f"Frechet distance: the {name} features")
         if len(feats) < 2:
             raise ValueError(f"Frechet distance needs at least 2 {name} samples for a covariance, got {len(feats)}")
+    from torchmetrics.image.fid import FrechetInceptionDistance  # here: torchmetrics takes seconds to import, most callers never need it
+
     fid = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), reset_real_features=True)
     fid.update(real.double(), real=True)
     fid.update(fake.double(), real=False)
@@ -68,6 +68,8 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 def inception_score(logits: torch.Tensor, splits: int = 1) -> float:
     require_finite(logits, "inception score: the logits")
+    from torchmetrics.image.inception import InceptionScore
+
     with warnings.catch_warnings():  # one split has no spread, and the buffer is small: both warnings are noise here
         warnings.simplefilter("ignore", UserWarning)
         metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=splits)

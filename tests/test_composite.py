@@ -1,13 +1,9 @@
 """Composite targets: one guide term per guide, each with its own settings and weight, through the library
-and the command line (real processes, real reference WAVs from FSDD)."""
+and the command line (its entry point run in the test process; real reference WAVs from FSDD)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,12 +11,6 @@ import torch
 from guidance.guides import GuidanceProfile, GuidedDenoiser, GuideSettings
 from guidance.guides.base import Guide
 from guidance.pipeline import build_guide_terms
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "speechguide", *args], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
 
 
 class _Linear(Guide):
@@ -55,8 +45,10 @@ def test_build_guide_terms_gives_each_guide_its_settings_and_weight():
 
 
 @pytest.mark.slow
-def test_generate_composite_writes_wavs_and_both_scores(tiny_models_dir, fsdd_root, tmp_path):
+def test_generate_composite_writes_wavs_and_both_scores(tiny_models_dir, fsdd_root, tmp_path, capsys, monkeypatch):
     import shutil
+
+    from cli_run import run_in_process
 
     from guidance.pipeline import ModelPaths
 
@@ -64,9 +56,9 @@ def test_generate_composite_writes_wavs_and_both_scores(tiny_models_dir, fsdd_ro
     out = tmp_path / "c"
     models = shutil.copytree(tiny_models_dir, tmp_path / "models")  # plus the committed word-spectra table
     shutil.copy(ModelPaths().path("word_spectra"), models / "word-spectra.safetensors")
-    r = run_cli("generate", "--target", "digit=7", "--target", f"speaker={ref}", "--weight", "speaker=2", "--num", "2",
-                "--steps", "3", "--seed", "1", "--out", str(out), "--models-dir", str(models))
-    assert r.returncode == 0, r.stderr
+    code, err = run_in_process(["generate", "--target", "digit=7", "--target", f"speaker={ref}", "--weight", "speaker=2", "--num", "2",
+                                "--steps", "3", "--seed", "1", "--out", out, "--models-dir", models], capsys, monkeypatch)
+    assert code == 0, err
     assert sorted(p.name for p in out.glob("*.wav")) == ["7_000.wav", "7_001.wav"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["request"]["weights"] == {"digit": 1.0, "speaker": 2.0}
@@ -81,9 +73,9 @@ def test_generate_composite_writes_wavs_and_both_scores(tiny_models_dir, fsdd_ro
         assert s["scores"]["speaker_stats_distance"] >= 0 and -1 <= s["scores"]["speaker_cosine_wav"] <= 1
     # speaker only, with the encoder guide: files are named by sample
     out2 = tmp_path / "s"
-    r = run_cli("generate", "--target", f"speaker={ref}", "--voice-guide", "encoder", "--num", "1", "--steps", "2",
-                "--out", str(out2), "--models-dir", str(tiny_models_dir))
-    assert r.returncode == 0, r.stderr
+    code, err = run_in_process(["generate", "--target", f"speaker={ref}", "--voice-guide", "encoder", "--num", "1", "--steps", "2",
+                                "--out", out2, "--models-dir", tiny_models_dir], capsys, monkeypatch)
+    assert code == 0, err
     assert [p.name for p in out2.glob("*.wav")] == ["sample_000.wav"]
     manifest = json.loads((out2 / "manifest.json").read_text())
     assert manifest["models"]["guide"] is None and manifest["models"]["speaker_guide"]["name"] == "resemblyzer-voice-encoder"

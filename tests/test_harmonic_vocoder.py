@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from cli_run import run_in_process
 
 from guidance.f0_head_training import F0HeadTrainConfig, fit_f0_head, frame_labels
 from guidance.features import FeatureSpecMismatch, LogMel
@@ -75,7 +76,7 @@ def test_where_the_head_hears_a_voice_the_output_has_its_pitch(spec, fsdd_root, 
     assert math.isfinite(heard.median_hz) and abs(12 * math.log2(heard.median_hz / hz)) < 0.5
 
 
-def test_the_harmonic_vocoder_is_described_and_refused_clearly(tiny_models_dir, spec, tmp_path):
+def test_the_harmonic_vocoder_is_described_and_refused_clearly(tiny_models_dir, spec, tmp_path, capsys, monkeypatch):
     with pytest.raises(FileNotFoundError, match="train f0-head"):
         load_vocoder("harmonic", spec, tiny_models_dir)
     head = constant_head(spec, 120.0)
@@ -89,8 +90,8 @@ def test_the_harmonic_vocoder_is_described_and_refused_clearly(tiny_models_dir, 
     save_model(models_dir / F0_HEAD_FILE, head, "f0-head", config_dict(head.config), other)
     with pytest.raises(FeatureSpecMismatch):
         load_vocoder("harmonic", spec, models_dir)
-    r = run_cli("generate", "--target", "digit=3", "--vocoder", "harmonic", "--models-dir", str(tiny_models_dir), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "train f0-head" in r.stderr and not (tmp_path / "o").exists()
+    code, err = run_in_process(["generate", "--target", "digit=3", "--vocoder", "harmonic", "--models-dir", tiny_models_dir, "--out", tmp_path / "o"], capsys, monkeypatch)
+    assert code == 2 and "train f0-head" in err and not (tmp_path / "o").exists()
 
 
 def test_labels_put_each_frame_in_its_semitone_bin(spec):
@@ -128,7 +129,7 @@ def test_a_serve_app_can_write_with_the_harmonic_vocoder_and_refuses_unknown_one
         AppArgs(vocoder="pulse")
 
 
-def test_auto_writes_pitch_requests_with_the_harmonic_vocoder_and_the_rest_with_the_neural_one(tiny_models_dir, spec, tmp_path):
+def test_auto_writes_pitch_requests_with_the_harmonic_vocoder_and_the_rest_with_the_neural_one(tiny_models_dir, spec, tmp_path, capsys, monkeypatch):
     from guidance.vocoders import AutoVocoder, request_vocoder
 
     mel = torch.randn(1, 1, spec.n_mels, spec.frames)
@@ -143,8 +144,8 @@ def test_auto_writes_pitch_requests_with_the_harmonic_vocoder_and_the_rest_with_
     assert request_vocoder(neural, {"pitch"}) is neural  # an explicit choice writes every request
 
     out = tmp_path / "out"
-    r = run_cli("generate", "--target", "pitch=120", "--num", "1", "--steps", "2", "--models-dir", str(models_dir), "--device", "cpu", "--out", str(out))
-    assert r.returncode == 0, r.stderr
+    code, err = run_in_process(["generate", "--target", "pitch=120", "--num", "1", "--steps", "2", "--models-dir", models_dir, "--device", "cpu", "--out", out], capsys, monkeypatch)
+    assert code == 0, err
     import json
 
     assert json.loads((out / "manifest.json").read_text())["models"]["vocoder"]["kind"] == "harmonic"

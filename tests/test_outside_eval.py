@@ -80,11 +80,13 @@ EVAL_ARGS = ("evaluate", "--per-class", "1", "--steps", "2", "--noisy-scales", "
 
 
 @pytest.mark.slow  # about 30 s: 50 clips through both judges
-def test_evaluate_reports_outside_figures_for_every_system_and_the_reference_rows(tiny_models_dir, tmp_path):
+def test_evaluate_reports_outside_figures_for_every_system_and_the_reference_rows(tiny_models_dir, tmp_path, capsys, monkeypatch):
     pytest.importorskip("pocketsphinx")
-    out = tmp_path / "eval"
-    r = run_cli(*EVAL_ARGS, "--out", str(out), "--models-dir", str(tiny_models_dir), env={"OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
+    from cli_run import run_in_process
+
+    out = tmp_path / "eval"  # in this process: evaluate runs in a real one in tests/test_demo_models.py and below
+    code, err = run_in_process([*EVAL_ARGS, "--out", out, "--models-dir", tiny_models_dir], capsys, monkeypatch)
+    assert code == 0, err[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in report["systems"]] == ["unconditional", "noisy@1", "clean@0.3"]
     for system in report["systems"]:

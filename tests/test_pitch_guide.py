@@ -212,16 +212,18 @@ def test_tune_searches_the_pitch_window_where_crepe_reads_x0_hat():
 
 
 @pytest.mark.slow
-def test_cli_digit_speaker_pitch_composite_writes_pitch_scores(tiny_models_dir, fsdd_root, tmp_path):
+def test_cli_digit_speaker_pitch_composite_writes_pitch_scores(tiny_models_dir, fsdd_root, tmp_path, capsys, monkeypatch):
     import json
+
+    from cli_run import run_in_process
 
     ref = sorted((fsdd_root / "recordings").glob("3_george_*.wav"))[0]
     out = tmp_path / "out"
-    r = _cli(
+    code, err = run_in_process([
         "generate", "--target", "digit=3", "--target", f"speaker={ref}", "--target", "pitch=+3st", "--target", "pitch=150",
-        "--num", "1", "--steps", "2", "--models-dir", str(tiny_models_dir), "--device", "cpu", "--out", str(out),
-    )
-    assert r.returncode == 0, r.stderr
+        "--num", "1", "--steps", "2", "--models-dir", tiny_models_dir, "--device", "cpu", "--out", out,
+    ], capsys, monkeypatch)
+    assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["samples"]) == 2
     lines = manifest["models"]["pitch_guide"]["targets"]

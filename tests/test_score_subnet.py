@@ -196,16 +196,16 @@ def _subnet_models_dir(tiny_models_dir: Path, tmp_path: Path) -> Path:
     return directory
 
 
-def test_generate_with_score_subnet_and_refusals(tiny_models_dir, tmp_path):
+def test_generate_with_score_subnet_and_refusals(tiny_models_dir, tmp_path, capsys, monkeypatch):
     import json
 
-    from test_cli import run_cli
+    from cli_run import run_in_process
 
     models = _subnet_models_dir(tiny_models_dir, tmp_path)
     out = tmp_path / "out"
-    r = run_cli("generate", "--generator", "score-subnet", "--target", "digit=3", "--num", "1", "--steps", "3",
-                "--out", str(out), "--models-dir", str(models))
-    assert r.returncode == 0, r.stderr
+    code, err = run_in_process(["generate", "--generator", "score-subnet", "--target", "digit=3", "--num", "1", "--steps", "3",
+                                "--out", out, "--models-dir", models], capsys, monkeypatch)
+    assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["request"]["generator"] == "score-subnet" and manifest["models"]["denoiser"]["name"] == "score-subnet-all"
     assert (out / "3_000.wav").stat().st_size > 1000
@@ -217,9 +217,9 @@ def test_generate_with_score_subnet_and_refusals(tiny_models_dir, tmp_path):
         ["--generator", "score-subnet"],  # the backbone beside it no longer matches the recorded hash
     ]
     for extra in bad:
-        r = run_cli("generate", "--target", "digit=3", "--steps", "2", "--out", str(tmp_path / "bad"), "--models-dir", str(models), *extra)
-        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("speechguide: error:"), (extra, r.stderr)
+        code, err = run_in_process(["generate", "--target", "digit=3", "--steps", "2", "--out", tmp_path / "bad", "--models-dir", models, *extra], capsys, monkeypatch)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("speechguide: error:"), (extra, err)
     assert "backbone mismatch" in lines[0]
 
 
