@@ -12,7 +12,9 @@
     of the c requests in flight), so the fused ratio compares like with like;
 (f) Serve, models in the ingress: serve/config-ingress.yaml (args.colocate: ingress), no model deployments, each
     of two 1-core ingress replicas computing the merged steps of its requests; batched, per request, and with the
-    fused generator (args.generator: score-subnet) against (d)'s in-process counterpart.
+    fused generator (args.generator: score-subnet) against (d)'s in-process counterpart; and as ONE replica of
+    two torch threads ("1x2", only when `--only` names it), batched and per request: every core in one forward,
+    as in (a), where a batch saves more per row than on one thread.
 
 The in-process baseline gets every core (`--threads`, default all); a second in-process row held to one
 thread is printed for reference, and a third runs the layout Serve's model replicas have without Ray: one
@@ -57,6 +59,7 @@ BASELINE = {
     "serve batched": "in-process batched", "serve unbatched": "in-process batched", "serve fused": "in-process fused",
     "serve colocated": "in-process batched", "serve colocated unbatched": "in-process batched",
     "serve in-ingress": "in-process batched", "serve in-ingress unbatched": "in-process batched",
+    "serve in-ingress 1x2": "in-process batched", "serve in-ingress 1x2 unbatched": "in-process batched",
     "serve fused in-ingress": "in-process fused",
 }
 ONE_THREAD = "in-process batched, 1 thread"
@@ -64,7 +67,11 @@ MODEL_DEPLOYMENTS = {
     "serve batched": ("Denoiser", "Classifier"), "serve unbatched": ("Denoiser", "Classifier"),
     "serve colocated": ("ModelHost",), "serve colocated unbatched": ("ModelHost",), "serve fused": ("Fused",),
     "serve in-ingress": (), "serve in-ingress unbatched": (), "serve fused in-ingress": (),  # the ingress replicas compute
+    "serve in-ingress 1x2": (), "serve in-ingress 1x2 unbatched": (),
 }
+# The in-ingress layout as one replica of two torch threads (every core in one forward, as the in-process baseline),
+# against two replicas of one thread: where the parallelism comes from decides what a batch can save.
+ONE_TWO_THREAD_REPLICA = {"SpeechIngress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 2, "num_gpus": 0}}}
 # The model replicas' layout without Ray: one 1-thread process per core, each sampling its share of the clients.
 PROCESSES = "in-process, 1-thread processes"
 
@@ -339,6 +346,8 @@ def report(runs: list[Run], steps: int, rounds: list[list[Run]]) -> None:
         ("serve in-ingress / in-process", "serve in-ingress", "in-process batched"),
         ("serve in-ingress / in-ingress unbatched", "serve in-ingress", "serve in-ingress unbatched"),
         ("serve in-ingress / serve batched (split)", "serve in-ingress", "serve batched"),
+        ("serve in-ingress 1x2 / in-process", "serve in-ingress 1x2", "in-process batched"),
+        ("serve in-ingress 1x2 / in-ingress 1x2 unbatched", "serve in-ingress 1x2", "serve in-ingress 1x2 unbatched"),
         ("serve fused / in-process fused", "serve fused", "in-process fused"),
         ("serve fused in-ingress / in-process fused", "serve fused in-ingress", "in-process fused"),
         ("serve fused / serve batched (split)", "serve fused", "serve batched"),
@@ -411,6 +420,11 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
                 ("serve in-ingress", INGRESS_HOSTED_CONFIG_PATH, None, {"tuning": threads} if threads else None),
                 ("serve in-ingress unbatched", INGRESS_HOSTED_CONFIG_PATH, None, {**per_request, "tuning": {**threads, "max_batch_size": 1}}),
             ]
+            if args.only and any(n.startswith("serve in-ingress 1x2") for n in args.only):  # only when named: a layout study
+                systems += [  # one replica of two threads, one cohort (two cohorts on it: 0.57-0.80x in-process, Dec 7)
+                    ("serve in-ingress 1x2", INGRESS_HOSTED_CONFIG_PATH, None, {"step_merging": {"cohorts": 1}, "tuning": {"torch_threads": 2}}),
+                    ("serve in-ingress 1x2 unbatched", INGRESS_HOSTED_CONFIG_PATH, None, {**per_request, "tuning": {"torch_threads": 2, "max_batch_size": 1}}),
+                ]
         if fused:
             systems.append(("serve fused", FUSED_CONFIG_PATH, threads, None))
             if not args.no_in_ingress:  # the ScoreSubnet generator hosted by the ingress replicas
@@ -422,14 +436,17 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
         gpu = args.gpus_per_replica
         deployed = None
         for name, config_path, tuning, app_args in systems:
-            if deployed not in (None, config_path):  # one app's deployments at a time on one machine (same file: reconfigured)
+            layout = ONE_TWO_THREAD_REPLICA if name.startswith("serve in-ingress 1x2") else None
+            if deployed not in (None, (config_path, bool(layout))):
+                # one app's deployments at a time on one machine (same file and layout: reconfigured; a new layout's
+                # replicas would wait for the CPUs the old ones hold)
                 serve.delete("speechguide")
-            deployed = config_path
+            deployed = (config_path, bool(layout))
             # the replicas that compute get the GPU share (device null lets them use it): the model deployments,
             # or the ingress where it hosts the models (one core per replica, as in its config)
             computing = {d: 0.5 for d in MODEL_DEPLOYMENTS[name]} or {"SpeechIngress": 1}
             on_gpu = {d: {"ray_actor_options": {"num_cpus": cpus, "num_gpus": gpu}} for d, cpus in computing.items()} if gpu else None
-            deploy(prepare_config(config_path, root, port=port, user_config=tuning or None, args=app_args, deployments=on_gpu), timeout_s=300)
+            deploy(prepare_config(config_path, root, port=port, user_config=tuning or None, args=app_args, deployments=layout or on_gpu), timeout_s=300)
             kind = "noisy" if name.startswith("serve fused") else args.guide_kind
             model_deps = MODEL_DEPLOYMENTS[name]
             asyncio.run(bench_serve(url, "warm-up", 8, 4, 2, kind))  # every replica (two per app here) loads its lazy parts
@@ -484,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-colocated", action="store_true", help="skip (e), the split models co-located in one ModelHost deployment")
     parser.add_argument(
         "--only", type=lambda v: [x.strip() for x in v.split(",") if x.strip()], default=None,
-        help="run only these Serve systems (comma-separated names as printed, e.g. 'serve in-ingress,serve fused in-ingress')",
+        help="run only these Serve systems (comma-separated names as printed, e.g. 'serve in-ingress,serve fused in-ingress'); "
+        "'serve in-ingress 1x2' and 'serve in-ingress 1x2 unbatched' (one 2-thread ingress replica) run only when named here",
     )
     parser.add_argument("--no-in-ingress", action="store_true", help="skip (f), the models hosted by the ingress replicas (no model deployments)")
     parser.add_argument(
