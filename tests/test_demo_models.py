@@ -51,7 +51,7 @@ def test_generate_all_digits_with_committed_models(tmp_path):
 def test_evaluate_writes_report_plot_and_wavs(tmp_path, fsdd_root):
     out = tmp_path / "eval"
     # --no-outside-judges: tests/test_outside_eval.py runs evaluate with them (about 0.5 s of CPU a clip)
-    r = run_cli("evaluate", "--per-class", "2", "--noisy-scales", "3", "--clean-scales", "0.3", "--steps", "8", "--no-outside-judges",
+    r = run_cli("evaluate", "--per-class", "1", "--noisy-scales", "3", "--clean-scales", "0.3", "--steps", "8", "--no-outside-judges",
                 "--out", str(out), "--data-dir", str(fsdd_root), timeout=900,
                 env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     assert r.returncode == 0, r.stderr
