@@ -54,12 +54,15 @@ from guidance.guides import DEFAULT_PROFILES  # noqa: E402
 from guidance.pipeline import ModelPaths, ModelSet, default_models_dir, make_noise, sample_mels, vocode  # noqa: E402
 
 REQUIRED = ("denoiser", "noisy_classifier", "clean_classifier")
+# The in-ingress layout as one replica of two torch threads (every core in one forward, as the in-process baseline),
+# against two replicas of one thread: where the parallelism comes from decides what a batch can save.
+ONE_TWO_THREAD = ("serve in-ingress 1x2", "serve in-ingress 1x2 unbatched")
 # Each system's per-step overhead is measured against the in-process sampler of the same generator.
 BASELINE = {
     "serve batched": "in-process batched", "serve unbatched": "in-process batched", "serve fused": "in-process fused",
     "serve colocated": "in-process batched", "serve colocated unbatched": "in-process batched",
     "serve in-ingress": "in-process batched", "serve in-ingress unbatched": "in-process batched",
-    "serve in-ingress 1x2": "in-process batched", "serve in-ingress 1x2 unbatched": "in-process batched",
+    **{name: "in-process batched" for name in ONE_TWO_THREAD},
     "serve fused in-ingress": "in-process fused",
 }
 ONE_THREAD = "in-process batched, 1 thread"
@@ -67,11 +70,8 @@ MODEL_DEPLOYMENTS = {
     "serve batched": ("Denoiser", "Classifier"), "serve unbatched": ("Denoiser", "Classifier"),
     "serve colocated": ("ModelHost",), "serve colocated unbatched": ("ModelHost",), "serve fused": ("Fused",),
     "serve in-ingress": (), "serve in-ingress unbatched": (), "serve fused in-ingress": (),  # the ingress replicas compute
-    "serve in-ingress 1x2": (), "serve in-ingress 1x2 unbatched": (),
+    **{name: () for name in ONE_TWO_THREAD},
 }
-# The in-ingress layout as one replica of two torch threads (every core in one forward, as the in-process baseline),
-# against two replicas of one thread: where the parallelism comes from decides what a batch can save.
-ONE_TWO_THREAD_REPLICA = {"SpeechIngress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 2, "num_gpus": 0}}}
 # The model replicas' layout without Ray: one 1-thread process per core, each sampling its share of the clients.
 PROCESSES = "in-process, 1-thread processes"
 
@@ -420,10 +420,11 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
                 ("serve in-ingress", INGRESS_HOSTED_CONFIG_PATH, None, {"tuning": threads} if threads else None),
                 ("serve in-ingress unbatched", INGRESS_HOSTED_CONFIG_PATH, None, {**per_request, "tuning": {**threads, "max_batch_size": 1}}),
             ]
-            if args.only and any(n.startswith("serve in-ingress 1x2") for n in args.only):  # only when named: a layout study
+            if args.only and set(ONE_TWO_THREAD) & set(args.only):  # only when named: a layout study
+                one_replica = {"SpeechIngress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 2, "num_gpus": args.gpus_per_replica}}}
                 systems += [  # one replica of two threads, one cohort (two cohorts on it: 0.57-0.80x in-process, Dec 7)
-                    ("serve in-ingress 1x2", INGRESS_HOSTED_CONFIG_PATH, None, {"step_merging": {"cohorts": 1}, "tuning": {"torch_threads": 2}}),
-                    ("serve in-ingress 1x2 unbatched", INGRESS_HOSTED_CONFIG_PATH, None, {**per_request, "tuning": {"torch_threads": 2, "max_batch_size": 1}}),
+                    (ONE_TWO_THREAD[0], INGRESS_HOSTED_CONFIG_PATH, None, {"step_merging": {"cohorts": 1}, "tuning": {"torch_threads": 2}}, one_replica),
+                    (ONE_TWO_THREAD[1], INGRESS_HOSTED_CONFIG_PATH, None, {**per_request, "tuning": {"torch_threads": 2, "max_batch_size": 1}}, one_replica),
                 ]
         if fused:
             systems.append(("serve fused", FUSED_CONFIG_PATH, threads, None))
@@ -435,13 +436,13 @@ def serve_round(args: argparse.Namespace, root: Path, levels: list[int], count, 
         systems = systems[shift:] + systems[:shift]
         gpu = args.gpus_per_replica
         deployed = None
-        for name, config_path, tuning, app_args in systems:
-            layout = ONE_TWO_THREAD_REPLICA if name.startswith("serve in-ingress 1x2") else None
-            if deployed not in (None, (config_path, bool(layout))):
+        for name, config_path, tuning, app_args, *layout in systems:
+            layout = layout[0] if layout else None  # replicas other than the file's
+            if deployed not in (None, (config_path, layout)):
                 # one app's deployments at a time on one machine (same file and layout: reconfigured; a new layout's
                 # replicas would wait for the CPUs the old ones hold)
                 serve.delete("speechguide")
-            deployed = (config_path, bool(layout))
+            deployed = (config_path, layout)
             # the replicas that compute get the GPU share (device null lets them use it): the model deployments,
             # or the ingress where it hosts the models (one core per replica, as in its config)
             computing = {d: 0.5 for d in MODEL_DEPLOYMENTS[name]} or {"SpeechIngress": 1}

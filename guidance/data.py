@@ -181,6 +181,12 @@ def _labelled(clips: Sequence[Clip], mels: torch.Tensor) -> FeatureSet:
     )
 
 
+@torch.no_grad()
+def clip_features(clips: Sequence[Clip], spec: FeatureSpec) -> FeatureSet:
+    """Labelled log-Mels of some clips, uncached: what `fsdd_features` caches for a whole split."""
+    return _labelled(clips, LogMel(spec)(load_waves(clips, spec)))
+
+
 def fsdd_features(
     split: str,
     spec: FeatureSpec,
@@ -190,12 +196,7 @@ def fsdd_features(
 ) -> FeatureSet:
     """Features of one FSDD split, cached on disk keyed by the feature spec and the file list."""
     clips = fsdd_split(list_fsdd(resolve_fsdd_root(root)), split, rule)
-
-    @torch.no_grad()
-    def compute() -> FeatureSet:
-        return _labelled(clips, LogMel(spec)(load_waves(clips, spec)))
-
-    return _cached(feature_cache_path(split, spec, clips, "", cache_dir), compute)
+    return _cached(feature_cache_path(split, spec, clips, "", cache_dir), lambda: clip_features(clips, spec))
 
 
 def fsdd_vocoded_features(

@@ -11,7 +11,7 @@ import soundfile
 import torch
 
 import guidance.data as data
-from guidance.data import SplitRule, fsdd_features, fsdd_split, list_fsdd, resolve_fsdd_root, sc09_clips, sc09_waves
+from guidance.data import SplitRule, clip_features, fsdd_features, fsdd_split, list_fsdd, resolve_fsdd_root, sc09_clips, sc09_waves
 from guidance.features import FeatureSpec, GriffinLimVocoder, LogMel
 
 
@@ -61,7 +61,7 @@ def test_no_test_take_reaches_training(role, fsdd_root, spec, tmp_path, monkeypa
         # a few of that split's own clips to train on (one step needs rows, not 2400 of them; vocoded sets are
         # swapped for clean ones too: same clips, faster)
         few = clips[:: len(clips) // 8][:8]
-        return data._labelled(few, LogMel(spec)(data.load_waves(few, spec)))
+        return clip_features(few, spec)
 
     monkeypatch.setattr(training, "fsdd_features", recording)
     monkeypatch.setattr(training, "fsdd_vocoded_features", recording)
